@@ -1,0 +1,59 @@
+"""
+Atomic file writes for checkpoints and sample batches, on local disk or blob storage.
+"""
+
+import contextlib
+import os
+import tempfile
+from typing import IO, Iterator
+
+import blobfile as bf
+import torch
+
+_REMOTE_PREFIXES = ("gs://", "az://", "https://", "http://")
+
+
+def is_local_path(path: str) -> bool:
+    """True when ``path`` is on the local file system (not a blobfile URL)."""
+    return not str(path).startswith(_REMOTE_PREFIXES)
+
+
+@contextlib.contextmanager
+def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
+    """
+    Open ``path`` for writing so that readers only ever see the old file or the
+    complete new one: data goes to a temporary file in the same directory, which
+    replaces ``path`` only when the ``with`` block ends without an exception.
+    A crash or error while writing leaves any existing ``path`` untouched.
+
+    Blob storage uploads only on close, so remote paths are already atomic.
+    """
+    if "w" not in mode:
+        raise ValueError(f"atomic_write needs a write mode such as 'wb' or 'w', got {mode!r}")
+    path = str(path)
+    if not is_local_path(path):
+        with bf.BlobFile(path, mode) as f:
+            yield f
+        return
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_torch_save(obj, path: str) -> None:
+    """``torch.save`` through ``atomic_write``."""
+    with atomic_write(path, "wb") as f:
+        torch.save(obj, f)
