@@ -1,0 +1,473 @@
+"""
+Every default and command-line flag of the models and diffusion processes, and the
+factories that build them from those flags.
+
+The flag names and defaults are those of the original guided-diffusion release, so its
+command lines and published checkpoints work unchanged. New flags (``num_classes``,
+``classifier_channel_mult``) default to the original behaviour.
+"""
+
+import argparse
+from typing import Any, Optional, Sequence, Union
+
+from . import gaussian_diffusion as gd
+from .respace import SpacedDiffusion, space_timesteps
+from .unet import EncoderUNetModel, SuperResModel, UNetModel
+
+NUM_CLASSES = 1000
+
+# Default channel multipliers per image size (one entry per resolution level).
+MODEL_CHANNEL_MULTS = {
+    512: (0.5, 1, 1, 2, 2, 4, 4),
+    256: (1, 1, 2, 2, 4, 4),
+    128: (1, 1, 2, 3, 4),
+    64: (1, 2, 3, 4),
+    32: (1, 2, 2, 2),
+}
+CLASSIFIER_CHANNEL_MULTS = MODEL_CHANNEL_MULTS
+# The upsamplers use the 256 multipliers at 512 as well.
+SR_CHANNEL_MULTS = {**MODEL_CHANNEL_MULTS, 512: (1, 1, 2, 2, 4, 4)}
+
+_MODEL_KEYS = (
+    "image_size", "num_channels", "num_res_blocks", "num_heads", "num_heads_upsample",
+    "num_head_channels", "attention_resolutions", "channel_mult", "dropout", "class_cond",
+    "use_checkpoint", "use_scale_shift_norm", "resblock_updown", "use_fp16",
+    "use_new_attention_order", "learn_sigma", "num_classes",
+)
+_SR_MODEL_KEYS = (
+    "large_size", "small_size", "num_channels", "num_res_blocks", "num_heads",
+    "num_heads_upsample", "num_head_channels", "attention_resolutions", "dropout",
+    "class_cond", "use_checkpoint", "use_scale_shift_norm", "resblock_updown", "use_fp16",
+    "learn_sigma", "num_classes",
+)
+
+
+def diffusion_defaults() -> dict[str, Any]:
+    """Defaults for the diffusion process flags (image and classifier training alike)."""
+    return dict(
+        learn_sigma=False,
+        diffusion_steps=1000,
+        noise_schedule="linear",
+        timestep_respacing="",
+        use_kl=False,
+        predict_xstart=False,
+        rescale_timesteps=False,
+        rescale_learned_sigmas=False,
+    )
+
+
+def classifier_defaults() -> dict[str, Any]:
+    """Defaults for the noisy classifier flags."""
+    return dict(
+        image_size=64,
+        classifier_use_fp16=False,
+        classifier_width=128,
+        classifier_depth=2,
+        classifier_attention_resolutions="32,16,8",  # 16
+        classifier_use_scale_shift_norm=True,  # False
+        classifier_resblock_updown=True,  # False
+        classifier_pool="attention",
+        classifier_channel_mult="",
+        num_classes=NUM_CLASSES,
+    )
+
+
+def model_and_diffusion_defaults() -> dict[str, Any]:
+    """Defaults for the image model and diffusion flags."""
+    res = dict(
+        image_size=64,
+        num_channels=128,
+        num_res_blocks=2,
+        num_heads=4,
+        num_heads_upsample=-1,
+        num_head_channels=-1,
+        attention_resolutions="16,8",
+        channel_mult="",
+        dropout=0.0,
+        class_cond=False,
+        use_checkpoint=False,
+        use_scale_shift_norm=True,
+        resblock_updown=False,
+        use_fp16=False,
+        use_new_attention_order=False,
+        num_classes=NUM_CLASSES,
+    )
+    res.update(diffusion_defaults())
+    return res
+
+
+def classifier_and_diffusion_defaults() -> dict[str, Any]:
+    """Defaults for the classifier and diffusion flags."""
+    res = classifier_defaults()
+    res.update(diffusion_defaults())
+    return res
+
+
+def sr_model_and_diffusion_defaults() -> dict[str, Any]:
+    """
+    Defaults for the super-resolution model and diffusion flags: the image model's, without
+    ``image_size``, ``channel_mult`` and ``use_new_attention_order``, plus ``large_size`` and
+    ``small_size``.
+    """
+    res = model_and_diffusion_defaults()
+    res["large_size"] = 256
+    res["small_size"] = 64
+    return {k: v for k, v in res.items() if k in _SR_MODEL_KEYS or k in diffusion_defaults()}
+
+
+def _split_kwargs(kwargs: dict[str, Any], defaults: dict[str, Any], factory: str,
+                  optional: Sequence[str] = ()) -> dict[str, Any]:
+    """Check that ``kwargs`` holds exactly the flags in ``defaults`` (``optional`` ones may be missing)."""
+    missing = [k for k in defaults if k not in kwargs and k not in optional]
+    unknown = [k for k in kwargs if k not in defaults]
+    if missing or unknown:
+        raise TypeError(
+            f"{factory}() got unknown arguments {unknown} and is missing {missing}; "
+            f"it takes: {', '.join(defaults)}"
+        )
+    return {**{k: defaults[k] for k in optional}, **kwargs}
+
+
+def _diffusion_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The ``create_gaussian_diffusion`` arguments among the flags."""
+    res = {k: kwargs[k] for k in diffusion_defaults() if k != "diffusion_steps"}
+    res["steps"] = kwargs["diffusion_steps"]
+    return res
+
+
+def create_model_and_diffusion(**kwargs) -> tuple[UNetModel, SpacedDiffusion]:
+    """
+    Build the image model and its diffusion process.
+
+    :param kwargs: every key of ``model_and_diffusion_defaults()`` (``num_classes`` may be
+        left out: 1000).
+    :return: (model, diffusion).
+    """
+    kwargs = _split_kwargs(kwargs, model_and_diffusion_defaults(), "create_model_and_diffusion",
+                           optional=("num_classes",))
+    model = create_model(**{k: kwargs[k] for k in _MODEL_KEYS})
+    return model, create_gaussian_diffusion(**_diffusion_kwargs(kwargs))
+
+
+def _channel_mult(channel_mult: Union[str, Sequence[float]], image_size: int,
+                  table: dict[int, tuple], flag: str) -> tuple[float, ...]:
+    """
+    Parse a channel multiplier flag ("1,2,2", "0.5,1"), or take the default for the image
+    size when it is empty.
+    """
+    if not isinstance(channel_mult, str):
+        return tuple(channel_mult)
+    if not channel_mult:
+        if image_size not in table:
+            sizes = ", ".join(str(s) for s in sorted(table))
+            raise ValueError(
+                f"unsupported image size {image_size}: there are default channel multipliers "
+                f"only for {sizes}; give --{flag} (e.g. 1,2,2,2) for other sizes"
+            )
+        return table[image_size]
+    try:
+        mults = [float(m) for m in channel_mult.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"invalid --{flag} {channel_mult!r}: expected comma-separated numbers such as 1,2,3,4"
+        ) from None
+    if any(m <= 0 for m in mults):
+        raise ValueError(f"invalid --{flag} {channel_mult!r}: multipliers must be positive")
+    return tuple(int(m) if m.is_integer() else m for m in mults)
+
+
+def _attention_ds(attention_resolutions: str, image_size: int, flag: str) -> tuple[int, ...]:
+    """Turn "32,16,8" (resolutions) into downsampling rates, e.g. (2, 4, 8) at 64x64."""
+    try:
+        resolutions = [int(r) for r in attention_resolutions.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"invalid --{flag} {attention_resolutions!r}: expected comma-separated "
+            "resolutions such as 32,16,8"
+        ) from None
+    bad = [r for r in resolutions if r <= 0 or image_size % r]
+    if bad:
+        raise ValueError(
+            f"invalid --{flag} {attention_resolutions!r}: {bad} do not divide the image size "
+            f"{image_size}"
+        )
+    return tuple(image_size // r for r in resolutions)
+
+
+def create_model(image_size: int, num_channels: int, num_res_blocks: int,
+                 channel_mult: Union[str, Sequence[float]] = "", learn_sigma: bool = False,
+                 class_cond: bool = False, use_checkpoint: bool = False,
+                 attention_resolutions: str = "16", num_heads: int = 1,
+                 num_head_channels: int = -1, num_heads_upsample: int = -1,
+                 use_scale_shift_norm: bool = False, dropout: float = 0,
+                 resblock_updown: bool = False, use_fp16: bool = False,
+                 use_new_attention_order: bool = False, num_classes: int = NUM_CLASSES) -> UNetModel:
+    """
+    Build the image UNet from flags (see ``model_and_diffusion_defaults``).
+
+    :param channel_mult: "" for the image size's default, or comma-separated multipliers.
+    :param attention_resolutions: comma-separated resolutions (side lengths) with attention.
+    :param num_classes: label count when ``class_cond``.
+    :return: the model, in float32 (call ``convert_to_fp16()`` for ``use_fp16``).
+    """
+    return UNetModel(
+        image_size=image_size,
+        in_channels=3,
+        model_channels=num_channels,
+        out_channels=6 if learn_sigma else 3,
+        num_res_blocks=num_res_blocks,
+        attention_resolutions=_attention_ds(attention_resolutions, image_size, "attention_resolutions"),
+        dropout=dropout,
+        channel_mult=_channel_mult(channel_mult, image_size, MODEL_CHANNEL_MULTS, "channel_mult"),
+        num_classes=num_classes if class_cond else None,
+        use_checkpoint=use_checkpoint,
+        use_fp16=use_fp16,
+        num_heads=num_heads,
+        num_head_channels=num_head_channels,
+        num_heads_upsample=num_heads_upsample,
+        use_scale_shift_norm=use_scale_shift_norm,
+        resblock_updown=resblock_updown,
+        use_new_attention_order=use_new_attention_order,
+    )
+
+
+def create_classifier_and_diffusion(**kwargs) -> tuple[EncoderUNetModel, SpacedDiffusion]:
+    """
+    Build the noisy classifier and its diffusion process.
+
+    :param kwargs: every key of ``classifier_and_diffusion_defaults()`` (``num_classes`` and
+        ``classifier_channel_mult`` may be left out).
+    :return: (classifier, diffusion).
+    """
+    kwargs = _split_kwargs(kwargs, classifier_and_diffusion_defaults(),
+                           "create_classifier_and_diffusion",
+                           optional=("num_classes", "classifier_channel_mult"))
+    classifier = create_classifier(**{k: kwargs[k] for k in classifier_defaults()})
+    return classifier, create_gaussian_diffusion(**_diffusion_kwargs(kwargs))
+
+
+def create_classifier(image_size: int, classifier_use_fp16: bool, classifier_width: int,
+                      classifier_depth: int, classifier_attention_resolutions: str,
+                      classifier_use_scale_shift_norm: bool, classifier_resblock_updown: bool,
+                      classifier_pool: str, classifier_channel_mult: str = "",
+                      num_classes: int = NUM_CLASSES) -> EncoderUNetModel:
+    """
+    Build the noisy classifier from flags (see ``classifier_defaults``): the encoder half of
+    the UNet with 64 channels per attention head.
+
+    :param classifier_channel_mult: "" for the image size's default, or multipliers.
+    :param num_classes: number of outputs.
+    :return: the classifier, in float32.
+    """
+    return EncoderUNetModel(
+        image_size=image_size,
+        in_channels=3,
+        model_channels=classifier_width,
+        out_channels=num_classes,
+        num_res_blocks=classifier_depth,
+        attention_resolutions=_attention_ds(
+            classifier_attention_resolutions, image_size, "classifier_attention_resolutions"
+        ),
+        channel_mult=_channel_mult(
+            classifier_channel_mult, image_size, CLASSIFIER_CHANNEL_MULTS, "classifier_channel_mult"
+        ),
+        use_fp16=classifier_use_fp16,
+        num_head_channels=64,
+        use_scale_shift_norm=classifier_use_scale_shift_norm,
+        resblock_updown=classifier_resblock_updown,
+        pool=classifier_pool,
+    )
+
+
+def sr_create_model_and_diffusion(**kwargs) -> tuple[SuperResModel, SpacedDiffusion]:
+    """
+    Build the super-resolution model and its diffusion process.
+
+    :param kwargs: every key of ``sr_model_and_diffusion_defaults()`` (``num_classes`` may
+        be left out).
+    :return: (model, diffusion).
+    """
+    kwargs = _split_kwargs(kwargs, sr_model_and_diffusion_defaults(),
+                           "sr_create_model_and_diffusion", optional=("num_classes",))
+    model = sr_create_model(**{k: kwargs[k] for k in _SR_MODEL_KEYS})
+    return model, create_gaussian_diffusion(**_diffusion_kwargs(kwargs))
+
+
+def sr_create_model(large_size: int, small_size: int, num_channels: int, num_res_blocks: int,
+                    learn_sigma: bool, class_cond: bool, use_checkpoint: bool,
+                    attention_resolutions: str, num_heads: int, num_head_channels: int,
+                    num_heads_upsample: int, use_scale_shift_norm: bool, dropout: float,
+                    resblock_updown: bool, use_fp16: bool, num_classes: int = NUM_CLASSES,
+                    channel_mult: Union[str, Sequence[float]] = "") -> SuperResModel:
+    """
+    Build the super-resolution UNet from flags (see ``sr_model_and_diffusion_defaults``).
+
+    :param large_size: output side length.
+    :param small_size: input side length (the model upsamples whatever it gets).
+    :param channel_mult: "" for the large size's default, or multipliers.
+    :return: the model, in float32.
+    """
+    del small_size  # the low-resolution input is resized to the output size
+    return SuperResModel(
+        image_size=large_size,
+        in_channels=3,
+        model_channels=num_channels,
+        out_channels=6 if learn_sigma else 3,
+        num_res_blocks=num_res_blocks,
+        attention_resolutions=_attention_ds(attention_resolutions, large_size, "attention_resolutions"),
+        dropout=dropout,
+        channel_mult=_channel_mult(channel_mult, large_size, SR_CHANNEL_MULTS, "channel_mult"),
+        num_classes=num_classes if class_cond else None,
+        use_checkpoint=use_checkpoint,
+        num_heads=num_heads,
+        num_head_channels=num_head_channels,
+        num_heads_upsample=num_heads_upsample,
+        use_scale_shift_norm=use_scale_shift_norm,
+        resblock_updown=resblock_updown,
+        use_fp16=use_fp16,
+    )
+
+
+def create_gaussian_diffusion(*, steps: int = 1000, learn_sigma: bool = False,
+                              sigma_small: bool = False, noise_schedule: str = "linear",
+                              use_kl: bool = False, predict_xstart: bool = False,
+                              rescale_timesteps: bool = False,
+                              rescale_learned_sigmas: bool = False,
+                              timestep_respacing: Union[str, Sequence[int]] = "") -> SpacedDiffusion:
+    """
+    Build a (possibly re-spaced) diffusion process from flags.
+
+    :param steps: T, the number of diffusion steps.
+    :param learn_sigma: the model predicts the variance (LEARNED_RANGE).
+    :param sigma_small: fixed small (posterior) variance instead of the large one.
+    :param noise_schedule: "linear" or "cosine".
+    :param use_kl: train on the rescaled variational bound.
+    :param predict_xstart: the model predicts x_0 instead of the noise.
+    :param rescale_timesteps: the model sees timesteps scaled to [0, 1000).
+    :param rescale_learned_sigmas: the RESCALED_MSE loss.
+    :param timestep_respacing: the steps to keep ("" keeps all; see ``space_timesteps``).
+    :return: the diffusion process.
+    """
+    if use_kl:
+        loss_type = gd.LossType.RESCALED_KL
+    elif rescale_learned_sigmas:
+        loss_type = gd.LossType.RESCALED_MSE
+    else:
+        loss_type = gd.LossType.MSE
+    if learn_sigma:
+        model_var_type = gd.ModelVarType.LEARNED_RANGE
+    elif sigma_small:
+        model_var_type = gd.ModelVarType.FIXED_SMALL
+    else:
+        model_var_type = gd.ModelVarType.FIXED_LARGE
+    return SpacedDiffusion(
+        use_timesteps=space_timesteps(steps, timestep_respacing or [steps]),
+        betas=gd.get_named_beta_schedule(noise_schedule, steps),
+        model_mean_type=gd.ModelMeanType.START_X if predict_xstart else gd.ModelMeanType.EPSILON,
+        model_var_type=model_var_type,
+        loss_type=loss_type,
+        rescale_timesteps=rescale_timesteps,
+    )
+
+
+FLAG_HELP = {
+    # models
+    "image_size": "image side length in pixels",
+    "num_channels": "base channel count of the model",
+    "num_res_blocks": "residual blocks per resolution",
+    "num_heads": "attention heads (when --num_head_channels is -1)",
+    "num_heads_upsample": "attention heads in the upsampling path (-1: --num_heads)",
+    "num_head_channels": "channels per attention head (-1: use --num_heads)",
+    "attention_resolutions": "comma-separated resolutions with attention, e.g. 32,16,8",
+    "channel_mult": "comma-separated channel multipliers per resolution ('': the image size's default)",
+    "dropout": "dropout rate",
+    "class_cond": "condition the model on class labels",
+    "num_classes": "number of classes (label embedding rows / classifier outputs)",
+    "use_checkpoint": "gradient checkpointing: less memory, slower steps",
+    "use_scale_shift_norm": "AdaGN: the timestep embedding scales and shifts the normalised features",
+    "resblock_updown": "residual blocks for up- and downsampling",
+    "use_fp16": "run the model in float16 (mixed precision)",
+    "use_new_attention_order": "split qkv before heads in attention",
+    "large_size": "output side length of the upsampler",
+    "small_size": "input side length of the upsampler",
+    # classifier
+    "classifier_use_fp16": "run the classifier in float16",
+    "classifier_width": "base channel count of the classifier",
+    "classifier_depth": "residual blocks per resolution in the classifier",
+    "classifier_attention_resolutions": "comma-separated resolutions with attention in the classifier",
+    "classifier_use_scale_shift_norm": "AdaGN in the classifier",
+    "classifier_resblock_updown": "residual blocks for downsampling in the classifier",
+    "classifier_pool": "classifier head: adaptive, attention, spatial or spatial_v2",
+    "classifier_channel_mult": "classifier channel multipliers ('': the image size's default)",
+    "classifier_scale": "scale of the classifier gradient in guided sampling",
+    "classifier_path": "classifier checkpoint (.pt)",
+    # diffusion
+    "learn_sigma": "the model also predicts the variance (6 output channels)",
+    "diffusion_steps": "number of diffusion steps T",
+    "noise_schedule": "beta schedule: linear or cosine",
+    "timestep_respacing": "steps to keep: '' (all), '250', '10,15,20' or 'ddim50'",
+    "use_kl": "train on the variational bound",
+    "predict_xstart": "the model predicts x_0 instead of the noise",
+    "rescale_timesteps": "show the model timesteps scaled to [0, 1000)",
+    "rescale_learned_sigmas": "rescale the bound term of the loss (RESCALED_MSE)",
+    # training and sampling
+    "data_dir": "folder of training images (searched recursively)",
+    "val_data_dir": "folder of validation images",
+    "schedule_sampler": "timestep sampler: uniform or loss-second-moment",
+    "lr": "learning rate",
+    "weight_decay": "AdamW weight decay",
+    "lr_anneal_steps": "anneal the learning rate linearly to 0 over this many steps (0: off)",
+    "batch_size": "batch size per process",
+    "microbatch": "split batches into microbatches of this size (-1: off)",
+    "ema_rate": "comma-separated EMA rates",
+    "log_interval": "steps between log rows",
+    "save_interval": "steps between checkpoints",
+    "eval_interval": "steps between evaluations",
+    "resume_checkpoint": "checkpoint to resume from (model{step}.pt)",
+    "fp16_scale_growth": "log2 loss-scale growth per good fp16 step",
+    "iterations": "number of training steps",
+    "anneal_lr": "anneal the learning rate linearly to 0",
+    "noised": "train the classifier on noised images",
+    "clip_denoised": "clip the predicted x_0 to [-1, 1] while sampling",
+    "num_samples": "number of samples to draw",
+    "use_ddim": "sample with DDIM instead of ancestral steps",
+    "model_path": "model checkpoint (.pt)",
+    "base_samples": ".npz of low-resolution samples to upsample",
+}
+
+
+def add_dict_to_argparser(parser: argparse.ArgumentParser, default_dict: dict[str, Any],
+                          helps: Optional[dict[str, str]] = None) -> None:
+    """
+    Add a ``--key`` option per entry of ``default_dict``, typed by its default (booleans
+    parse with ``str2bool``, None defaults as strings).
+
+    :param parser: the parser to extend.
+    :param default_dict: flag names and defaults.
+    :param helps: help texts overriding or extending ``FLAG_HELP``.
+    """
+    helps = {**FLAG_HELP, **(helps or {})}
+    for k, v in default_dict.items():
+        v_type = type(v)
+        if v is None:
+            v_type = str
+        elif isinstance(v, bool):
+            v_type = str2bool
+        text = helps.get(k, k.replace("_", " "))
+        parser.add_argument(f"--{k}", default=v, type=v_type, help=f"{text} (default: %(default)s)")
+
+
+def args_to_dict(args: argparse.Namespace, keys) -> dict[str, Any]:
+    """The values of ``keys`` in parsed arguments, as a dict."""
+    return {k: getattr(args, k) for k in keys}
+
+
+def str2bool(v: Union[str, bool]) -> bool:
+    """Parse a boolean flag value (yes/no, true/false, t/f, y/n, 1/0)."""
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if v.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"boolean value expected (true/false, yes/no, 1/0), got {v!r}")
