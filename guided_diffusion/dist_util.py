@@ -1,37 +1,302 @@
 """
-Process groups and devices. (Placeholder being replaced by the full version: single
-process only.)
+Process groups and devices for single-process, ``torchrun`` and ``mpiexec`` runs.
+
+``torch.distributed`` carries all communication. ``setup_dist()`` finds out how the
+process was launched and joins the matching process group:
+
+- ``torchrun`` (or any launcher that sets ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR`` and
+  ``MASTER_PORT``): the ``env://`` rendezvous.
+- ``mpiexec`` / ``mpirun`` / ``srun --mpi`` (MPICH, Open MPI, Intel MPI, MVAPICH, PMIx):
+  rank, size and local rank come from mpi4py; rank 0 opens a TCP store on a free port and
+  sends its address to the others over MPI.
+- a plain ``python`` run: a one-process group (nothing to talk to, but code that calls
+  ``torch.distributed`` directly after ``setup_dist()``, as the original scripts do,
+  keeps working).
+
+The GPU is chosen from the local rank (the rank among processes on the same node), so any
+number of GPUs per node works. NCCL is used when CUDA is available, gloo otherwise.
+
+The helpers ``get_rank()``, ``get_world_size()``, ``get_local_rank()``, ``barrier()`` and
+``sync_params()`` work with or without ``setup_dist()``.
 """
 
+import datetime
 import io
+import os
+import socket
+import sys
+from collections.abc import Iterable
+from typing import Any, Optional
 
 import blobfile as bf
 import torch
 import torch.distributed as dist
 
+from .io_util import is_local_path
 
-def setup_dist() -> None:
-    """Set up a process group; a single process needs none."""
+# Environment variables that MPI launchers set for every process: (rank, size, local rank).
+_MPI_ENV = (
+    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),  # Open MPI
+    ("PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID"),  # MPICH (hydra), Intel MPI
+    ("MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_LOCAL_RANK"),  # MVAPICH
+    ("PMIX_RANK", "PMIX_SIZE", "PMIX_LOCAL_RANK"),  # PMIx (e.g. srun --mpi=pmix)
+)
+
+# How long ranks wait for each other while joining a group and in collectives.
+_TIMEOUT = datetime.timedelta(minutes=30)
+
+# Local rank found by setup_dist() (None until then: read from the environment instead).
+_local_rank: Optional[int] = None
+# Launcher variables setup_dist() set itself under MPI (cleanup() removes them again).
+_variables_set: list[str] = []
+
+
+def _env_int(name: str) -> Optional[int]:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else None
+
+
+def _launched_by_torchrun() -> bool:
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"))
+
+
+def _mpi_env() -> Optional[tuple[int, Optional[int], Optional[int]]]:
+    """(rank, size, local rank) from an MPI launcher's environment, or None outside MPI."""
+    for rank_var, size_var, local_var in _MPI_ENV:
+        rank = _env_int(rank_var)
+        if rank is not None:
+            return rank, _env_int(size_var), _env_int(local_var)
+    return None
+
+
+def setup_dist(backend: Optional[str] = None) -> None:
+    """
+    Join the process group for however this process was launched (see the module
+    docstring) and select this process's GPU. Calling it again does nothing.
+
+    :param backend: "nccl" or "gloo"; by default NCCL when CUDA is available, else gloo.
+    """
+    global _local_rank
+    if dist.is_initialized():
+        return
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+
+    if _launched_by_torchrun():
+        _local_rank = _env_int("LOCAL_RANK") or 0
+        _select_gpu()
+        dist.init_process_group(backend, init_method="env://", timeout=_TIMEOUT)
+    elif _mpi_env() is not None or "mpi4py.MPI" in sys.modules:
+        rank, world_size, _local_rank, store = _mpi_rendezvous()
+        _select_gpu()
+        dist.init_process_group(
+            backend, store=store, rank=rank, world_size=world_size, timeout=_TIMEOUT
+        )
+    else:
+        _local_rank = 0
+        _select_gpu()
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+
+
+def _mpi_rendezvous() -> tuple[int, int, int, dist.Store]:
+    """
+    Use MPI to find rank, world size and local rank, and to hand every rank the address
+    of a TCP store opened by rank 0.
+
+    :return: (rank, world size, local rank, store).
+    """
+    try:
+        from mpi4py import MPI
+    except ImportError as exc:
+        raise RuntimeError(
+            "this process was started by an MPI launcher (mpiexec / mpirun), which needs "
+            "mpi4py to set up torch.distributed: `pip install mpi4py` (and an MPI library, "
+            "e.g. `pip install mpich`), or launch with torchrun instead"
+        ) from exc
+    comm = MPI.COMM_WORLD
+    rank, world_size = comm.Get_rank(), comm.Get_size()
+    node_comm = comm.Split_type(MPI.COMM_TYPE_SHARED)
+    local_rank = node_comm.Get_rank()
+    node_comm.Free()
+
+    hostnames = comm.allgather(socket.gethostname())
+    store = None
+    address = None
+    if rank == 0:
+        try:
+            if "MASTER_ADDR" in os.environ:
+                host = os.environ["MASTER_ADDR"]
+            elif len(set(hostnames)) == 1:
+                host = "127.0.0.1"
+            else:
+                host = _host_address()
+            _check_local_address(host)
+            # Port 0 lets the OS pick a free port; the store reports the one it got.
+            port = _env_int("MASTER_PORT") or 0
+            store = dist.TCPStore(
+                host, port, world_size, is_master=True, timeout=_TIMEOUT, wait_for_workers=False
+            )
+            address = (host, store.port)
+        except Exception as exc:
+            comm.bcast(None, root=0)  # let the other ranks fail too instead of waiting
+            raise RuntimeError(f"rank 0 could not open the rendezvous store: {exc}") from exc
+    address = comm.bcast(address, root=0)
+    if address is None:
+        raise RuntimeError("rank 0 could not open the rendezvous store (see its error)")
+    host, port = address
+    if store is None:
+        store = dist.TCPStore(host, port, world_size, is_master=False, timeout=_TIMEOUT)
+    # Make the usual variables visible to code that reads them (as under torchrun).
+    variables = dict(
+        RANK=str(rank),
+        WORLD_SIZE=str(world_size),
+        LOCAL_RANK=str(local_rank),
+        MASTER_ADDR=host,
+        MASTER_PORT=str(port),
+    )
+    _variables_set.extend(k for k in variables if k not in os.environ)
+    os.environ.update(variables)
+    return rank, world_size, local_rank, store
+
+
+def _check_local_address(host: str) -> None:
+    """Fail at once (not after the store's timeout) when rank 0 cannot listen on ``host``."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind((host, 0))
+    except OSError as exc:
+        raise ValueError(
+            f"rank 0 cannot listen on {host!r} (MASTER_ADDR or this host's name): {exc}; "
+            "set MASTER_ADDR to an address of the node running rank 0"
+        ) from exc
+
+
+def _host_address() -> str:
+    """This node's address as other nodes see it (set MASTER_ADDR where this guesses wrong)."""
+    address = socket.gethostbyname(socket.getfqdn())
+    if address.startswith("127."):
+        # Many /etc/hosts files map the host name to a loopback address: ask the routing
+        # table which interface reaches outside instead (a UDP connect sends nothing).
+        try:
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+                s.connect(("10.255.255.255", 1))
+                address = s.getsockname()[0]
+        except OSError:
+            pass
+    return address
+
+
+def _select_gpu() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.set_device(dev())
+
+
+def get_rank() -> int:
+    """
+    :return: this process's rank (0 alone); read from the launcher's environment when
+        ``setup_dist()`` has not run yet.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank()
+    if _launched_by_torchrun():
+        return int(os.environ["RANK"])
+    mpi = _mpi_env()
+    return mpi[0] if mpi is not None else 0
+
+
+def get_world_size() -> int:
+    """
+    :return: the number of processes (1 alone); read from the launcher's environment when
+        ``setup_dist()`` has not run yet.
+    """
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    if _launched_by_torchrun():
+        return int(os.environ["WORLD_SIZE"])
+    mpi = _mpi_env()
+    if mpi is not None and mpi[1] is not None:
+        return mpi[1]
+    return 1
+
+
+def get_local_rank() -> int:
+    """:return: this process's rank among the processes on its node (0 alone)."""
+    if _local_rank is not None:
+        return _local_rank
+    if "LOCAL_RANK" in os.environ:
+        return int(os.environ["LOCAL_RANK"])
+    mpi = _mpi_env()
+    if mpi is not None and mpi[2] is not None:
+        return mpi[2]
+    return 0
+
+
+def is_main_process() -> bool:
+    """:return: True on rank 0, the process that writes logs and checkpoints."""
+    return get_rank() == 0
 
 
 def dev() -> torch.device:
-    """The device this process should use."""
+    """
+    :return: the device this process should use: the GPU of its local rank (wrapping
+        around when a node has fewer visible GPUs than processes), else the CPU.
+    """
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        return torch.device("cuda", get_local_rank() % torch.cuda.device_count())
     return torch.device("cpu")
 
 
-def load_state_dict(path: str, **kwargs):
-    """Load a checkpoint safely (tensors only: a .pt file cannot run code)."""
+def barrier() -> None:
+    """Wait until every rank gets here (returns at once in a one-process run)."""
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        if dist.get_backend() == "nccl":
+            dist.barrier(device_ids=[dev().index])
+        else:
+            dist.barrier()
+
+
+def load_state_dict(path: str, **kwargs: Any) -> Any:
+    """
+    Load a checkpoint safely: ``torch.load`` with ``weights_only=True``, so a ``.pt`` file
+    holds tensors and plain containers and cannot run code.
+
+    Every rank reads the file itself; nothing is exchanged between ranks, so this never
+    waits for other ranks (it is fine to call it on some ranks only).
+
+    :param path: local path or blobfile URL.
+    :param kwargs: passed to ``torch.load``, e.g. ``map_location="cpu"``.
+    :return: the loaded object (usually a state dict).
+    """
+    kwargs.setdefault("weights_only", True)
+    if is_local_path(path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        return torch.load(path, **kwargs)
+    if not bf.exists(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
     with bf.BlobFile(path, "rb") as f:
         data = f.read()
-    kwargs.setdefault("weights_only", True)
     return torch.load(io.BytesIO(data), **kwargs)
 
 
-def sync_params(params) -> None:
-    """Broadcast parameters from rank 0 (nothing to do alone)."""
-    if dist.is_available() and dist.is_initialized():
+def sync_params(params: Iterable[torch.Tensor]) -> None:
+    """
+    Copy rank 0's values into every rank's tensors, in place (nothing to do alone).
+
+    :param params: tensors (e.g. ``model.parameters()``) on this rank's device.
+    """
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return
+    with torch.no_grad():
         for p in params:
-            with torch.no_grad():
-                dist.broadcast(p, 0)
+            dist.broadcast(p.data if isinstance(p, torch.nn.Parameter) else p, src=0)
+
+
+def cleanup() -> None:
+    """Leave the process group, if any (before exiting, or to set up a new one)."""
+    global _local_rank
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+    _local_rank = None
+    while _variables_set:
+        os.environ.pop(_variables_set.pop(), None)

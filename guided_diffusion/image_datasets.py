@@ -1,0 +1,281 @@
+"""
+Image folders as endless streams of training batches.
+
+Images (jpg, jpeg, png, gif) are found recursively under a data directory, local or a
+blobfile URL. With ``class_cond`` the class of an image is the part of its file name before
+the first underscore ("<class>_<anything>.<ext>"), classes sorted and numbered from 0. Each
+rank reads its own shard of the sorted file list, ``files[rank::world_size]``.
+
+Images are cropped square the way the original release does it (box-filter halving, then a
+bicubic resize of the shorter side, then a centre or random crop), so the pixels match it
+exactly, and mapped to [-1, 1] as ``x / 127.5 - 1``.
+"""
+
+import math
+import random
+from collections.abc import Iterator, Sequence
+from typing import Optional
+
+import blobfile as bf
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from . import dist_util
+
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "gif")
+
+
+def load_data(
+    *,
+    data_dir: str,
+    batch_size: int,
+    image_size: int,
+    class_cond: bool = False,
+    deterministic: bool = False,
+    random_crop: bool = False,
+    random_flip: bool = True,
+    num_workers: int = 1,
+) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """
+    Endless batches of images from a folder, this rank's shard of it.
+
+    All checks (folder exists, holds images, class names, shard size) happen when this is
+    called, before any batch is read.
+
+    :param data_dir: folder searched recursively (local path or blobfile URL).
+    :param batch_size: images per batch on this rank.
+    :param image_size: side of the square images.
+    :param class_cond: also yield class labels taken from the file names.
+    :param deterministic: keep the file order instead of shuffling every epoch.
+    :param random_crop: random crops of a random scale instead of centre crops.
+    :param random_flip: flip images horizontally with probability 0.5.
+    :param num_workers: DataLoader worker processes (0 reads in this process).
+    :return: an iterator of (images [N x 3 x image_size x image_size] float32 in [-1, 1],
+        {"y": int64 labels [N]} with ``class_cond``, else {}).
+    """
+    if batch_size <= 0:
+        raise ValueError(f"batch_size must be a positive integer, got {batch_size}")
+    if image_size <= 0:
+        raise ValueError(f"image_size must be a positive integer, got {image_size}")
+    all_files = _list_data_files(data_dir)
+    classes = None
+    if class_cond:
+        class_index = _class_index(all_files, data_dir)
+        classes = [class_index[_class_name(path)] for path in all_files]
+    rank, world_size = dist_util.get_rank(), dist_util.get_world_size()
+    dataset = ImageDataset(
+        image_size,
+        all_files,
+        classes=classes,
+        shard=rank,
+        num_shards=world_size,
+        random_crop=random_crop,
+        random_flip=random_flip,
+    )
+    # Every rank checks the smallest shard, so that all of them stop here, not just one.
+    smallest_shard = len(all_files) // world_size
+    if smallest_shard < batch_size:
+        raise ValueError(
+            f"--batch_size {batch_size} is larger than the smallest rank's share of "
+            f"{data_dir!r}: {smallest_shard} of {len(all_files)} images over {world_size} "
+            "rank(s), and incomplete batches are dropped; use a smaller batch size or more "
+            "images"
+        )
+    loader = DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=not deterministic,
+        num_workers=num_workers,
+        drop_last=True,
+        persistent_workers=num_workers > 0,
+    )
+    return _repeat(loader)
+
+
+def _repeat(loader: DataLoader) -> Iterator:
+    while True:
+        yield from loader
+
+
+def list_classes(data_dir: str) -> dict[str, int]:
+    """
+    The class names found in a folder's file names and the labels ``load_data`` gives them.
+
+    :param data_dir: folder searched recursively (local path or blobfile URL).
+    :return: {class name: label}, names sorted, labels 0..len-1.
+    """
+    return _class_index(_list_data_files(data_dir), data_dir)
+
+
+def _list_data_files(data_dir: str) -> list[str]:
+    """The sorted image list of ``data_dir``, with errors that say what is wrong."""
+    if not data_dir:
+        raise ValueError("no data directory given: set --data_dir to a folder of images")
+    if not bf.exists(data_dir):
+        raise FileNotFoundError(f"data directory not found: {data_dir!r} (--data_dir)")
+    if not bf.isdir(data_dir):
+        raise ValueError(f"--data_dir must be a folder of images, got the file {data_dir!r}")
+    files = _list_image_files_recursively(data_dir)
+    if not files:
+        raise ValueError(
+            f"no images in data directory {data_dir!r}: expected files ending in "
+            f"{', '.join('.' + e for e in IMAGE_EXTENSIONS)} (searched recursively)"
+        )
+    return files
+
+
+def _class_name(path: str) -> str:
+    return bf.basename(path).split("_")[0]
+
+
+def _class_index(files: Sequence[str], data_dir: str) -> dict[str, int]:
+    unlabelled = [path for path in files if "_" not in bf.basename(path)]
+    if unlabelled:
+        raise ValueError(
+            f"class_cond needs the class in each file name, as '<class>_<anything>.<ext>' "
+            f"(e.g. 'n01440764_10026.JPEG' or 'cat_0001.png'), but {len(unlabelled)} of "
+            f"{len(files)} files in {data_dir!r} have no '_' in their name, e.g. "
+            f"{unlabelled[0]!r}; rename them or train without --class_cond"
+        )
+    names = sorted({_class_name(path) for path in files})
+    return {name: index for index, name in enumerate(names)}
+
+
+def _list_image_files_recursively(data_dir: str) -> list[str]:
+    """
+    :param data_dir: folder (local path or blobfile URL).
+    :return: paths of the images below it: each folder's entries in sorted order, files by
+        extension (case-insensitive), sub-folders searched in place.
+    """
+    results = []
+    # One listing per folder (scandir tells files from folders without a query per entry).
+    for entry in sorted(bf.scandir(data_dir), key=lambda e: e.name):
+        full_path = bf.join(data_dir, entry.name)
+        extension = entry.name.rsplit(".", 1)[-1].lower()
+        if entry.is_dir:
+            results.extend(_list_image_files_recursively(full_path))
+        elif "." in entry.name and extension in IMAGE_EXTENSIONS:
+            results.append(full_path)
+    return results
+
+
+class ImageDataset(Dataset):
+    """
+    One shard of a list of images, as float32 CHW arrays in [-1, 1].
+
+    :param resolution: side of the square output images.
+    :param image_paths: all image paths (local or blobfile URLs).
+    :param classes: one integer label per path, or None.
+    :param shard: this shard's index; it holds ``image_paths[shard::num_shards]``.
+    :param num_shards: number of shards (ranks).
+    :param random_crop: random-scale random crops instead of centre crops.
+    :param random_flip: flip horizontally with probability 0.5.
+    """
+
+    def __init__(
+        self,
+        resolution: int,
+        image_paths: Sequence[str],
+        classes: Optional[Sequence[int]] = None,
+        shard: int = 0,
+        num_shards: int = 1,
+        random_crop: bool = False,
+        random_flip: bool = True,
+    ):
+        super().__init__()
+        if classes is not None and len(classes) != len(image_paths):
+            raise ValueError(
+                f"got {len(classes)} class labels for {len(image_paths)} images; "
+                "need one label per image"
+            )
+        self.resolution = resolution
+        self.local_images = list(image_paths[shard::num_shards])
+        self.local_classes = None if classes is None else list(classes[shard::num_shards])
+        self.random_crop = random_crop
+        self.random_flip = random_flip
+
+    def __len__(self) -> int:
+        return len(self.local_images)
+
+    def __getitem__(self, idx: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """:return: (image [3 x resolution x resolution] float32 in [-1, 1], {"y": label})."""
+        pil_image = _read_rgb(self.local_images[idx])
+        if self.random_crop:
+            arr = random_crop_arr(pil_image, self.resolution)
+        else:
+            arr = center_crop_arr(pil_image, self.resolution)
+        if self.random_flip and random.random() < 0.5:
+            arr = arr[:, ::-1]
+        arr = arr.astype(np.float32) / 127.5 - 1
+        out_dict = {}
+        if self.local_classes is not None:
+            out_dict["y"] = np.array(self.local_classes[idx], dtype=np.int64)
+        return np.transpose(arr, [2, 0, 1]), out_dict  # HWC -> CHW
+
+
+def _read_rgb(path: str) -> Image.Image:
+    """Read an image file fully and convert it to RGB, naming the file on failure."""
+    try:
+        with bf.BlobFile(path, "rb") as f:
+            pil_image = Image.open(f)
+            pil_image.load()
+        return pil_image.convert("RGB")
+    except Exception as exc:
+        raise ValueError(f"cannot read image file {path!r}: {exc}") from exc
+
+
+def center_crop_arr(pil_image: Image.Image, image_size: int) -> np.ndarray:
+    """
+    Scale an image so its shorter side is ``image_size`` and cut out the central square.
+
+    :param pil_image: the image (RGB for a 3-channel result).
+    :param image_size: side of the square result.
+    :return: uint8 array [image_size x image_size x channels].
+    """
+    arr = _resize_shorter_side(pil_image, image_size)
+    top = (arr.shape[0] - image_size) // 2
+    left = (arr.shape[1] - image_size) // 2
+    return arr[top : top + image_size, left : left + image_size]
+
+
+def random_crop_arr(
+    pil_image: Image.Image,
+    image_size: int,
+    min_crop_frac: float = 0.8,
+    max_crop_frac: float = 1.0,
+) -> np.ndarray:
+    """
+    Scale an image so its shorter side is a random size between ``image_size /
+    max_crop_frac`` and ``image_size / min_crop_frac`` (rounded up), then cut out a square at
+    a random place. Uses Python's ``random`` module.
+
+    :param pil_image: the image (RGB for a 3-channel result).
+    :param image_size: side of the square result.
+    :param min_crop_frac: smallest crop side as a fraction of the shorter side.
+    :param max_crop_frac: largest crop side as a fraction of the shorter side.
+    :return: uint8 array [image_size x image_size x channels].
+    """
+    smallest = math.ceil(image_size / max_crop_frac)
+    largest = math.ceil(image_size / min_crop_frac)
+    arr = _resize_shorter_side(pil_image, random.randrange(smallest, largest + 1))
+    top = random.randrange(arr.shape[0] - image_size + 1)
+    left = random.randrange(arr.shape[1] - image_size + 1)
+    return arr[top : top + image_size, left : left + image_size]
+
+
+def _resize_shorter_side(pil_image: Image.Image, size: int) -> np.ndarray:
+    """
+    Halve the image with a box filter while its shorter side is at least ``2 * size``
+    (cheap and alias-free), then resize it bicubically so the shorter side is ``size``.
+
+    :return: uint8 array [height x width x channels].
+    """
+    while min(pil_image.size) >= 2 * size:
+        half = (pil_image.width // 2, pil_image.height // 2)
+        pil_image = pil_image.resize(half, resample=Image.BOX)
+    scale = size / min(pil_image.size)
+    new_size = (round(pil_image.width * scale), round(pil_image.height * scale))
+    pil_image = pil_image.resize(new_size, resample=Image.BICUBIC)
+    return np.array(pil_image)
