@@ -1,0 +1,759 @@
+"""
+Training loops for diffusion models and noisy-image classifiers, and the pieces they share.
+
+``BaseTrainLoop`` holds everything that is not specific to the loss: mixed precision
+(``MixedPrecisionTrainer``), AdamW, EMA copies of the weights, DistributedDataParallel when
+several ranks run, the learning-rate anneal, logging cadence and the checkpoint files.
+``TrainLoop`` adds the diffusion loss (the original class, same arguments) and
+``ClassifierTrainLoop`` the cross-entropy loss of a classifier on noised images.
+
+Checkpoints go to the log directory, written atomically by rank 0 only, named after the
+number of optimizer steps taken so far (N):
+
+- ``model{N:06d}.pt``: the float32 model state dict (also with ``use_fp16`` / ``use_bf16``);
+- ``ema_{rate}_{N:06d}.pt``: the EMA weights for each rate, same layout;
+- ``opt{N:06d}.pt``: the AdamW state dict (plus ``lg_loss_scale`` with fp16).
+
+Resuming from ``model{N}.pt`` loads those three, sets the step to N and carries on. With a
+``seed``, every step reseeds torch, numpy and ``random`` from (seed, rank, step), so the noise,
+timesteps and dropout of step N are the same whether or not the run was resumed in between;
+given the same batches, N straight steps and N/2 + resume + N/2 give identical weights, EMA
+and optimizer state. Not in the checkpoint (as in the original): the position of the data
+iterator (``load_data`` starts a new epoch on resume) and the loss history of a
+``LossSecondMomentResampler`` (it warms up again).
+"""
+
+import contextlib
+import os
+import random
+import re
+from collections.abc import Iterator, Sequence
+from typing import Optional, Union
+
+import blobfile as bf
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.parallel.distributed import DistributedDataParallel as DDP
+from torch.optim import AdamW
+
+from . import dist_util, logger
+from .checkpoint_util import diagnose_mismatch, read_state_dict
+from .fp16_util import INITIAL_LOG_LOSS_SCALE, MixedPrecisionTrainer
+from .image_datasets import list_classes
+from .io_util import atomic_torch_save
+from .nn import update_ema
+from .resample import LossAwareSampler, ScheduleSampler, UniformSampler
+
+Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
+
+
+class BaseTrainLoop:
+    """
+    A training loop without a loss: subclasses implement ``forward_backward``.
+
+    ``step`` counts the optimizer steps taken, those of the resumed run included, and
+    ``model{N:06d}.pt`` holds the weights after N steps. (The original counted from the
+    resume point and saved ``model000000.pt`` after the first step.)
+
+    :param model: the network, on ``dist_util.dev()``.
+    :param data: iterator of (images [N x C x H x W], {name: [N x ...] tensor}) batches.
+    :param batch_size: images per batch on this rank (--batch_size).
+    :param microbatch: images per forward/backward pass; gradients are accumulated over the
+        batch. 0 or less: the whole batch at once (--microbatch).
+    :param lr: AdamW learning rate (--lr).
+    :param ema_rate: EMA decay rates, a float or a comma-separated string (--ema_rate);
+        empty for none.
+    :param log_interval: write the logged values every this many steps (--log_interval).
+    :param save_interval: save a checkpoint every this many steps (--save_interval).
+    :param resume_checkpoint: a ``model{N:06d}.pt`` file to resume from, or "".
+    :param use_fp16: float16 model with float32 master weights and loss scaling.
+    :param fp16_scale_growth: log2 loss-scale growth per good fp16 step.
+    :param initial_lg_loss_scale: log2 of the first fp16 loss scale.
+    :param use_bf16: forward pass in bfloat16 autocast (exclusive with ``use_fp16``).
+    :param weight_decay: AdamW weight decay (--weight_decay).
+    :param lr_anneal_steps: anneal the learning rate linearly to 0 over this many steps and
+        stop there; 0 keeps it constant (--lr_anneal_steps).
+    :param max_steps: stop after this many steps in total, counting the steps of the run
+        resumed from; 0 for no limit (--max_steps).
+    :param seed: reseed every step from (seed, rank, step) for reproducible, resumable runs;
+        None leaves the random generators alone.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        data: Iterator[Batch],
+        batch_size: int,
+        microbatch: int,
+        lr: float,
+        ema_rate: Union[str, float, Sequence[float]] = "",
+        log_interval: int = 10,
+        save_interval: int = 10000,
+        resume_checkpoint: str = "",
+        use_fp16: bool = False,
+        fp16_scale_growth: float = 1e-3,
+        initial_lg_loss_scale: float = INITIAL_LOG_LOSS_SCALE,
+        use_bf16: bool = False,
+        weight_decay: float = 0.0,
+        lr_anneal_steps: int = 0,
+        max_steps: int = 0,
+        seed: Optional[int] = None,
+    ):
+        # Check every argument before anything is loaded, synced or written.
+        self.microbatch = check_batch_flags(batch_size, microbatch)
+        self.ema_rate = parse_ema_rate(ema_rate)
+        _check_positive(log_interval=log_interval, save_interval=save_interval)
+        _check_non_negative(lr_anneal_steps=lr_anneal_steps, max_steps=max_steps)
+        if seed is not None and seed < 0:
+            raise ValueError(f"--seed must be a non-negative integer, got {seed}")
+        resume_checkpoint = find_resume_checkpoint() or resume_checkpoint
+        self.resume_step = check_resume_checkpoint(resume_checkpoint)
+        self.resume_checkpoint = resume_checkpoint
+
+        self.model = model
+        self.data = data
+        self.batch_size = batch_size
+        self.lr = lr
+        self.log_interval = log_interval
+        self.save_interval = save_interval
+        self.weight_decay = weight_decay
+        self.lr_anneal_steps = lr_anneal_steps
+        self.max_steps = max_steps
+        self.seed = seed
+        self.step = self.resume_step
+        self.global_batch = batch_size * dist_util.get_world_size()
+
+        # Every rank starts from rank 0's weights (a resumed run loads them below).
+        dist_util.sync_params(model.parameters())
+        dist_util.sync_params(model.buffers())
+        self.mp_trainer = MixedPrecisionTrainer(
+            model=model,
+            use_fp16=use_fp16,
+            fp16_scale_growth=fp16_scale_growth,
+            initial_lg_loss_scale=initial_lg_loss_scale,
+            use_bf16=use_bf16,
+        )
+        self.opt = AdamW(self.mp_trainer.master_params, lr=lr, weight_decay=weight_decay)
+        if resume_checkpoint:
+            self._load_parameters()
+        self.ema_params = [self._load_ema_parameters(rate) for rate in self.ema_rate]
+        if resume_checkpoint:
+            self._load_optimizer_state()
+
+        self.use_ddp = dist_util.get_world_size() > 1
+        self.ddp_model = self._wrap_ddp(model) if self.use_ddp else model
+
+    # ------------------------------------------------------------------ resume
+
+    def _load_parameters(self) -> None:
+        """Load the model weights (and the fp16 master weights) from ``resume_checkpoint``."""
+        logger.log(f"loading model from checkpoint: {self.resume_checkpoint}...")
+        if self.resume_step == 0:
+            logger.log(
+                f"{self.resume_checkpoint} is not named model<step>.pt: starting at "
+                "step 0 with fresh EMA and optimizer state"
+            )
+        state_dict = self._read_model_state(self.resume_checkpoint)
+        self.model.load_state_dict(state_dict)
+        if self.mp_trainer.use_fp16:
+            # Take the float32 values from the file, not their float16 rounding.
+            with torch.no_grad():
+                loaded = self.mp_trainer.state_dict_to_master_params(state_dict)
+                for master, value in zip(self.mp_trainer.master_params, loaded):
+                    master.copy_(value)
+
+    def _load_ema_parameters(self, rate: float) -> list[torch.Tensor]:
+        """:return: the EMA weights for ``rate``: from the file beside the resumed
+        checkpoint when there is one, else a copy of the current weights."""
+        ema_checkpoint = find_ema_checkpoint(self.resume_checkpoint or None, self.resume_step, rate)
+        if ema_checkpoint is None:
+            if self.resume_checkpoint:
+                logger.log(
+                    f"no EMA checkpoint for rate {rate} beside {self.resume_checkpoint}; "
+                    "starting the EMA from the model weights"
+                )
+            return [p.detach().clone() for p in self.mp_trainer.master_params]
+        logger.log(f"loading EMA from checkpoint: {ema_checkpoint}...")
+        state_dict = self._read_model_state(ema_checkpoint)
+        params = self.mp_trainer.state_dict_to_master_params(state_dict)
+        return [p.detach().clone() for p in params]
+
+    def _read_model_state(self, path: str) -> dict[str, torch.Tensor]:
+        """:return: the state dict in ``path`` (safely read); a ``CheckpointMismatchError``
+        naming the differing keys and likely flags when it does not fit the model."""
+        state_dict = read_state_dict(path, map_location="cpu")
+        error = diagnose_mismatch(self.model, state_dict, path)
+        if error is not None:
+            raise error
+        return state_dict
+
+    def _load_optimizer_state(self) -> None:
+        """Load the optimizer (and fp16 loss scale) saved beside ``resume_checkpoint``."""
+        opt_checkpoint = bf.join(
+            bf.dirname(self.resume_checkpoint), f"opt{self.resume_step:06d}.pt"
+        )
+        if not bf.exists(opt_checkpoint):
+            logger.log(f"no optimizer state {opt_checkpoint}; starting AdamW afresh")
+            return
+        logger.log(f"loading optimizer state from checkpoint: {opt_checkpoint}")
+        state_dict = dict(dist_util.load_state_dict(opt_checkpoint, map_location="cpu"))
+        lg_loss_scale = state_dict.pop("lg_loss_scale", None)
+        _check_optimizer_state(state_dict, self.mp_trainer.master_params, opt_checkpoint)
+        self.opt.load_state_dict(state_dict)
+        if self.mp_trainer.use_fp16 and lg_loss_scale is not None:
+            self.mp_trainer.lg_loss_scale = float(lg_loss_scale)
+        # The learning rate comes from --lr and the anneal schedule, not from the file.
+        self._set_lr(self.lr)
+
+    def _wrap_ddp(self, model: nn.Module) -> DDP:
+        device = dist_util.dev()
+        return DDP(
+            model,
+            device_ids=[device] if device.type == "cuda" else None,
+            output_device=device if device.type == "cuda" else None,
+            broadcast_buffers=False,
+            bucket_cap_mb=128,
+            find_unused_parameters=False,
+        )
+
+    # ------------------------------------------------------------------ loop
+
+    def run_loop(self) -> None:
+        """
+        Train until ``max_steps`` or ``lr_anneal_steps`` steps (forever when both are 0),
+        logging every ``log_interval`` steps and saving every ``save_interval`` steps and at
+        the end.
+        """
+        while not self._finished():
+            batch, cond = next(self.data)
+            self.run_step(batch, cond)
+            if self.step % self.log_interval == 0:
+                logger.dumpkvs()
+            self.step += 1
+            if self.step % self.save_interval == 0:
+                self.save()
+        if self.step > self.resume_step:
+            if (self.step - 1) % self.log_interval != 0:
+                logger.dumpkvs()
+            if self.step % self.save_interval != 0:
+                self.save()
+
+    def _finished(self) -> bool:
+        return bool(
+            (self.max_steps and self.step >= self.max_steps)
+            or (self.lr_anneal_steps and self.step >= self.lr_anneal_steps)
+        )
+
+    def run_step(self, batch: torch.Tensor, cond: dict[str, torch.Tensor]) -> None:
+        """
+        Take optimizer step number ``self.step`` (counting from 0) on one batch.
+
+        :param batch: [N x C x H x W] inputs, N = batch_size.
+        :param cond: {name: [N x ...]} model keyword arguments (e.g. "y" labels).
+        """
+        if self.seed is not None:
+            seed_for_step(self.seed, self.step)
+        self._anneal_lr()
+        self.forward_backward(batch, cond)
+        if self.mp_trainer.optimize(self.opt):
+            self._update_ema()
+        self.log_step()
+
+    def forward_backward(self, batch: torch.Tensor, cond: dict[str, torch.Tensor]) -> None:
+        """Zero the gradients and accumulate the gradients of the batch's loss."""
+        raise NotImplementedError
+
+    def _microbatches(
+        self, batch: torch.Tensor, cond: dict[str, torch.Tensor]
+    ) -> Iterator[tuple[torch.Tensor, dict, float, contextlib.AbstractContextManager]]:
+        """
+        Split a batch for gradient accumulation.
+
+        :return: for each microbatch: (inputs [M x ...] on the device, cond [M x ...] on the
+            device, M / N: its share of the batch, the context to run its forward and
+            backward in: DDP's ``no_sync`` for all but the last microbatch).
+        """
+        n = batch.shape[0]
+        for start in range(0, n, self.microbatch):
+            micro = batch[start : start + self.microbatch].to(dist_util.dev())
+            micro_cond = {
+                k: v[start : start + self.microbatch].to(dist_util.dev()) for k, v in cond.items()
+            }
+            last = start + self.microbatch >= n
+            sync = (
+                self.ddp_model.no_sync() if self.use_ddp and not last else contextlib.nullcontext()
+            )
+            yield micro, micro_cond, micro.shape[0] / n, sync
+
+    def _update_ema(self) -> None:
+        with torch.no_grad():
+            for rate, params in zip(self.ema_rate, self.ema_params):
+                update_ema(params, self.mp_trainer.master_params, rate=rate)
+
+    def _anneal_lr(self) -> None:
+        """Step ``s`` uses ``lr * (1 - s / lr_anneal_steps)``."""
+        if not self.lr_anneal_steps:
+            return
+        self._set_lr(self.lr * (1 - self.step / self.lr_anneal_steps))
+
+    def _set_lr(self, lr: float) -> None:
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+
+    def log_step(self) -> None:
+        logger.logkv("step", self.step)
+        logger.logkv("samples", (self.step + 1) * self.global_batch)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def save(self) -> None:
+        """
+        Write the checkpoint files for the current step into the log directory (rank 0;
+        the others wait). The model file is written last: a resume never finds it without
+        the EMA and optimizer files beside it.
+        """
+        if dist_util.get_rank() == 0:
+            logdir = get_blob_logdir()
+            for rate, params in zip(self.ema_rate, self.ema_params):
+                logger.log(f"saving EMA {rate} at step {self.step}...")
+                state_dict = self.mp_trainer.master_params_to_state_dict(params)
+                atomic_torch_save(state_dict, bf.join(logdir, f"ema_{rate}_{self.step:06d}.pt"))
+            opt_state = self.opt.state_dict()
+            if self.mp_trainer.use_fp16:
+                opt_state["lg_loss_scale"] = self.mp_trainer.lg_loss_scale
+            atomic_torch_save(opt_state, bf.join(logdir, f"opt{self.step:06d}.pt"))
+            logger.log(f"saving model at step {self.step}...")
+            state_dict = self.mp_trainer.master_params_to_state_dict(self.mp_trainer.master_params)
+            atomic_torch_save(state_dict, bf.join(logdir, f"model{self.step:06d}.pt"))
+        dist_util.barrier()
+
+
+class TrainLoop(BaseTrainLoop):
+    """
+    Train a diffusion model: the original ``TrainLoop`` arguments plus ``use_bf16``,
+    ``max_steps`` and ``seed`` (see ``BaseTrainLoop`` for the shared ones).
+
+    Each microbatch's loss is weighted by its share of the batch, so the gradient is the
+    batch mean whatever ``microbatch`` is (the original summed the microbatch means).
+
+    :param diffusion: a ``GaussianDiffusion`` (or ``SpacedDiffusion``).
+    :param schedule_sampler: draws the timesteps (default uniform); a ``LossAwareSampler``
+        is updated with every microbatch's losses.
+    """
+
+    def __init__(
+        self,
+        *,
+        model: nn.Module,
+        diffusion,
+        data: Iterator[Batch],
+        batch_size: int,
+        microbatch: int,
+        lr: float,
+        ema_rate: Union[str, float, Sequence[float]],
+        log_interval: int,
+        save_interval: int,
+        resume_checkpoint: str,
+        use_fp16: bool = False,
+        fp16_scale_growth: float = 1e-3,
+        schedule_sampler: Optional[ScheduleSampler] = None,
+        weight_decay: float = 0.0,
+        lr_anneal_steps: int = 0,
+        use_bf16: bool = False,
+        max_steps: int = 0,
+        seed: Optional[int] = None,
+    ):
+        super().__init__(
+            model=model,
+            data=data,
+            batch_size=batch_size,
+            microbatch=microbatch,
+            lr=lr,
+            ema_rate=ema_rate,
+            log_interval=log_interval,
+            save_interval=save_interval,
+            resume_checkpoint=resume_checkpoint,
+            use_fp16=use_fp16,
+            fp16_scale_growth=fp16_scale_growth,
+            use_bf16=use_bf16,
+            weight_decay=weight_decay,
+            lr_anneal_steps=lr_anneal_steps,
+            max_steps=max_steps,
+            seed=seed,
+        )
+        self.diffusion = diffusion
+        self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
+
+    def forward_backward(self, batch: torch.Tensor, cond: dict[str, torch.Tensor]) -> None:
+        self.mp_trainer.zero_grad()
+        for micro, micro_cond, share, sync in self._microbatches(batch, cond):
+            t, weights = self.schedule_sampler.sample(micro.shape[0], dist_util.dev())
+            with sync:
+                with self.mp_trainer.autocast():
+                    losses = self.diffusion.training_losses(
+                        self.ddp_model, micro, t, model_kwargs=micro_cond
+                    )
+                if isinstance(self.schedule_sampler, LossAwareSampler):
+                    self.schedule_sampler.update_with_local_losses(t, losses["loss"].detach())
+                loss = (losses["loss"] * weights).mean()
+                log_loss_dict(self.diffusion, t, {k: v * weights for k, v in losses.items()})
+                self.mp_trainer.backward(loss * share)
+
+
+class ClassifierTrainLoop(BaseTrainLoop):
+    """
+    Train a classifier of noised images x_t (``q_sample`` at timesteps from the schedule
+    sampler) with cross-entropy, logging loss and top-1 / top-5 accuracy per quartile of t,
+    and the same on a validation batch every ``eval_interval`` steps.
+
+    Checkpoints are ``model{N:06d}.pt`` and ``opt{N:06d}.pt`` (no EMA).
+
+    :param diffusion: the diffusion process that noises the images.
+    :param noised: train on x_t; False trains on clean images (t = 0).
+    :param val_data: iterator of validation batches, or None.
+    :param eval_interval: evaluate every this many steps (--eval_interval).
+    :param schedule_sampler: draws the timesteps (default uniform).
+    :param iterations: total steps to train (--iterations).
+    :param anneal_lr: anneal the learning rate linearly to 0 over ``iterations``.
+    :param kwargs: the ``BaseTrainLoop`` arguments (``model``, ``data``, ``batch_size``, ...).
+    """
+
+    def __init__(
+        self,
+        *,
+        diffusion,
+        noised: bool = True,
+        val_data: Optional[Iterator[Batch]] = None,
+        eval_interval: int = 5,
+        schedule_sampler: Optional[ScheduleSampler] = None,
+        iterations: int = 150000,
+        anneal_lr: bool = False,
+        **kwargs,
+    ):
+        _check_positive(eval_interval=eval_interval, iterations=iterations)
+        kwargs.setdefault("initial_lg_loss_scale", 16.0)
+        super().__init__(
+            max_steps=iterations, lr_anneal_steps=iterations if anneal_lr else 0, **kwargs
+        )
+        self.diffusion = diffusion
+        self.noised = noised
+        self.val_data = val_data
+        self.eval_interval = eval_interval
+        self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
+
+    def run_step(self, batch: torch.Tensor, cond: dict[str, torch.Tensor]) -> None:
+        super().run_step(batch, cond)
+        if self.val_data is not None and self.step % self.eval_interval == 0:
+            self.evaluate()
+
+    def evaluate(self) -> None:
+        """Log the loss and accuracies of one validation batch (keys prefixed "val_")."""
+        batch, cond = next(self.val_data)
+        self.model.eval()
+        with torch.no_grad():
+            self.forward_backward(batch, cond, prefix="val")
+        self.model.train()
+
+    def forward_backward(
+        self, batch: torch.Tensor, cond: dict[str, torch.Tensor], prefix: str = "train"
+    ) -> None:
+        """
+        :param batch: [N x C x H x W] clean images.
+        :param cond: {"y": [N] int64 labels}.
+        :param prefix: "train" (accumulate gradients) or "val" (only log, under no_grad).
+        """
+        if "y" not in cond:
+            raise ValueError(
+                "classifier training needs class labels: load the data with class_cond=True"
+            )
+        if prefix == "train":
+            self.mp_trainer.zero_grad()
+        for micro, micro_cond, share, sync in self._microbatches(batch, cond):
+            labels = micro_cond["y"]
+            if self.noised:
+                t, _ = self.schedule_sampler.sample(micro.shape[0], dist_util.dev())
+                micro = self.diffusion.q_sample(micro, t)
+            else:
+                t = torch.zeros(micro.shape[0], dtype=torch.long, device=micro.device)
+            with sync:
+                with self.mp_trainer.autocast():
+                    logits = self.ddp_model(micro, timesteps=t)
+                loss = F.cross_entropy(logits.float(), labels, reduction="none")
+                losses = {
+                    f"{prefix}_loss": loss.detach(),
+                    f"{prefix}_acc@1": compute_top_k(logits, labels, k=1, reduction="none"),
+                    f"{prefix}_acc@5": compute_top_k(logits, labels, k=5, reduction="none"),
+                }
+                log_loss_dict(self.diffusion, t, losses)
+                if loss.requires_grad:
+                    self.mp_trainer.backward(loss.mean() * share)
+
+
+# ---------------------------------------------------------------------------- flags
+
+# ``TrainLoop`` arguments that come straight from the command-line flags of the same name.
+TRAIN_LOOP_FLAGS = (
+    "batch_size",
+    "microbatch",
+    "lr",
+    "ema_rate",
+    "log_interval",
+    "save_interval",
+    "resume_checkpoint",
+    "use_fp16",
+    "fp16_scale_growth",
+    "weight_decay",
+    "lr_anneal_steps",
+    "use_bf16",
+    "max_steps",
+    "seed",
+)
+
+# Help for the training flags that script_util.FLAG_HELP does not cover.
+TRAIN_FLAG_HELP = {
+    "max_steps": "stop after this many training steps in total, counting those of a resumed "
+    "run (0: no limit)",
+    "use_bf16": "train with the forward pass in bfloat16 autocast (float32 weights, no loss "
+    "scaling; not with --use_fp16)",
+    "seed": "random seed: model initialisation, and every step's noise and timesteps "
+    "(reseeded from seed, rank and step, so a resumed run draws what an "
+    "uninterrupted one would)",
+}
+
+
+def diffusion_train_defaults() -> dict:
+    """
+    Defaults of the flags shared by the diffusion training scripts (``image_train.py``,
+    ``super_res_train.py``): the original ones plus ``max_steps``, ``use_bf16`` and ``seed``.
+    """
+    return dict(
+        data_dir="",
+        schedule_sampler="uniform",
+        lr=1e-4,
+        weight_decay=0.0,
+        lr_anneal_steps=0,
+        batch_size=1,
+        microbatch=-1,  # -1 disables microbatches
+        ema_rate="0.9999",  # comma-separated list of EMA values
+        log_interval=10,
+        save_interval=10000,
+        resume_checkpoint="",
+        use_fp16=False,
+        fp16_scale_growth=1e-3,
+        max_steps=0,
+        use_bf16=False,
+        seed=0,
+    )
+
+
+def check_train_args(args) -> None:
+    """
+    Check the training flags that can be checked before anything is loaded or written
+    (batch and microbatch sizes, the resume checkpoint, the precision, the class count of
+    the data).
+
+    :param args: parsed flags with ``batch_size``, ``microbatch``, ``resume_checkpoint``,
+        and optionally ``class_cond``, ``data_dir`` and ``num_classes``.
+    :raises ValueError, FileNotFoundError: naming the flag at fault.
+    """
+    check_batch_flags(args.batch_size, args.microbatch)
+    check_resume_checkpoint(args.resume_checkpoint)
+    if getattr(args, "use_fp16", False) and getattr(args, "use_bf16", False):
+        raise ValueError("--use_fp16 and --use_bf16 cannot both be True: choose one")
+    if getattr(args, "class_cond", False):
+        check_num_classes(args.data_dir, args.num_classes)
+
+
+# ---------------------------------------------------------------------------- helpers
+
+
+def seed_for_step(seed: int, step: int) -> None:
+    """
+    Seed torch (every device), numpy's and Python's global generators from
+    (seed, rank, step): each rank draws different noise, and a step draws the same numbers
+    whether or not the run was resumed before it.
+    """
+    seeds = np.random.SeedSequence([seed, dist_util.get_rank(), step]).generate_state(3)
+    torch.manual_seed(int(seeds[0]))
+    np.random.seed(int(seeds[1]))
+    random.seed(int(seeds[2]))
+
+
+def compute_top_k(
+    logits: torch.Tensor, labels: torch.Tensor, k: int, reduction: str = "mean"
+) -> torch.Tensor:
+    """
+    :param logits: [N x classes] scores.
+    :param labels: [N] int64 true classes.
+    :param k: count a hit when the label is among the k best scores (k is capped at the
+        number of classes).
+    :param reduction: "mean" for the accuracy, "none" for the [N] float hits.
+    """
+    top_ks = torch.topk(logits, min(k, logits.shape[-1]), dim=-1).indices  # [N x k]
+    hits = (top_ks == labels[:, None]).any(dim=-1).float()
+    if reduction == "mean":
+        return hits.mean()
+    if reduction == "none":
+        return hits
+    raise ValueError(f"reduction must be 'mean' or 'none', got {reduction!r}")
+
+
+def log_loss_dict(diffusion, ts: torch.Tensor, losses: dict[str, torch.Tensor]) -> None:
+    """
+    Log the mean of each loss, and its mean in each quartile of the timesteps as
+    "{key}_q0" (t < T/4) ... "{key}_q3".
+
+    :param diffusion: gives T (``num_timesteps``).
+    :param ts: [N] timesteps.
+    :param losses: {key: [N] per-example values}.
+    """
+    quartiles = (4 * ts.detach().cpu().numpy() // diffusion.num_timesteps).tolist()
+    for key, values in losses.items():
+        values = values.detach().float()
+        logger.logkv_mean(key, values.mean().item())
+        for quartile, value in zip(quartiles, values.cpu().tolist()):
+            logger.logkv_mean(f"{key}_q{int(quartile)}", value)
+
+
+def get_blob_logdir() -> str:
+    """:return: where checkpoints are saved: the logger's directory."""
+    return logger.get_dir()
+
+
+def find_resume_checkpoint() -> Optional[str]:
+    """
+    Hook for finding the latest checkpoint automatically (e.g. on blob storage); like the
+    original, nothing is found and ``--resume_checkpoint`` decides.
+    """
+    return None
+
+
+def parse_resume_step_from_filename(filename: str) -> int:
+    """
+    :param filename: a path like "path/to/model000100.pt".
+    :return: its step (100), or 0 when the name has no step.
+    """
+    match = re.fullmatch(r"model(\d+)\.pt", os.path.basename(filename))
+    return int(match.group(1)) if match else 0
+
+
+def find_ema_checkpoint(main_checkpoint: Optional[str], step: int, rate: float) -> Optional[str]:
+    """
+    :return: the ``ema_{rate}_{step:06d}.pt`` file beside ``main_checkpoint`` if it exists,
+        else None.
+    """
+    if main_checkpoint is None:
+        return None
+    path = bf.join(bf.dirname(main_checkpoint), f"ema_{rate}_{step:06d}.pt")
+    return path if bf.exists(path) else None
+
+
+def check_resume_checkpoint(resume_checkpoint: str) -> int:
+    """
+    :param resume_checkpoint: --resume_checkpoint: "" or a ``model{N:06d}.pt`` file.
+    :return: the step to resume from (0 for "" or a file name without a step).
+    :raises FileNotFoundError: when the file does not exist (ValueError for a folder).
+    """
+    if not resume_checkpoint:
+        return 0
+    hint = "give a model file saved by an earlier run, e.g. <log dir>/model010000.pt"
+    if not bf.exists(resume_checkpoint):
+        raise FileNotFoundError(
+            f"--resume_checkpoint {resume_checkpoint!r} does not exist: {hint}, or leave it empty"
+        )
+    if bf.isdir(resume_checkpoint):
+        raise ValueError(f"--resume_checkpoint {resume_checkpoint!r} is a folder: {hint}")
+    return parse_resume_step_from_filename(resume_checkpoint)
+
+
+def check_batch_flags(batch_size: int, microbatch: int) -> int:
+    """
+    :return: the microbatch size to use (the batch size when ``microbatch`` <= 0).
+    :raises ValueError: when the batch size is not positive or not a multiple of it.
+    """
+    if batch_size <= 0:
+        raise ValueError(f"--batch_size must be a positive integer, got {batch_size}")
+    if microbatch <= 0:
+        return batch_size
+    if batch_size % microbatch:
+        raise ValueError(
+            f"--batch_size {batch_size} is not divisible by --microbatch {microbatch}: use a "
+            "microbatch that divides the batch size, or -1 for no microbatching"
+        )
+    return microbatch
+
+
+def check_num_classes(data_dir: str, num_classes: int) -> int:
+    """
+    Check that a class-conditional model has a label for every class of a data folder.
+
+    :param data_dir: the image folder (class = file name part before the first "_").
+    :param num_classes: the model's number of classes (--num_classes).
+    :return: the number of classes in the folder.
+    :raises ValueError: when the folder has more classes than ``num_classes``.
+    """
+    classes = list_classes(data_dir)
+    if len(classes) > num_classes:
+        raise ValueError(
+            f"{data_dir!r} holds {len(classes)} classes ({', '.join(list(classes)[:5])}"
+            f"{', ...' if len(classes) > 5 else ''}) but --num_classes is {num_classes}: "
+            f"set --num_classes {len(classes)} or more"
+        )
+    return len(classes)
+
+
+def parse_ema_rate(ema_rate: Union[str, float, Sequence[float]]) -> list[float]:
+    """
+    :param ema_rate: a float, a comma-separated string ("0.9999,0.999") or a sequence.
+    :return: the rates as floats (empty for "").
+    """
+    if isinstance(ema_rate, str):
+        parts = [p.strip() for p in ema_rate.split(",") if p.strip()]
+        try:
+            rates = [float(p) for p in parts]
+        except ValueError:
+            raise ValueError(
+                "--ema_rate must be comma-separated numbers such as '0.9999,0.999', "
+                f"got {ema_rate!r}"
+            ) from None
+    elif isinstance(ema_rate, (int, float)):
+        rates = [float(ema_rate)]
+    else:
+        rates = [float(r) for r in ema_rate]
+    bad = [r for r in rates if not 0.0 <= r <= 1.0]
+    if bad:
+        raise ValueError(f"--ema_rate values must lie in [0, 1], got {bad}")
+    return rates
+
+
+def _check_positive(**values: int) -> None:
+    for name, value in values.items():
+        if value <= 0:
+            raise ValueError(f"--{name} must be a positive integer, got {value}")
+
+
+def _check_non_negative(**values: int) -> None:
+    for name, value in values.items():
+        if value < 0:
+            raise ValueError(f"--{name} must be 0 (off) or a positive integer, got {value}")
+
+
+def _check_optimizer_state(state_dict: dict, master_params: list[torch.Tensor], path: str) -> None:
+    """Raise a ValueError when an optimizer file was saved for other parameters."""
+    saved = [i for group in state_dict.get("param_groups", []) for i in group["params"]]
+    state = state_dict.get("state", {})
+    shapes_ok = len(saved) == len(master_params) and all(
+        i not in state
+        or "exp_avg" not in state[i]
+        or tuple(state[i]["exp_avg"].shape) == tuple(p.shape)
+        for i, p in zip(saved, master_params)
+    )
+    if not shapes_ok:
+        raise ValueError(
+            f"optimizer state {path} was saved for different parameters ({len(saved)} tensors, "
+            f"this model has {len(master_params)}): was it saved with another --use_fp16 setting "
+            "or model flags?"
+        )

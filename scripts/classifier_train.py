@@ -1,0 +1,134 @@
+r"""
+Train a classifier of noised images x_t, the guide of classifier-guided sampling, on a
+folder of images whose file names carry their class ("<class>_<anything>.png").
+
+Checkpoints (model{N}.pt, opt{N}.pt) and logs go to $OPENAI_LOGDIR (else a new timestamped
+temp folder). The log rows hold the loss and top-1 / top-5 accuracy overall and per quartile
+of t, for training and (with --val_data_dir) validation batches.
+
+Example (the 128x128 ImageNet classifier flags of the paper):
+
+    CLASSIFIER_FLAGS="--image_size 128 --classifier_attention_resolutions 32,16,8 \
+        --classifier_depth 2 --classifier_width 128 --classifier_pool attention \
+        --classifier_resblock_updown True --classifier_use_scale_shift_norm True \
+        --classifier_use_fp16 True"
+    DIFFUSION_FLAGS="--diffusion_steps 1000 --noise_schedule linear"
+    OPENAI_LOGDIR=runs/classifier128 mpiexec -n 8 python scripts/classifier_train.py \
+        --data_dir data/imagenet/train --val_data_dir data/imagenet/val \
+        --iterations 300000 --anneal_lr True --batch_size 256 --lr 3e-4 \
+        --save_interval 10000 --weight_decay 0.05 $CLASSIFIER_FLAGS $DIFFUSION_FLAGS
+"""
+
+import argparse
+
+import torch
+
+from guided_diffusion import dist_util, logger
+from guided_diffusion.image_datasets import list_classes, load_data
+from guided_diffusion.resample import create_named_schedule_sampler
+from guided_diffusion.script_util import (
+    add_dict_to_argparser,
+    args_to_dict,
+    classifier_and_diffusion_defaults,
+    create_classifier_and_diffusion,
+)
+from guided_diffusion.train_util import (
+    TRAIN_FLAG_HELP,
+    ClassifierTrainLoop,
+    check_num_classes,
+    check_train_args,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = create_argparser().parse_args(argv)
+    dist_util.setup_dist()
+    check_train_args(args)
+    check_num_classes(args.data_dir, args.num_classes)
+    if args.val_data_dir and list_classes(args.val_data_dir) != list_classes(args.data_dir):
+        raise ValueError(
+            f"--val_data_dir {args.val_data_dir!r} must hold the same classes as --data_dir "
+            f"{args.data_dir!r} (labels are numbered from the sorted class names of each folder)"
+        )
+    data = load_data(
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        class_cond=True,
+        random_crop=True,
+    )
+    val_data = None
+    if args.val_data_dir:
+        val_data = load_data(
+            data_dir=args.val_data_dir,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            class_cond=True,
+        )
+    logger.configure()
+
+    logger.log("creating model and diffusion...")
+    torch.manual_seed(args.seed)
+    model, diffusion = create_classifier_and_diffusion(
+        **args_to_dict(args, classifier_and_diffusion_defaults().keys())
+    )
+    model.to(dist_util.dev())
+    schedule_sampler = create_named_schedule_sampler(args.schedule_sampler, diffusion)
+
+    logger.log("training classifier model...")
+    ClassifierTrainLoop(
+        model=model,
+        diffusion=diffusion,
+        data=data,
+        val_data=val_data,
+        schedule_sampler=schedule_sampler,
+        use_fp16=args.classifier_use_fp16,
+        **args_to_dict(
+            args,
+            (
+                "noised",
+                "iterations",
+                "anneal_lr",
+                "eval_interval",
+                "batch_size",
+                "microbatch",
+                "lr",
+                "weight_decay",
+                "log_interval",
+                "save_interval",
+                "resume_checkpoint",
+                "seed",
+            ),
+        ),
+    ).run_loop()
+    dist_util.cleanup()
+
+
+def create_argparser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    defaults = dict(
+        data_dir="",
+        val_data_dir="",
+        noised=True,
+        iterations=150000,
+        lr=3e-4,
+        weight_decay=0.0,
+        anneal_lr=False,
+        batch_size=4,
+        microbatch=-1,
+        schedule_sampler="uniform",
+        resume_checkpoint="",
+        log_interval=10,
+        eval_interval=5,
+        save_interval=10000,
+        seed=0,
+    )
+    defaults.update(classifier_and_diffusion_defaults())
+    add_dict_to_argparser(parser, defaults, helps=TRAIN_FLAG_HELP)
+    return parser
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+r"""
+Train a diffusion model on a folder of images.
+
+Checkpoints (model, EMA and optimizer, see ``guided_diffusion.train_util``) and logs go to
+$OPENAI_LOGDIR (else a new timestamped folder in the temp directory, printed at start-up).
+
+Example (a class-conditional 64x64 model, the ImageNet-64 flags of the paper):
+
+    MODEL_FLAGS="--image_size 64 --num_channels 192 --num_res_blocks 3 --learn_sigma True \
+        --class_cond True --attention_resolutions 32,16,8 --num_head_channels 64 \
+        --resblock_updown True --use_new_attention_order True --use_scale_shift_norm True \
+        --dropout 0.1 --use_fp16 True"
+    DIFFUSION_FLAGS="--diffusion_steps 1000 --noise_schedule cosine"
+    TRAIN_FLAGS="--lr 1e-4 --batch_size 32 --max_steps 500000"
+    OPENAI_LOGDIR=runs/imagenet64 mpiexec -n 8 python scripts/image_train.py \
+        --data_dir data/imagenet64 $MODEL_FLAGS $DIFFUSION_FLAGS $TRAIN_FLAGS
+
+Resume with --resume_checkpoint runs/imagenet64/model200000.pt (the EMA and optimizer files
+beside it are found automatically). `torchrun --nproc_per_node N` works as well as mpiexec.
+"""
+
+import argparse
+
+import torch
+
+from guided_diffusion import dist_util, logger
+from guided_diffusion.image_datasets import load_data
+from guided_diffusion.resample import create_named_schedule_sampler
+from guided_diffusion.script_util import (
+    add_dict_to_argparser,
+    args_to_dict,
+    create_model_and_diffusion,
+    model_and_diffusion_defaults,
+)
+from guided_diffusion.train_util import (
+    TRAIN_FLAG_HELP,
+    TRAIN_LOOP_FLAGS,
+    TrainLoop,
+    check_train_args,
+    diffusion_train_defaults,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = create_argparser().parse_args(argv)
+    dist_util.setup_dist()
+    check_train_args(args)
+    data = load_data(
+        data_dir=args.data_dir,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        class_cond=args.class_cond,
+    )
+    logger.configure()
+
+    logger.log("creating model and diffusion...")
+    torch.manual_seed(args.seed)
+    model, diffusion = create_model_and_diffusion(
+        **args_to_dict(args, model_and_diffusion_defaults().keys())
+    )
+    model.to(dist_util.dev())
+    schedule_sampler = create_named_schedule_sampler(args.schedule_sampler, diffusion)
+
+    logger.log("training...")
+    TrainLoop(
+        model=model,
+        diffusion=diffusion,
+        data=data,
+        schedule_sampler=schedule_sampler,
+        **args_to_dict(args, TRAIN_LOOP_FLAGS),
+    ).run_loop()
+    dist_util.cleanup()
+
+
+def create_argparser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    defaults = diffusion_train_defaults()
+    defaults.update(model_and_diffusion_defaults())
+    add_dict_to_argparser(parser, defaults, helps=TRAIN_FLAG_HELP)
+    return parser
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,107 @@
+r"""
+Train a super-resolution diffusion model (an upsampler) on a folder of images: each batch
+is resized to --large_size, and its --small_size version, made by area averaging, is the
+model's low-resolution input.
+
+Checkpoints and logs go to $OPENAI_LOGDIR (else a new timestamped temp folder).
+
+Example (the 64 -> 256 upsampler flags of the paper):
+
+    MODEL_FLAGS="--large_size 256 --small_size 64 --num_channels 192 --num_res_blocks 2 \
+        --learn_sigma True --class_cond True --attention_resolutions 32,16,8 \
+        --num_heads 4 --resblock_updown True --use_scale_shift_norm True --use_fp16 True"
+    DIFFUSION_FLAGS="--diffusion_steps 1000 --noise_schedule linear"
+    OPENAI_LOGDIR=runs/upsample256 mpiexec -n 8 python scripts/super_res_train.py \
+        --data_dir data/imagenet256 $MODEL_FLAGS $DIFFUSION_FLAGS --lr 3e-4 --batch_size 4
+"""
+
+import argparse
+from collections.abc import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from guided_diffusion import dist_util, logger
+from guided_diffusion.image_datasets import load_data
+from guided_diffusion.resample import create_named_schedule_sampler
+from guided_diffusion.script_util import (
+    add_dict_to_argparser,
+    args_to_dict,
+    sr_create_model_and_diffusion,
+    sr_model_and_diffusion_defaults,
+)
+from guided_diffusion.train_util import (
+    TRAIN_FLAG_HELP,
+    TRAIN_LOOP_FLAGS,
+    TrainLoop,
+    check_train_args,
+    diffusion_train_defaults,
+)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = create_argparser().parse_args(argv)
+    dist_util.setup_dist()
+    check_train_args(args)
+    data = load_superres_data(
+        args.data_dir,
+        args.batch_size,
+        large_size=args.large_size,
+        small_size=args.small_size,
+        class_cond=args.class_cond,
+    )
+    logger.configure()
+
+    logger.log("creating model...")
+    torch.manual_seed(args.seed)
+    model, diffusion = sr_create_model_and_diffusion(
+        **args_to_dict(args, sr_model_and_diffusion_defaults().keys())
+    )
+    model.to(dist_util.dev())
+    schedule_sampler = create_named_schedule_sampler(args.schedule_sampler, diffusion)
+
+    logger.log("training...")
+    TrainLoop(
+        model=model,
+        diffusion=diffusion,
+        data=data,
+        schedule_sampler=schedule_sampler,
+        **args_to_dict(args, TRAIN_LOOP_FLAGS),
+    ).run_loop()
+    dist_util.cleanup()
+
+
+def load_superres_data(
+    data_dir: str, batch_size: int, large_size: int, small_size: int, class_cond: bool = False
+) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """
+    Batches of (images [N x 3 x large x large], {"low_res": [N x 3 x small x small], "y"?}).
+    The folder is checked when this is called, before the first batch is read.
+    """
+    data = load_data(
+        data_dir=data_dir,
+        batch_size=batch_size,
+        image_size=large_size,
+        class_cond=class_cond,
+    )
+    return _add_low_res(data, small_size)
+
+
+def _add_low_res(data, small_size: int):
+    for large_batch, model_kwargs in data:
+        model_kwargs["low_res"] = F.interpolate(large_batch, small_size, mode="area")
+        yield large_batch, model_kwargs
+
+
+def create_argparser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    defaults = diffusion_train_defaults()
+    defaults.update(sr_model_and_diffusion_defaults())
+    add_dict_to_argparser(parser, defaults, helps=TRAIN_FLAG_HELP)
+    return parser
+
+
+if __name__ == "__main__":
+    main()
