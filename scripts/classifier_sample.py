@@ -1,0 +1,88 @@
+r"""
+Generate a large batch of samples from a diffusion model guided by a noisy classifier
+(Dhariwal & Nichol 2021, classifier guidance), and save them as a .npz file (arr_0:
+uint8 NHWC images, arr_1: the int64 target labels) with a PNG grid beside it, in the log
+directory ($OPENAI_LOGDIR). Works with class-conditional and unconditional models; for
+an unconditional one the labels go only to the classifier.
+
+Example (the published 256x256 conditional model and classifier):
+
+    MODEL_FLAGS="--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 \
+        --image_size 256 --learn_sigma True --noise_schedule linear --num_channels 256 \
+        --num_head_channels 64 --num_res_blocks 2 --resblock_updown True --use_fp16 True \
+        --use_scale_shift_norm True"
+    python scripts/classifier_sample.py $MODEL_FLAGS --classifier_scale 1.0 \
+        --classifier_path models/256x256_classifier.pt --model_path models/256x256_diffusion.pt \
+        --batch_size 4 --num_samples 100 --timestep_respacing 250
+"""
+
+import argparse
+from typing import Optional
+
+from guided_diffusion import dist_util, logger, sample_util
+from guided_diffusion.script_util import (
+    add_dict_to_argparser,
+    classifier_defaults,
+    model_and_diffusion_defaults,
+)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = create_argparser().parse_args(argv)
+    sample_util.check_counts(args.num_samples, args.batch_size)
+    num_classes = sample_util.num_classes_of(args)
+    class_labels = sample_util.parse_class_labels(args.class_labels, num_classes)
+
+    dist_util.setup_dist()
+    logger.configure()
+
+    logger.log("creating model and diffusion...")
+    model, diffusion = sample_util.load_model_and_diffusion(args)
+    logger.log("loading classifier...")
+    classifier = sample_util.load_classifier(args)
+
+    model_fn = model if args.class_cond else sample_util.labels_to_classifier_only(model)
+    logger.log(f"sampling with classifier scale {args.classifier_scale}...")
+    result = sample_util.sample_images(
+        model_fn,
+        diffusion,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        make_kwargs=sample_util.class_label_kwargs(class_labels, num_classes),
+        cond_fn=sample_util.classifier_cond_fn(classifier, args.classifier_scale),
+        use_ddim=args.use_ddim,
+        clip_denoised=args.clip_denoised,
+        seed=args.seed,
+    )
+    sample_util.write_outputs(result, grid=args.grid)
+    logger.log("sampling complete")
+
+
+def create_argparser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sample_util.add_flags(
+        parser,
+        dict(
+            clip_denoised=True,
+            num_samples=10000,
+            batch_size=16,
+            use_ddim=False,
+            model_path="",
+            classifier_path="",
+            classifier_scale=1.0,
+            seed=None,
+            class_labels="",
+            grid=True,
+        ),
+    )
+    defaults = model_and_diffusion_defaults()
+    defaults.update(classifier_defaults())
+    add_dict_to_argparser(parser, defaults)
+    return parser
+
+
+if __name__ == "__main__":
+    sample_util.run_script(main)

@@ -1,0 +1,87 @@
+r"""
+Evaluate a diffusion model's negative log-likelihood, in bits per dimension, on a folder
+of images: logs the running mean after each batch and the final figure.
+
+Example:
+
+    python scripts/image_nll.py $MODEL_FLAGS --model_path models/model.pt \
+        --data_dir datasets/val --num_samples 1000 --batch_size 8
+"""
+
+import argparse
+import os
+from typing import Optional
+
+from guided_diffusion import dist_util, logger, sample_util
+from guided_diffusion.image_datasets import load_data
+from guided_diffusion.script_util import add_dict_to_argparser, model_and_diffusion_defaults
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = create_argparser().parse_args(argv)
+    sample_util.check_counts(args.num_samples, args.batch_size)
+    if not args.data_dir:
+        raise sample_util.SamplingInputError("--data_dir is required: a folder of images")
+    if not os.path.isdir(args.data_dir):
+        raise FileNotFoundError(f"--data_dir: no such folder: {args.data_dir}")
+
+    dist_util.setup_dist()
+    logger.configure()
+    logger.log("creating model and diffusion...")
+    model, diffusion = sample_util.load_model_and_diffusion(args)
+
+    logger.log("creating data loader...")
+    try:
+        data = load_data(
+            data_dir=args.data_dir,
+            batch_size=args.batch_size,
+            image_size=args.image_size,
+            class_cond=args.class_cond,
+            deterministic=True,
+            random_flip=False,  # evaluate the images as they are
+        )
+    except ValueError as err:
+        raise sample_util.SamplingInputError(f"--data_dir {args.data_dir}: {err}") from None
+
+    logger.log("evaluating...")
+    metrics = sample_util.evaluate_bpd(
+        model,
+        diffusion,
+        data,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        clip_denoised=args.clip_denoised,
+        seed=args.seed,
+    )
+    logger.log(
+        f"bits/dim: {metrics['total_bpd']:.4f} over {args.num_samples} images "
+        f"(prior term {metrics['prior_bpd']:.3g})"
+    )
+    if args.save_terms and dist_util.get_rank() == 0:
+        for path in sample_util.save_bpd_terms(metrics, logger.get_dir()):
+            logger.log(f"saved {path}")
+    logger.log("evaluation complete")
+
+
+def create_argparser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sample_util.add_flags(
+        parser,
+        dict(
+            data_dir="",
+            clip_denoised=True,
+            num_samples=1000,
+            batch_size=1,
+            model_path="",
+            seed=None,
+            save_terms=False,
+        ),
+    )
+    add_dict_to_argparser(parser, model_and_diffusion_defaults())
+    return parser
+
+
+if __name__ == "__main__":
+    sample_util.run_script(main)

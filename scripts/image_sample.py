@@ -1,0 +1,84 @@
+r"""
+Generate a large batch of image samples from a diffusion model and save them as a
+.npz file (arr_0: uint8 NHWC images, arr_1: int64 labels for class-conditional models),
+with a PNG grid of the first ones beside it, in the log directory ($OPENAI_LOGDIR).
+
+Example (the published 64x64 ImageNet model, 100 samples, 250 steps):
+
+    MODEL_FLAGS="--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 \
+        --dropout 0.1 --image_size 64 --learn_sigma True --noise_schedule cosine \
+        --num_channels 192 --num_head_channels 64 --num_res_blocks 3 --resblock_updown True \
+        --use_new_attention_order True --use_fp16 True --use_scale_shift_norm True"
+    python scripts/image_sample.py $MODEL_FLAGS --model_path models/64x64_diffusion.pt \
+        --batch_size 16 --num_samples 100 --timestep_respacing 250 --seed 0
+
+Run it under `mpiexec -n N` or `torchrun --nproc_per_node N` to share the work.
+"""
+
+import argparse
+from typing import Optional
+
+from guided_diffusion import dist_util, logger, sample_util
+from guided_diffusion.script_util import add_dict_to_argparser, model_and_diffusion_defaults
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = create_argparser().parse_args(argv)
+    sample_util.check_counts(args.num_samples, args.batch_size)
+    class_labels = sample_util.parse_class_labels(
+        args.class_labels, sample_util.num_classes_of(args)
+    )
+    if class_labels is not None and not args.class_cond:
+        raise sample_util.SamplingInputError(
+            "--class_labels needs a class-conditional model (--class_cond True); "
+            "to steer an unconditional model use scripts/classifier_sample.py"
+        )
+
+    dist_util.setup_dist()
+    logger.configure()
+
+    logger.log("creating model and diffusion...")
+    model, diffusion = sample_util.load_model_and_diffusion(args)
+
+    logger.log("sampling...")
+    make_kwargs = sample_util.no_kwargs
+    if args.class_cond:
+        make_kwargs = sample_util.class_label_kwargs(class_labels, sample_util.num_classes_of(args))
+    result = sample_util.sample_images(
+        model,
+        diffusion,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        image_size=args.image_size,
+        make_kwargs=make_kwargs,
+        use_ddim=args.use_ddim,
+        clip_denoised=args.clip_denoised,
+        seed=args.seed,
+    )
+    sample_util.write_outputs(result, grid=args.grid)
+    logger.log("sampling complete")
+
+
+def create_argparser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sample_util.add_flags(
+        parser,
+        dict(
+            clip_denoised=True,
+            num_samples=10000,
+            batch_size=16,
+            use_ddim=False,
+            model_path="",
+            seed=None,
+            class_labels="",
+            grid=True,
+        ),
+    )
+    add_dict_to_argparser(parser, model_and_diffusion_defaults())
+    return parser
+
+
+if __name__ == "__main__":
+    sample_util.run_script(main)

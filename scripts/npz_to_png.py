@@ -1,0 +1,69 @@
+"""
+Turn any .npz image batch (the samples the sampling scripts write, or a reference batch)
+into PNG files: one per image, named {index:06d}.png, or {index:06d}_class{label}.png when
+the batch has labels (arr_1), and optionally a grid of the first images.
+
+Example:
+
+    python scripts/npz_to_png.py samples_100x64x64x3.npz --out_dir samples_png --grid True
+"""
+
+import argparse
+import os
+from typing import Optional
+
+from guided_diffusion import sample_util
+from guided_diffusion.script_util import str2bool
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = create_argparser().parse_args(argv)
+    if args.limit < 0:
+        raise sample_util.SamplingInputError(
+            f"--limit must be 0 (all) or positive, got {args.limit}"
+        )
+    images, labels = sample_util.read_npz_images(args.npz, key=args.key)
+    count = len(images) if args.limit == 0 else min(args.limit, len(images))
+    out_dir = args.out_dir or os.path.splitext(args.npz)[0] + "_png"
+    os.makedirs(out_dir, exist_ok=True)
+
+    for i in range(count):
+        suffix = "" if labels is None else f"_class{labels[i]}"
+        sample_util.save_png(os.path.join(out_dir, f"{i:06d}{suffix}.png"), images[i])
+    print(f"wrote {count} PNG files ({images.shape[1]}x{images.shape[2]}) to {out_dir}")
+    if args.grid:
+        grid_path = os.path.join(out_dir, "grid.png")
+        sample_util.save_png(
+            grid_path, sample_util.image_grid(images[:count], max_images=args.grid_size)
+        )
+        print(f"wrote a grid of the first {min(count, args.grid_size)} to {grid_path}")
+
+
+def create_argparser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("npz", help="the .npz batch to convert")
+    parser.add_argument(
+        "--out_dir",
+        default="",
+        help="folder for the PNG files (default: beside the .npz, "
+        "named after it with a _png suffix)",
+    )
+    parser.add_argument(
+        "--key", default="arr_0", help="the array holding the images (default: arr_0)"
+    )
+    parser.add_argument(
+        "--limit", type=int, default=0, help="convert only the first LIMIT images (default: 0, all)"
+    )
+    parser.add_argument(
+        "--grid", type=str2bool, default=False, help="also write grid.png (default: False)"
+    )
+    parser.add_argument(
+        "--grid_size", type=int, default=64, help="images in the grid (default: 64)"
+    )
+    return parser
+
+
+if __name__ == "__main__":
+    sample_util.run_script(main)

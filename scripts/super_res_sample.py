@@ -1,0 +1,85 @@
+r"""
+Upsample a batch of low-resolution samples with a super-resolution diffusion model, in
+the order of the base file, and save the result as a .npz file (arr_0: uint8 NHWC
+images, arr_1: the base labels when there are any) with a PNG grid beside it, in the log
+directory ($OPENAI_LOGDIR).
+
+Example (64 -> 256 with the published upsampler, on samples from image_sample.py):
+
+    SAMPLE_FLAGS="--batch_size 4 --num_samples 100 --timestep_respacing 250"
+    MODEL_FLAGS="--attention_resolutions 32,16,8 --class_cond True --diffusion_steps 1000 \
+        --large_size 256 --small_size 64 --learn_sigma True --noise_schedule linear \
+        --num_channels 192 --num_heads 4 --num_res_blocks 2 --resblock_updown True \
+        --use_fp16 True --use_scale_shift_norm True"
+    python scripts/super_res_sample.py $MODEL_FLAGS --model_path models/64_256_upsampler.pt \
+        --base_samples samples_100x64x64x3.npz $SAMPLE_FLAGS
+"""
+
+import argparse
+from typing import Optional
+
+from guided_diffusion import dist_util, logger, sample_util
+from guided_diffusion.script_util import add_dict_to_argparser, sr_model_and_diffusion_defaults
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = create_argparser().parse_args(argv)
+    sample_util.check_counts(args.num_samples, args.batch_size)
+    base = sample_util.load_base_samples(
+        args.base_samples, args.small_size, args.class_cond, sample_util.num_classes_of(args)
+    )
+
+    dist_util.setup_dist()
+    logger.configure()
+    num_samples = args.num_samples
+    if num_samples > len(base.images):
+        logger.log(
+            f"--num_samples {num_samples} is more than the {len(base.images)} images in "
+            f"{args.base_samples}: upsampling all {len(base.images)}"
+        )
+        num_samples = len(base.images)
+
+    logger.log("creating model and diffusion...")
+    model, diffusion = sample_util.load_model_and_diffusion(args, super_res=True)
+
+    logger.log(f"upsampling {num_samples} images to {args.large_size}x{args.large_size}...")
+    result = sample_util.sample_images(
+        model,
+        diffusion,
+        num_samples=num_samples,
+        batch_size=args.batch_size,
+        image_size=args.large_size,
+        make_kwargs=sample_util.base_sample_kwargs(base, args.class_cond),
+        use_ddim=args.use_ddim,
+        clip_denoised=args.clip_denoised,
+        seed=args.seed,
+    )
+    if result.images is not None and result.labels is None and base.labels is not None:
+        result.labels = base.labels[:num_samples]  # keep the base labels beside their images
+    sample_util.write_outputs(result, grid=args.grid)
+    logger.log("sampling complete")
+
+
+def create_argparser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sample_util.add_flags(
+        parser,
+        dict(
+            clip_denoised=True,
+            num_samples=10000,
+            batch_size=16,
+            use_ddim=False,
+            base_samples="",
+            model_path="",
+            seed=None,
+            grid=True,
+        ),
+    )
+    add_dict_to_argparser(parser, sr_model_and_diffusion_defaults())
+    return parser
+
+
+if __name__ == "__main__":
+    sample_util.run_script(main)
