@@ -1,0 +1,530 @@
+"""
+Image batches for the evaluator: streaming ``.npz`` reading and writing, image folders,
+Inception activations with an on-disk cache, and reference statistics.
+
+A batch is an ``.npz`` whose ``arr_0`` holds uint8 images [N x H x W x 3] (what the sampling
+scripts write). Reference batches may also hold ``mu``, ``sigma`` (pool features) and ``mu_s``,
+``sigma_s`` (spatial features). A 50,000-image 256x256 batch is 9.8 GB, so ``arr_0`` is read a
+few rows at a time straight from the zip member (stored or deflated), never loaded whole.
+"""
+
+import hashlib
+import itertools
+import os
+import warnings
+import zipfile
+from collections.abc import Iterator
+from typing import IO, Callable
+
+import numpy as np
+import torch
+from PIL import Image
+
+from guided_diffusion.image_datasets import (
+    IMAGE_EXTENSIONS,
+    _list_image_files_recursively,
+    center_crop_arr,
+)
+from guided_diffusion.io_util import atomic_write
+
+from .metrics import compute_statistics
+
+POOL_DIM = 2048
+SPATIAL_DIM = 2023
+# Bump when the layout of cached activation files changes.
+CACHE_VERSION = 1
+STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming .npz access
+
+
+class NpzArrayReader:
+    """
+    Read one array of an ``.npz`` (or a plain ``.npy``) in chunks of rows along its first axis,
+    without loading it whole. Works for ``np.savez`` (stored) and ``np.savez_compressed``
+    (deflated) members alike: the zip member is a stream whose ``.npy`` header is parsed first.
+
+    Use as a context manager; ``shape`` and ``dtype`` are known right after opening.
+    """
+
+    def __init__(self, path: str, key: str = "arr_0"):
+        self.path = str(path)
+        if not os.path.exists(self.path):
+            raise FileNotFoundError(f"batch file not found: {self.path}")
+        self._zip = None
+        if zipfile.is_zipfile(self.path):
+            self._zip = zipfile.ZipFile(self.path)
+            member = f"{key}.npy"
+            if member not in self._zip.namelist():
+                keys = sorted(name[:-4] for name in self._zip.namelist() if name.endswith(".npy"))
+                self._zip.close()
+                raise ValueError(
+                    f"{self.path}: no array named {key!r} (found {keys}); a batch must store its "
+                    f"uint8 images [N x H x W x 3] as {key!r}, as np.savez(path, images) does"
+                )
+            self._stream: IO[bytes] = self._zip.open(member)
+        elif self.path.endswith(".npy"):
+            self._stream = open(self.path, "rb")
+        else:
+            raise ValueError(
+                f"{self.path}: not an .npz file (expected a zip archive written by np.savez)"
+            )
+        try:
+            self.shape, self.dtype = _read_npy_header(self._stream, f"{self.path}[{key}]")
+        except Exception:
+            self.close()
+            raise
+        self._row_bytes = int(np.prod(self.shape[1:], dtype=np.int64)) * self.dtype.itemsize
+        self._rows_read = 0
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def read(self, num_rows: int) -> np.ndarray:
+        """
+        :param num_rows: the most rows to read.
+        :return: the next [n x ...] rows (n <= num_rows; n = 0 at the end).
+        """
+        num_rows = min(num_rows, self.shape[0] - self._rows_read)
+        want = num_rows * self._row_bytes
+        buffer = bytearray(want)
+        view, got = memoryview(buffer), 0
+        while got < want:
+            chunk = self._stream.read(want - got)
+            if not chunk:
+                raise ValueError(
+                    f"{self.path}: the array ends after {self._rows_read + got // self._row_bytes} "
+                    f"of {self.shape[0]} rows (truncated file?)"
+                )
+            view[got : got + len(chunk)] = chunk
+            got += len(chunk)
+        self._rows_read += num_rows
+        return np.frombuffer(buffer, dtype=self.dtype).reshape((num_rows,) + self.shape[1:])
+
+    def iter_batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """Yield the remaining rows in batches of batch_size (the last one may be shorter)."""
+        while self._rows_read < self.shape[0]:
+            yield self.read(batch_size)
+
+    def close(self) -> None:
+        if getattr(self, "_stream", None) is not None:
+            self._stream.close()
+        if self._zip is not None:
+            self._zip.close()
+
+    def __enter__(self) -> "NpzArrayReader":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _read_npy_header(stream: IO[bytes], name: str) -> tuple[tuple[int, ...], np.dtype]:
+    try:
+        version = np.lib.format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(stream)
+        else:  # 2.0 and 3.0 share the layout (3.0 only allows utf-8 in the header)
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(stream)
+    except ValueError as err:
+        raise ValueError(f"{name}: not a valid .npy array ({err})") from err
+    if fortran_order and len(shape) > 1:
+        raise ValueError(f"{name}: Fortran-ordered arrays cannot be streamed; save it in C order")
+    if dtype.hasobject:
+        raise ValueError(f"{name}: object arrays are not supported")
+    return tuple(shape), dtype
+
+
+def check_image_array(shape: tuple[int, ...], dtype: np.dtype, name: str) -> None:
+    """
+    Raise ValueError unless (shape, dtype) describe uint8 images [N x H x W x 3].
+
+    :param shape: the array's shape.
+    :param dtype: the array's dtype.
+    :param name: the file (or description) named in the error.
+    """
+    if len(shape) != 4 or shape[-1] != 3:
+        raise ValueError(
+            f"{name}: images must be an [N x H x W x 3] array (NHWC, RGB), got shape {tuple(shape)}"
+        )
+    if np.dtype(dtype) != np.uint8:
+        raise ValueError(f"{name}: images must be uint8 in [0, 255], got dtype {np.dtype(dtype)}")
+
+
+def npz_keys(path: str) -> list[str]:
+    """:return: the array names stored in an .npz (without the .npy suffix)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"batch file not found: {path}")
+    if not zipfile.is_zipfile(path):
+        return []
+    with zipfile.ZipFile(path) as archive:
+        return [name[:-4] for name in archive.namelist() if name.endswith(".npy")]
+
+
+def read_reference_statistics(
+    path: str, pool_dim: int | None = POOL_DIM, spatial_dim: int | None = SPATIAL_DIM
+) -> dict[str, np.ndarray] | None:
+    """
+    Read the precomputed statistics of a reference batch, when it holds them.
+
+    :param path: the .npz batch.
+    :param pool_dim: the expected feature size of ``mu`` / ``sigma`` (2048 for Inception's pool
+                     features); None accepts any size as long as ``mu`` and ``sigma`` agree.
+    :param spatial_dim: the same for ``mu_s`` / ``sigma_s`` (2023 for Inception).
+    :return: {"mu", "sigma", "mu_s", "sigma_s"} as float64 arrays, or None when the batch has
+             none of them. A batch with only some of them, or with wrong shapes, raises ValueError.
+    """
+    keys = set(npz_keys(path))
+    present = [key for key in STAT_KEYS if key in keys]
+    if not present:
+        return None
+    if len(present) != len(STAT_KEYS):
+        missing = [key for key in STAT_KEYS if key not in keys]
+        raise ValueError(
+            f"{path}: holds statistics {present} but not {missing}; a reference batch needs all of "
+            f"{list(STAT_KEYS)} or none"
+        )
+    with np.load(path) as data:
+        stats = {key: data[key].astype(np.float64) for key in STAT_KEYS}
+    for mean, cov, dim in (("mu", "sigma", pool_dim), ("mu_s", "sigma_s", spatial_dim)):
+        if dim is None:
+            dim = len(stats[mean]) if stats[mean].ndim == 1 else 0
+            if stats[mean].ndim != 1 or stats[cov].shape != (dim, dim):
+                raise ValueError(
+                    f"{path}: statistics {mean!r} {stats[mean].shape} and {cov!r} {stats[cov].shape} "
+                    "do not fit together: expected shapes (D,) and (D, D)"
+                )
+        for key, shape in ((mean, (dim,)), (cov, (dim, dim))):
+            if stats[key].shape != shape:
+                raise ValueError(
+                    f"{path}: statistic {key!r} has shape {stats[key].shape}, expected {shape}"
+                )
+    return stats
+
+
+class NpyStreamWriter:
+    """Write one .npy array row chunk by row chunk into an open binary stream (e.g. a zip member)."""
+
+    def __init__(self, stream: IO[bytes], shape: tuple[int, ...], dtype: np.dtype):
+        self.stream, self.shape, self.dtype = stream, tuple(shape), np.dtype(dtype)
+        header = {
+            "descr": np.lib.format.dtype_to_descr(self.dtype),
+            "fortran_order": False,
+            "shape": self.shape,
+        }
+        np.lib.format.write_array_header_2_0(stream, header)
+        self.rows_written = 0
+
+    def write(self, rows: np.ndarray) -> None:
+        """:param rows: an [n x shape[1:]] array of the writer's dtype."""
+        rows = np.ascontiguousarray(rows, dtype=self.dtype)
+        if rows.shape[1:] != self.shape[1:] or self.rows_written + len(rows) > self.shape[0]:
+            raise ValueError(
+                f"cannot append rows of shape {rows.shape} to an array of shape {self.shape} "
+                f"holding {self.rows_written} rows"
+            )
+        self.stream.write(rows.tobytes())
+        self.rows_written += len(rows)
+
+
+# ----------------------------------------------------------------------------------------------
+# Image sources: .npz batches, in-memory arrays, folders
+
+
+def _resize_batch(images: np.ndarray, image_size: int | None) -> np.ndarray:
+    if image_size is None or images.shape[1:3] == (image_size, image_size):
+        return images
+    return np.stack([center_crop_arr(Image.fromarray(image), image_size) for image in images])
+
+
+class ImageSource:
+    """
+    A sized, re-iterable stream of uint8 [n x H x W x 3] image batches from an .npz path, an
+    in-memory array or an image folder, optionally centre-cropped to image_size.
+    """
+
+    def __init__(self, source: str | np.ndarray, image_size: int | None = None):
+        if image_size is not None and image_size < 1:
+            raise ValueError(f"--image_size must be a positive number of pixels, got {image_size}")
+        self.source, self.image_size = source, image_size
+        if isinstance(source, np.ndarray):
+            self.name = "image array"
+            check_image_array(source.shape, source.dtype, self.name)
+            self._files, shape = None, source.shape
+        elif os.path.isdir(source):
+            self.name = str(source)
+            self._files = _list_image_files_recursively(source)
+            if not self._files:
+                raise ValueError(
+                    f"{source}: no {'/'.join(IMAGE_EXTENSIONS)} images found in this folder"
+                )
+            first = self._load_file(self._files[0])
+            shape = (len(self._files),) + first.shape
+        else:
+            self.name = str(source)
+            self._files = None
+            with NpzArrayReader(source) as reader:
+                check_image_array(reader.shape, reader.dtype, self.name)
+                shape = reader.shape
+        if image_size is not None:
+            shape = (shape[0], image_size, image_size, 3)
+        self.shape = tuple(shape)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    def _load_file(self, path: str) -> np.ndarray:
+        try:
+            with Image.open(path) as image:
+                image.load()
+                if self.image_size is not None:
+                    return center_crop_arr(image.convert("RGB"), self.image_size)
+                return np.asarray(image.convert("RGB"))
+        except OSError as err:
+            raise ValueError(f"{path}: cannot read this image ({err})") from err
+
+    def iter_batches(self, batch_size: int) -> Iterator[np.ndarray]:
+        """:return: an iterator over uint8 [n x H x W x 3] batches covering every image once."""
+        if isinstance(self.source, np.ndarray):
+            for start in range(0, len(self.source), batch_size):
+                yield _resize_batch(self.source[start : start + batch_size], self.image_size)
+        elif self._files is not None:
+            for start in range(0, len(self._files), batch_size):
+                images = [self._load_file(path) for path in self._files[start : start + batch_size]]
+                for path, image in zip(self._files[start : start + batch_size], images):
+                    if image.shape != self.shape[1:]:
+                        raise ValueError(
+                            f"{path}: image of size {image.shape[1]}x{image.shape[0]} differs from "
+                            f"the first image's {self.shape[2]}x{self.shape[1]}; pass --image_size "
+                            "to centre-crop every image to one size"
+                        )
+                yield np.stack(images)
+        else:
+            with NpzArrayReader(self.source) as reader:
+                for images in reader.iter_batches(batch_size):
+                    yield _resize_batch(images, self.image_size)
+
+
+# ----------------------------------------------------------------------------------------------
+# Inception activations
+
+
+def _extractor_device(extractor: torch.nn.Module) -> torch.device:
+    tensor = next(itertools.chain(extractor.parameters(), extractor.buffers()), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+def compute_activations(
+    extractor: torch.nn.Module,
+    source: str | np.ndarray | ImageSource,
+    batch_size: int = 64,
+    progress: bool = False,
+    on_batch: Callable[[np.ndarray], None] | None = None,
+) -> dict[str, np.ndarray | None]:
+    """
+    Run the Inception feature extractor over every image of a batch.
+
+    :param extractor: a module mapping uint8 [n x 3 x H x W] images to a dict with "pool"
+                      [n x 2048], "spatial" [n x 2023] and "logits" [n x 1008] or None.
+    :param source: an .npz path, a uint8 [N x H x W x 3] array, a folder, or an ImageSource.
+    :param batch_size: images per forward pass.
+    :param progress: show a tqdm progress bar.
+    :param on_batch: called with every uint8 [n x H x W x 3] batch before it is processed.
+    :return: {"pool": [N x 2048], "spatial": [N x 2023], "logits": [N x 1008] or None}, float32.
+    """
+    if not isinstance(source, ImageSource):
+        source = ImageSource(source)
+    device = _extractor_device(extractor)
+    batches = source.iter_batches(batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        batches = tqdm(batches, total=-(-len(source) // batch_size), desc=source.name, leave=False)
+    outputs: dict[str, list[np.ndarray]] = {"pool": [], "spatial": [], "logits": []}
+    for images in batches:
+        if on_batch is not None:
+            on_batch(images)
+        # uint8 [n x H x W x 3] -> [n x 3 x H x W] on the extractor's device
+        images = torch.from_numpy(np.ascontiguousarray(images)).to(device).permute(0, 3, 1, 2)
+        with torch.no_grad():
+            features = extractor(images)
+        for key in outputs:
+            if features.get(key) is not None:
+                outputs[key].append(features[key].float().cpu().numpy())
+    result = {key: (np.concatenate(parts) if parts else None) for key, parts in outputs.items()}
+    _check_activations(result, len(source), source.name)
+    return result
+
+
+def _check_activations(acts: dict, count: int, name: str) -> None:
+    for key in ("pool", "spatial", "logits"):
+        value = acts.get(key)
+        if value is None and key == "logits":
+            continue
+        if value is None or value.ndim != 2 or len(value) != count:
+            shape = None if value is None else value.shape
+            raise ValueError(
+                f"{name}: {key} activations have shape {shape}, expected ({count}, features)"
+            )
+
+
+def file_sha256(path: str, chunk_bytes: int = 1 << 24) -> str:
+    """:return: the hex SHA-256 of a file's bytes, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def weights_identity(extractor: torch.nn.Module) -> str:
+    """
+    A string that changes whenever the extractor's weights do: the extractor's own
+    ``weights_id`` / ``weights_sha256`` attribute when it has one, else a hash of its class
+    name and state dict.
+    """
+    for attr in ("weights_id", "weights_sha256"):
+        value = getattr(extractor, attr, None)
+        if value:
+            return str(value)
+    digest = hashlib.sha256(type(extractor).__qualname__.encode())
+    for name, tensor in extractor.state_dict().items():
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def user_cache_dir() -> str:
+    """:return: the fallback directory for activation caches ($XDG_CACHE_HOME or ~/.cache)."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "guided_diffusion", "evaluations")
+
+
+def cache_paths(batch_path: str, extractor: torch.nn.Module) -> list[str]:
+    """
+    :return: the candidate cache files for a batch's activations: next to the batch, then in
+             user_cache_dir(). The name holds a hash of the batch's content and the weights.
+    """
+    key = hashlib.sha256(
+        f"{CACHE_VERSION}:{file_sha256(batch_path)}:{weights_identity(extractor)}".encode()
+    ).hexdigest()[:20]
+    name = f"{os.path.basename(batch_path)}.inception-{key}.npz"
+    return [
+        os.path.join(os.path.dirname(os.path.abspath(batch_path)), name),
+        os.path.join(user_cache_dir(), name),
+    ]
+
+
+def _load_cache(path: str, count: int) -> dict[str, np.ndarray | None] | None:
+    try:
+        with np.load(path) as data:
+            acts = {
+                key: (data[key] if key in data else None) for key in ("pool", "spatial", "logits")
+            }
+        _check_activations(acts, count, path)
+        return acts
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        warnings.warn(f"ignoring unreadable activation cache {path}: {err}")
+        return None
+
+
+def _save_cache(paths: list[str], acts: dict[str, np.ndarray | None]) -> None:
+    arrays = {key: value for key, value in acts.items() if value is not None}
+    for path in paths:
+        try:
+            with atomic_write(path, "wb") as f:
+                np.savez(f, **arrays)
+            return
+        except OSError as err:
+            warnings.warn(f"cannot write activation cache {path}: {err}")
+    warnings.warn("activations were not cached (no writable cache location)")
+
+
+def cached_activations(
+    extractor: torch.nn.Module,
+    source: str | np.ndarray,
+    batch_size: int = 64,
+    use_cache: bool = True,
+    progress: bool = False,
+) -> dict[str, np.ndarray | None]:
+    """
+    compute_activations(), reusing activations cached for the same file content and weights.
+    Arrays and folders are never cached; an unwritable batch directory falls back to
+    user_cache_dir(), and failing that the cache is skipped with a warning.
+
+    :param extractor: the Inception feature extractor.
+    :param source: an .npz path (cached) or anything compute_activations() accepts.
+    :param batch_size: images per forward pass.
+    :param use_cache: read and write the cache.
+    :param progress: show a progress bar while computing.
+    :return: the activations dict of compute_activations().
+    """
+    image_source = ImageSource(source)
+    if not use_cache or not isinstance(source, (str, os.PathLike)) or os.path.isdir(source):
+        return compute_activations(extractor, image_source, batch_size, progress)
+    paths = cache_paths(str(source), extractor)
+    for path in paths:
+        if os.path.exists(path):
+            acts = _load_cache(path, len(image_source))
+            if acts is not None:
+                return acts
+    acts = compute_activations(extractor, image_source, batch_size, progress)
+    _save_cache(paths, acts)
+    return acts
+
+
+# ----------------------------------------------------------------------------------------------
+# Reference batches
+
+
+def write_reference_batch(
+    source: str | np.ndarray,
+    out_path: str,
+    extractor: torch.nn.Module,
+    image_size: int | None = None,
+    batch_size: int = 64,
+    progress: bool = False,
+    use_cache: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, np.ndarray]:
+    """
+    Write a reference batch: ``arr_0`` (uint8 [N x H x W x 3], for precision / recall) and the
+    statistics ``mu``, ``sigma``, ``mu_s``, ``sigma_s``. Images are streamed into the output
+    (which is written atomically), so the source never has to fit in memory.
+
+    :param source: a folder of images, an .npz batch or a uint8 [N x H x W x 3] array.
+    :param out_path: the .npz to write.
+    :param extractor: the Inception feature extractor.
+    :param image_size: centre-crop every image to this side first (required when a folder's
+                       images differ in size).
+    :param batch_size: images per forward pass.
+    :param progress: show a progress bar.
+    :param use_cache: also store the activations as the new batch's activation cache.
+    :param log: called with progress messages (e.g. print).
+    :return: the statistics written, plus "pool" / "spatial" / "logits" activations.
+    """
+    images = ImageSource(source, image_size)
+    if len(images) < 2:
+        raise ValueError(
+            f"{images.name}: a reference batch needs at least 2 images, got {len(images)}"
+        )
+    if log:
+        log(f"writing {len(images)} images of {images.shape[2]}x{images.shape[1]} to {out_path}...")
+    with atomic_write(out_path, "wb") as f, zipfile.ZipFile(
+        f, "w", zipfile.ZIP_STORED, allowZip64=True
+    ) as archive:
+        with archive.open("arr_0.npy", "w", force_zip64=True) as member:
+            writer = NpyStreamWriter(member, images.shape, np.uint8)
+            acts = compute_activations(
+                extractor, images, batch_size, progress, on_batch=writer.write
+            )
+        stats = dict(zip(("mu", "sigma"), compute_statistics(acts["pool"])))
+        stats.update(zip(("mu_s", "sigma_s"), compute_statistics(acts["spatial"])))
+        for key, value in stats.items():
+            with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, value)
+    if use_cache:
+        _save_cache(cache_paths(out_path, extractor), acts)
+    return {**stats, **acts}

@@ -1,0 +1,318 @@
+"""
+Sample-quality metrics on Inception features: FID / sFID (Frechet distance), Inception Score,
+and precision / recall (Kynkaanniemi et al. 2019).
+
+Everything here works on in-memory arrays; reading batches and running the network live in
+``evaluations.batches``. Conventions follow the published ADM evaluator so that the numbers
+can be compared with the paper:
+
+- statistics: mean and unbiased covariance (``np.cov``, ddof = 1) in float64;
+- Frechet distance: the trace of the square root of the covariance product (through
+  symmetric eigendecompositions), with a small diagonal offset when it is not finite;
+- Inception Score: mean over splits of 5,000 of exp(mean KL(p(y|x) || p(y)));
+- precision / recall: k = 3 nearest-neighbour balls on squared Euclidean distances.
+"""
+
+import contextlib
+import math
+import warnings
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+# Diagonal offset added to both covariances when the trace of their product's root is not finite.
+FRECHET_EPS = 1e-6
+
+
+def compute_statistics(feats: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """
+    Fit a Gaussian to a set of feature vectors.
+
+    :param feats: an [N x D] array of features, N >= 2.
+    :return: (mu, sigma): the [D] float64 mean and the [D x D] float64 unbiased covariance.
+    """
+    feats = np.asarray(feats)
+    if feats.ndim != 2:
+        raise ValueError(f"features must be an [N x D] array, got shape {feats.shape}")
+    if feats.shape[0] < 2:
+        raise ValueError(
+            f"a covariance needs at least 2 feature vectors, got {feats.shape[0]}: "
+            "evaluate a batch with at least 2 images (the paper uses 50,000)"
+        )
+    feats = feats.astype(np.float64)
+    return feats.mean(axis=0), np.cov(feats, rowvar=False)
+
+
+def trace_sqrt_product(sigma1: np.ndarray, sigma2: np.ndarray) -> float:
+    """
+    tr(sqrt(sigma1 sigma2)) for symmetric positive semi-definite covariances.
+
+    The eigenvalues of sigma1 sigma2 are those of the symmetric matrix
+    sqrt(sigma1) sigma2 sqrt(sigma1), so two symmetric eigendecompositions (float64, torch's
+    LAPACK) replace the general matrix square root of the original evaluator: the same value
+    to ~1e-12 relative, about ten times faster at 2048 x 2048 on a CPU, and no complex parts.
+    Eigenvalues that rounding makes slightly negative count as 0.
+
+    :return: the trace as a Python float (NaN if an input is not finite).
+    """
+    s1 = torch.from_numpy(np.ascontiguousarray(sigma1, dtype=np.float64))
+    s2 = torch.from_numpy(np.ascontiguousarray(sigma2, dtype=np.float64))
+    if not (torch.isfinite(s1).all() and torch.isfinite(s2).all()):
+        return float("nan")
+    w, v = torch.linalg.eigh((s1 + s1.T) / 2)
+    root1 = (v * w.clamp(min=0).sqrt()) @ v.T  # sqrt(sigma1)
+    inner = root1 @ s2 @ root1
+    eigvals = torch.linalg.eigvalsh((inner + inner.T) / 2)
+    return float(eigvals.clamp(min=0).sqrt().sum())
+
+
+def frechet_distance(
+    mu1: np.ndarray,
+    sigma1: np.ndarray,
+    mu2: np.ndarray,
+    sigma2: np.ndarray,
+    eps: float = FRECHET_EPS,
+) -> float:
+    """
+    Frechet (2-Wasserstein) distance between N(mu1, sigma1) and N(mu2, sigma2):
+    ||mu1 - mu2||^2 + tr(sigma1) + tr(sigma2) - 2 tr(sqrt(sigma1 sigma2)).
+
+    If the trace of the square root is not finite (a degenerate product), eps * I is added
+    to both covariances, the usual guard of FID implementations.
+
+    :param mu1: the [D] mean of the first Gaussian.
+    :param sigma1: its [D x D] covariance.
+    :param mu2: the [D] mean of the second Gaussian.
+    :param sigma2: its [D x D] covariance.
+    :param eps: the diagonal offset of the guard.
+    :return: the distance as a Python float.
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(
+        np.asarray(mu2, np.float64)
+    )
+    sigma1 = np.atleast_2d(np.asarray(sigma1, np.float64))
+    sigma2 = np.atleast_2d(np.asarray(sigma2, np.float64))
+    dim = mu1.shape[0]
+    for name, value, shape in (
+        ("mu1", mu1, (dim,)),
+        ("mu2", mu2, (dim,)),
+        ("sigma1", sigma1, (dim, dim)),
+        ("sigma2", sigma2, (dim, dim)),
+    ):
+        if value.shape != shape:
+            raise ValueError(
+                f"Frechet distance: {name} has shape {value.shape}, expected {shape} "
+                "(both Gaussians must have the same dimension)"
+            )
+
+    diff = mu1 - mu2
+    tr_covmean = trace_sqrt_product(sigma1, sigma2)
+    if not math.isfinite(tr_covmean):
+        warnings.warn(
+            f"Frechet distance: the covariance product is degenerate; adding {eps} to the diagonals"
+        )
+        offset = np.eye(dim) * eps
+        tr_covmean = trace_sqrt_product(sigma1 + offset, sigma2 + offset)
+        if not math.isfinite(tr_covmean):
+            raise ValueError("Frechet distance: the covariances are not finite")
+    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+
+
+def compute_fid(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
+    """
+    FID (or sFID) from two sets of Gaussian statistics: an alias of frechet_distance().
+
+    :param mu1: the [D] mean of the reference features.
+    :param sigma1: their [D x D] covariance.
+    :param mu2: the [D] mean of the sample features.
+    :param sigma2: their [D x D] covariance.
+    :return: the distance as a Python float.
+    """
+    return frechet_distance(mu1, sigma1, mu2, sigma2)
+
+
+def inception_score(logits: np.ndarray, split_size: int = 5000) -> float:
+    """
+    Inception Score: exp(E_x KL(p(y|x) || p(y))), computed separately on consecutive splits of
+    split_size samples (the last one may be shorter) and averaged over splits.
+
+    :param logits: an [N x C] array of classifier logits (softmax is applied here).
+    :param split_size: samples per split; the paper's evaluator uses 5,000.
+    :return: the score as a Python float, between 1 and C.
+    """
+    logits = np.asarray(logits, np.float64)
+    if logits.ndim != 2 or logits.shape[0] == 0:
+        raise ValueError(f"logits must be a non-empty [N x C] array, got shape {logits.shape}")
+    if split_size < 1:
+        raise ValueError(f"split_size must be positive, got {split_size}")
+    # log-softmax, stable for large logits: [N x C]
+    log_probs = logits - logits.max(axis=1, keepdims=True)
+    log_probs -= np.log(np.exp(log_probs).sum(axis=1, keepdims=True))
+    scores = []
+    for start in range(0, len(log_probs), split_size):
+        part = log_probs[start : start + split_size]  # [n x C]
+        probs = np.exp(part)
+        log_marginal = np.log(probs.mean(axis=0, keepdims=True))  # [1 x C]
+        kl = (probs * (part - log_marginal)).sum(axis=1).mean()
+        scores.append(math.exp(kl))
+    return float(np.mean(scores))
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+@contextlib.contextmanager
+def _full_fp32_matmul(device: torch.device) -> Iterator[None]:
+    """Turn off TF32 in CUDA matmuls (set by torch.set_float32_matmul_precision("high"))."""
+    flags = torch.backends.cuda.matmul
+    if device.type != "cuda":
+        yield
+    elif hasattr(flags, "fp32_precision"):
+        previous = flags.fp32_precision
+        flags.fp32_precision = "ieee"
+        try:
+            yield
+        finally:
+            flags.fp32_precision = previous
+    else:  # torch < 2.9
+        previous = flags.allow_tf32
+        flags.allow_tf32 = False
+        try:
+            yield
+        finally:
+            flags.allow_tf32 = previous
+
+
+def _as_tensor(feats: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:
+    feats = feats if torch.is_tensor(feats) else torch.from_numpy(np.asarray(feats))
+    if feats.ndim != 2:
+        raise ValueError(
+            f"{name} must be an [N x D] array of features, got shape {tuple(feats.shape)}"
+        )
+    return feats
+
+
+def _pairwise_sq_dists(
+    a: torch.Tensor, b: torch.Tensor, a_sq: torch.Tensor, b_sq: torch.Tensor
+) -> torch.Tensor:
+    """[n x m] squared Euclidean distances by ||a||^2 - 2 a.b + ||b||^2, clamped at 0."""
+    dists = torch.addmm(b_sq[None, :], a, b.T, alpha=-2.0)  # [n x m]
+    dists += a_sq[:, None]
+    return dists.clamp_(min=0.0)
+
+
+def _knn_radii(
+    feats: torch.Tensor, sq_norms: torch.Tensor, k: int, block_size: int
+) -> torch.Tensor:
+    """[N] squared distances to the k-th nearest other feature, in tiles with a running top-(k+1)."""
+    n = feats.shape[0]
+    if n <= k:
+        raise ValueError(f"k-NN radii with k={k} need more than {k} features, got {n}")
+    radii = torch.empty(n, dtype=feats.dtype, device=feats.device)
+    for row in range(0, n, block_size):
+        rows = slice(row, min(row + block_size, n))
+        best = None  # [rows x (k+1)] smallest distances seen so far, self included
+        for col in range(0, n, block_size):
+            cols = slice(col, min(col + block_size, n))
+            dists = _pairwise_sq_dists(feats[rows], feats[cols], sq_norms[rows], sq_norms[cols])
+            if row == col:
+                dists.fill_diagonal_(
+                    0.0
+                )  # exact zero self distances despite the expansion's rounding
+            smallest = dists.topk(min(k + 1, dists.shape[1]), dim=1, largest=False).values
+            best = smallest if best is None else torch.cat([best, smallest], dim=1)
+            best = best.topk(min(k + 1, best.shape[1]), dim=1, largest=False).values
+        radii[rows] = best[:, k]  # topk sorts ascending: the (k+1)-th smallest
+    return radii
+
+
+def manifold_radii(
+    feats: np.ndarray | torch.Tensor,
+    k: int = 3,
+    block_size: int = 10000,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> np.ndarray:
+    """
+    Radius of each feature's k-nearest-neighbour ball: the squared distance to its k-th nearest
+    neighbour other than itself (the (k+1)-th smallest distance counting the zero self distance).
+
+    Distances are computed in [block_size x block_size] tiles on ``device`` so memory stays
+    bounded for any N.
+
+    :param feats: an [N x D] array of features, N > k.
+    :param k: the neighbourhood size.
+    :param block_size: rows and columns per distance tile.
+    :param device: where to compute; default CUDA when available, else CPU.
+    :param dtype: torch.float32 (fast, the default) or torch.float64.
+    :return: an [N] float64 array of squared radii.
+    """
+    device = torch.device(device) if device is not None else _default_device()
+    feats = _as_tensor(feats, "features").to(device=device, dtype=dtype)
+    feats = feats - feats.mean(dim=0)  # distances are shift-invariant; smaller norms round less
+    with _full_fp32_matmul(device):
+        radii = _knn_radii(feats, (feats * feats).sum(dim=1), k, block_size)
+    return radii.double().cpu().numpy()
+
+
+def precision_recall(
+    ref_feats: np.ndarray | torch.Tensor,
+    sample_feats: np.ndarray | torch.Tensor,
+    k: int = 3,
+    block_size: int = 10000,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[float, float]:
+    """
+    Improved precision and recall (Kynkaanniemi et al. 2019). Each set approximates its
+    manifold by the union of k-NN balls around its features (squared Euclidean distances).
+    Precision is the share of samples inside some reference ball; recall is the share of
+    reference features inside some sample ball.
+
+    Computed in [block_size x block_size] tiles on ``device``: with the default 10,000 a tile
+    is 400 MB in float32, so 50,000 x 50,000 fits in bounded memory on any GPU or CPU. Distances
+    use the ||a||^2 - 2ab + ||b||^2 expansion on features centred on the reference mean; in
+    float32 its rounding is ~2e-7 of the radii (measured on 3,000 non-negative 2048-d
+    features shaped like pool_3's; ~1e-6 without the centring), so only points that close to
+    a ball's boundary can be classified differently from an exact computation.
+    dtype=torch.float64 is exact to ~1e-15 and about 1.6x slower on CPU.
+
+    :param ref_feats: an [N x D] array of reference features.
+    :param sample_feats: an [M x D] array of sample features.
+    :param k: the neighbourhood size (3 in the paper's evaluator).
+    :param block_size: rows and columns per distance tile.
+    :param device: where to compute; default CUDA when available, else CPU.
+    :param dtype: the computation dtype (torch.float32 or torch.float64).
+    :return: (precision, recall) as Python floats in [0, 1].
+    """
+    device = torch.device(device) if device is not None else _default_device()
+    if block_size < 1:
+        raise ValueError(f"block_size must be positive, got {block_size}")
+    ref = _as_tensor(ref_feats, "reference features").to(device=device, dtype=dtype)
+    sample = _as_tensor(sample_feats, "sample features").to(device=device, dtype=dtype)
+    if ref.shape[1] != sample.shape[1]:
+        raise ValueError(
+            "precision/recall need [N x D] reference and [M x D] sample features with the same D, "
+            f"got {tuple(ref.shape)} and {tuple(sample.shape)}"
+        )
+    with _full_fp32_matmul(device):
+        centre = ref.mean(dim=0)  # distances are shift-invariant; smaller norms round less
+        ref, sample = ref - centre, sample - centre
+        ref_sq, sample_sq = (ref * ref).sum(dim=1), (sample * sample).sum(dim=1)
+        ref_radii = _knn_radii(ref, ref_sq, k, block_size)
+        sample_radii = _knn_radii(sample, sample_sq, k, block_size)
+
+        ref_in_sample = torch.zeros(len(ref), dtype=torch.bool, device=device)  # -> recall
+        sample_in_ref = torch.zeros(len(sample), dtype=torch.bool, device=device)  # -> precision
+        for row in range(0, len(ref), block_size):
+            rows = slice(row, min(row + block_size, len(ref)))
+            for col in range(0, len(sample), block_size):
+                cols = slice(col, min(col + block_size, len(sample)))
+                dists = _pairwise_sq_dists(ref[rows], sample[cols], ref_sq[rows], sample_sq[cols])
+                ref_in_sample[rows] |= (dists <= sample_radii[None, cols]).any(dim=1)
+                sample_in_ref[cols] |= (dists <= ref_radii[rows, None]).any(dim=0)
+    precision = sample_in_ref.double().mean().item()
+    recall = ref_in_sample.double().mean().item()
+    return precision, recall
