@@ -33,8 +33,14 @@ class CheckpointMismatchError(ValueError):
     :ivar hints: the likely causes, as sentences naming flags.
     """
 
-    def __init__(self, message: str, missing: list[str], unexpected: list[str],
-                 mismatched: list[tuple[str, tuple, tuple]], hints: list[str]):
+    def __init__(
+        self,
+        message: str,
+        missing: list[str],
+        unexpected: list[str],
+        mismatched: list[tuple[str, tuple, tuple]],
+        hints: list[str],
+    ):
         super().__init__(message)
         self.missing = missing
         self.unexpected = unexpected
@@ -83,7 +89,10 @@ def _check_state_dict(obj, source: str) -> None:
         keys = ", ".join(repr(k) for k in list(obj)[:_SHOWN])
         hint = ""
         if "state" in obj and "param_groups" in obj:
-            hint = " It looks like an optimizer state (opt*.pt): load the model*.pt or ema_*.pt beside it."
+            hint = (
+                " It looks like an optimizer state (opt*.pt): load the model*.pt or ema_*.pt "
+                "beside it."
+            )
         elif any(k in obj for k in ("state_dict", "model", "ema")):
             hint = " It looks like a wrapper: pass the model's state dict inside it."
         raise ValueError(
@@ -92,9 +101,11 @@ def _check_state_dict(obj, source: str) -> None:
         )
 
 
-def load_checkpoint(model: nn.Module,
-                    path_or_state_dict: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
-                    map_location="cpu") -> nn.Module:
+def load_checkpoint(
+    model: nn.Module,
+    path_or_state_dict: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
+    map_location="cpu",
+) -> nn.Module:
     """
     Load a checkpoint into ``model`` strictly (every key, every shape).
 
@@ -120,8 +131,9 @@ def load_checkpoint(model: nn.Module,
     return model
 
 
-def diagnose_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
-                      source: str = "the checkpoint") -> Optional[CheckpointMismatchError]:
+def diagnose_mismatch(
+    model: nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "the checkpoint"
+) -> Optional[CheckpointMismatchError]:
     """
     Compare a state dict with a model's.
 
@@ -134,7 +146,9 @@ def diagnose_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
     found = {k: tuple(v.shape) for k, v in state_dict.items()}
     missing = [k for k in expected if k not in found]
     unexpected = [k for k in found if k not in expected]
-    mismatched = [(k, found[k], expected[k]) for k in expected if k in found and found[k] != expected[k]]
+    mismatched = [
+        (k, found[k], expected[k]) for k in expected if k in found and found[k] != expected[k]
+    ]
     if not (missing or unexpected or mismatched):
         return None
     hints = _likely_causes(model, found, expected)
@@ -145,7 +159,10 @@ def diagnose_mismatch(model: nn.Module, state_dict: Mapping[str, torch.Tensor],
     for label, items in (
         ("missing key(s) (in the model, not in the checkpoint)", missing),
         ("unexpected key(s) (in the checkpoint, not in the model)", unexpected),
-        ("shape mismatch(es)", [f"{k}: checkpoint {list(a)}, model {list(b)}" for k, a, b in mismatched]),
+        (
+            "shape mismatch(es)",
+            [f"{k}: checkpoint {list(a)}, model {list(b)}" for k, a, b in mismatched],
+        ),
     ):
         if items:
             more = f", ... ({len(items) - _SHOWN} more)" if len(items) > _SHOWN else ""
@@ -169,8 +186,13 @@ def _layer_kinds(shapes: dict[str, tuple], prefix: str) -> list[list[str]]:
         if not match:
             continue
         block, layer, rest = int(match[1]), int(match[2]), match[3]
-        kind = {"in_layers.2.weight": "res", "qkv.weight": "attn", "weight": "conv",
-                "op.weight": "down", "conv.weight": "up"}.get(rest)
+        kind = {
+            "in_layers.2.weight": "res",
+            "qkv.weight": "attn",
+            "weight": "conv",
+            "op.weight": "down",
+            "conv.weight": "up",
+        }.get(rest)
         if kind:
             blocks.setdefault(block, {})[layer] = kind
     return [[layers[j] for j in sorted(layers)] for _, layers in sorted(blocks.items())]
@@ -245,8 +267,11 @@ def _classifier_head(shapes: dict[str, tuple]) -> dict:
     """The pooling head and class count of a classifier's state dict."""
     if "out.2.positional_embedding" in shapes:
         tokens = shapes["out.2.positional_embedding"][1] - 1
-        return {"classifier_pool": "attention", "num_classes": shapes["out.2.c_proj.weight"][0],
-                "final_side": round(tokens**0.5)}
+        return {
+            "classifier_pool": "attention",
+            "num_classes": shapes["out.2.c_proj.weight"][0],
+            "final_side": round(tokens**0.5),
+        }
     if len(shapes.get("out.3.weight", ())) == 4:
         return {"classifier_pool": "adaptive", "num_classes": shapes["out.3.weight"][0]}
     if len(shapes.get("out.3.weight", ())) == 2:
@@ -260,22 +285,35 @@ def _flag_names(model: nn.Module) -> dict[str, str]:
     """The command-line flag behind each architecture property of this kind of model."""
     if isinstance(model, EncoderUNetModel):
         return {
-            "num_channels": "classifier_width", "num_res_blocks": "classifier_depth",
+            "num_channels": "classifier_width",
+            "num_res_blocks": "classifier_depth",
             "channel_mult": "classifier_channel_mult",
             "attention_resolutions": "classifier_attention_resolutions",
             "use_scale_shift_norm": "classifier_use_scale_shift_norm",
-            "resblock_updown": "classifier_resblock_updown", "image_size": "image_size",
+            "resblock_updown": "classifier_resblock_updown",
+            "image_size": "image_size",
         }
     size = "large_size" if isinstance(model, SuperResModel) else "image_size"
-    return {k: k for k in ("num_channels", "num_res_blocks", "channel_mult", "attention_resolutions",
-                           "use_scale_shift_norm", "resblock_updown")} | {"image_size": size}
+    return {
+        k: k
+        for k in (
+            "num_channels",
+            "num_res_blocks",
+            "channel_mult",
+            "attention_resolutions",
+            "use_scale_shift_norm",
+            "resblock_updown",
+        )
+    } | {"image_size": size}
 
 
 def _fmt(values) -> str:
     return ",".join(str(v) for v in values)
 
 
-def _likely_causes(model: nn.Module, found: dict[str, tuple], expected: dict[str, tuple]) -> list[str]:
+def _likely_causes(
+    model: nn.Module, found: dict[str, tuple], expected: dict[str, tuple]
+) -> list[str]:
     """Sentences naming the flags whose values explain the differences."""
     layout = None
     if hasattr(model, "channel_mult"):
@@ -288,73 +326,104 @@ def _likely_causes(model: nn.Module, found: dict[str, tuple], expected: dict[str
         return key in ckpt and key in ours and ckpt[key] != ours[key]
 
     if len(found) and all(k.startswith("module.") for k in found):
-        hints.append("every key starts with 'module.': the state dict was saved from a "
-                     "DistributedDataParallel wrapper; save or load model.module's state dict")
+        hints.append(
+            "every key starts with 'module.': the state dict was saved from a "
+            "DistributedDataParallel wrapper; save or load model.module's state dict"
+        )
     if differs("out_channels"):
         if ckpt["out_channels"] == 2 * ours["out_channels"]:
-            hints.append(f"output has {ckpt['out_channels']} channels (this model has "
-                         f"{ours['out_channels']}): the checkpoint was trained with --learn_sigma True")
+            hints.append(
+                f"output has {ckpt['out_channels']} channels (this model has "
+                f"{ours['out_channels']}): the checkpoint was trained with --learn_sigma True"
+            )
         elif 2 * ckpt["out_channels"] == ours["out_channels"]:
-            hints.append(f"output has {ckpt['out_channels']} channels (this model has "
-                         f"{ours['out_channels']}): the checkpoint was trained with --learn_sigma False")
+            hints.append(
+                f"output has {ckpt['out_channels']} channels (this model has "
+                f"{ours['out_channels']}): the checkpoint was trained with --learn_sigma False"
+            )
     if differs("class_cond"):
         if ckpt["class_cond"]:
-            hints.append(f"the checkpoint has a label embedding ({ckpt['num_classes']} classes): "
-                         "it was trained with --class_cond True")
+            hints.append(
+                f"the checkpoint has a label embedding ({ckpt['num_classes']} classes): "
+                "it was trained with --class_cond True"
+            )
         else:
-            hints.append("the checkpoint has no label embedding: it was trained with --class_cond False")
+            hints.append(
+                "the checkpoint has no label embedding: it was trained with --class_cond False"
+            )
     elif differs("num_classes"):
         what = "outputs" if isinstance(model, EncoderUNetModel) else "label embedding rows"
-        hints.append(f"the checkpoint has {ckpt['num_classes']} {what} (this model has "
-                     f"{ours['num_classes']}): it was trained with --num_classes {ckpt['num_classes']}")
+        hints.append(
+            f"the checkpoint has {ckpt['num_classes']} {what} (this model has "
+            f"{ours['num_classes']}): it was trained with --num_classes {ckpt['num_classes']}"
+        )
     if differs("classifier_pool"):
-        hints.append(f"the checkpoint's head is '{ckpt['classifier_pool']}' pooling: it was "
-                     f"trained with --classifier_pool {ckpt['classifier_pool']}")
+        hints.append(
+            f"the checkpoint's head is '{ckpt['classifier_pool']}' pooling: it was "
+            f"trained with --classifier_pool {ckpt['classifier_pool']}"
+        )
     if differs("num_channels"):
-        hints.append(f"the time embedding takes {ckpt['num_channels']} channels (this model "
-                     f"{ours['num_channels']}): --{flag['num_channels']} {ckpt['num_channels']}")
+        hints.append(
+            f"the time embedding takes {ckpt['num_channels']} channels (this model "
+            f"{ours['num_channels']}): --{flag['num_channels']} {ckpt['num_channels']}"
+        )
     if differs("use_scale_shift_norm"):
-        hints.append("the timestep projections give "
-                     f"{'twice' if ckpt['use_scale_shift_norm'] else 'once'} the block channels: "
-                     f"--{flag['use_scale_shift_norm']} {ckpt['use_scale_shift_norm']}")
+        hints.append(
+            "the timestep projections give "
+            f"{'twice' if ckpt['use_scale_shift_norm'] else 'once'} the block channels: "
+            f"--{flag['use_scale_shift_norm']} {ckpt['use_scale_shift_norm']}"
+        )
     if differs("resblock_updown"):
         how = "residual blocks" if ckpt["resblock_updown"] else "plain (strided) convolutions"
-        hints.append(f"the checkpoint resamples with {how}: --{flag['resblock_updown']} "
-                     f"{ckpt['resblock_updown']}")
+        hints.append(
+            f"the checkpoint resamples with {how}: --{flag['resblock_updown']} "
+            f"{ckpt['resblock_updown']}"
+        )
     hints += _layout_causes(model, ckpt, ours, flag, differs)
     return hints
 
 
-def _layout_causes(model: nn.Module, ckpt: dict, ours: dict, flag: dict[str, str], differs) -> list[str]:
+def _layout_causes(
+    model: nn.Module, ckpt: dict, ours: dict, flag: dict[str, str], differs
+) -> list[str]:
     """Hints about blocks per level, levels, channel multipliers and attention placement."""
     hints = []
     if differs("num_res_blocks"):
-        hints.append(f"the checkpoint has {ckpt['num_res_blocks']} residual blocks per "
-                     f"resolution (this model {ours['num_res_blocks']}): "
-                     f"--{flag['num_res_blocks']} {ckpt['num_res_blocks']}")
+        hints.append(
+            f"the checkpoint has {ckpt['num_res_blocks']} residual blocks per "
+            f"resolution (this model {ours['num_res_blocks']}): "
+            f"--{flag['num_res_blocks']} {ckpt['num_res_blocks']}"
+        )
     if differs("channel_mult"):
         table = {EncoderUNetModel: CLASSIFIER_CHANNEL_MULTS, SuperResModel: SR_CHANNEL_MULTS}.get(
-            type(model), MODEL_CHANNEL_MULTS)
+            type(model), MODEL_CHANNEL_MULTS
+        )
         sizes = [str(s) for s, m in table.items() if tuple(m) == ckpt["channel_mult"]]
         default = f" (the default for --{flag['image_size']} {' or '.join(sizes)})" if sizes else ""
-        hints.append(f"the checkpoint's channel multipliers are {_fmt(ckpt['channel_mult'])} "
-                     f"(this model {_fmt(ours['channel_mult'])}): "
-                     f"--{flag['channel_mult']} {_fmt(ckpt['channel_mult'])}{default}")
+        hints.append(
+            f"the checkpoint's channel multipliers are {_fmt(ckpt['channel_mult'])} "
+            f"(this model {_fmt(ours['channel_mult'])}): "
+            f"--{flag['channel_mult']} {_fmt(ckpt['channel_mult'])}{default}"
+        )
     elif differs("input_blocks") and "num_res_blocks" not in ckpt:
         hints.append(_block_count_cause(model, ckpt["input_blocks"], ours["input_blocks"], flag))
     same_layout = all(k in ckpt and not differs(k) for k in ("num_res_blocks", "channel_mult"))
     if same_layout and differs("attention_ds"):
         size = model.image_size
         resolutions = _fmt(sorted((size // ds for ds in ckpt["attention_ds"]), reverse=True))
-        hints.append(f"the checkpoint has attention at downsampling rates "
-                     f"{_fmt(sorted(ckpt['attention_ds']))} (this model "
-                     f"{_fmt(sorted(ours['attention_ds']))}): --{flag['attention_resolutions']} "
-                     f"{resolutions} at --{flag['image_size']} {size}")
+        hints.append(
+            f"the checkpoint has attention at downsampling rates "
+            f"{_fmt(sorted(ckpt['attention_ds']))} (this model "
+            f"{_fmt(sorted(ours['attention_ds']))}): --{flag['attention_resolutions']} "
+            f"{resolutions} at --{flag['image_size']} {size}"
+        )
     if differs("final_side"):
         side = ckpt["final_side"]
-        text = f"the attention pool is sized for {side}x{side} features (this model {ours['final_side']}x{ours['final_side']})"
+        own = ours["final_side"]
+        text = f"the attention pool is sized for {side}x{side} features (this model {own}x{own})"
         if same_layout:
-            text += f": the classifier was trained with --image_size {side * 2 ** (len(ckpt['channel_mult']) - 1)}"
+            size = side * 2 ** (len(ckpt["channel_mult"]) - 1)
+            text += f": the classifier was trained with --image_size {size}"
         else:
             text += f": check --{flag['image_size']}"
         hints.append(text)
@@ -369,10 +438,13 @@ def _block_count_cause(model: nn.Module, found: int, expected: int, flag: dict[s
     per_level, levels = model.num_res_blocks + 1, len(model.channel_mult)
     options = []
     if found % per_level == 0:
-        options.append(f"{found // per_level} resolution levels instead of {levels} "
-                       f"(--{flag['channel_mult']} or --{flag['image_size']})")
+        options.append(
+            f"{found // per_level} resolution levels instead of {levels} "
+            f"(--{flag['channel_mult']} or --{flag['image_size']})"
+        )
     if found % levels == 0 and found // levels > 1:
         options.append(f"--{flag['num_res_blocks']} {found // levels - 1}")
-    text = " or ".join(options) or (f"--{flag['num_res_blocks']}, --{flag['channel_mult']} "
-                                    f"and --{flag['image_size']}")
+    text = " or ".join(options) or (
+        f"--{flag['num_res_blocks']}, --{flag['channel_mult']} and --{flag['image_size']}"
+    )
     return f"the checkpoint has {found} input blocks (this model {expected}): {text}"

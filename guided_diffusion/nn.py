@@ -69,8 +69,9 @@ def normalization(channels: int) -> nn.Module:
 
 
 @torch.no_grad()
-def update_ema(target_params: Iterable[torch.Tensor], source_params: Iterable[torch.Tensor],
-               rate: float = 0.99) -> None:
+def update_ema(
+    target_params: Iterable[torch.Tensor], source_params: Iterable[torch.Tensor], rate: float = 0.99
+) -> None:
     """
     Move target parameters towards the source: target = rate * target + (1 - rate) * source.
 
@@ -101,7 +102,9 @@ def mean_flat(tensor: torch.Tensor) -> torch.Tensor:
     return tensor.mean(dim=list(range(1, tensor.dim())))
 
 
-def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10000) -> torch.Tensor:
+def timestep_embedding(
+    timesteps: torch.Tensor, dim: int, max_period: float = 10000
+) -> torch.Tensor:
     """
     Sinusoidal timestep embeddings: [cos(t * f), sin(t * f)] for the frequencies
     f_i = max_period ** (-i / half), i < half = dim // 2, zero-padded when dim is odd.
@@ -113,7 +116,9 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     """
     half = dim // 2
     freqs = torch.exp(
-        -math.log(max_period) * torch.arange(half, dtype=torch.float32, device=timesteps.device) / half
+        -math.log(max_period)
+        * torch.arange(half, dtype=torch.float32, device=timesteps.device)
+        / half
     )
     args = timesteps[:, None].float() * freqs[None]  # (N, half)
     embedding = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)  # (N, 2 * half)
@@ -122,8 +127,9 @@ def timestep_embedding(timesteps: torch.Tensor, dim: int, max_period: float = 10
     return embedding
 
 
-def checkpoint(func: Callable, inputs: Sequence[torch.Tensor], params: Iterable[torch.Tensor],
-               flag: bool):
+def checkpoint(
+    func: Callable, inputs: Sequence[torch.Tensor], params: Iterable[torch.Tensor], flag: bool
+):
     """
     Evaluate ``func(*inputs)``, recomputing its activations in the backward pass instead of
     storing them when ``flag`` is set (less memory, one more forward per step). Uses the

@@ -29,16 +29,41 @@ CLASSIFIER_CHANNEL_MULTS = MODEL_CHANNEL_MULTS
 SR_CHANNEL_MULTS = {**MODEL_CHANNEL_MULTS, 512: (1, 1, 2, 2, 4, 4)}
 
 _MODEL_KEYS = (
-    "image_size", "num_channels", "num_res_blocks", "num_heads", "num_heads_upsample",
-    "num_head_channels", "attention_resolutions", "channel_mult", "dropout", "class_cond",
-    "use_checkpoint", "use_scale_shift_norm", "resblock_updown", "use_fp16",
-    "use_new_attention_order", "learn_sigma", "num_classes",
+    "image_size",
+    "num_channels",
+    "num_res_blocks",
+    "num_heads",
+    "num_heads_upsample",
+    "num_head_channels",
+    "attention_resolutions",
+    "channel_mult",
+    "dropout",
+    "class_cond",
+    "use_checkpoint",
+    "use_scale_shift_norm",
+    "resblock_updown",
+    "use_fp16",
+    "use_new_attention_order",
+    "learn_sigma",
+    "num_classes",
 )
 _SR_MODEL_KEYS = (
-    "large_size", "small_size", "num_channels", "num_res_blocks", "num_heads",
-    "num_heads_upsample", "num_head_channels", "attention_resolutions", "dropout",
-    "class_cond", "use_checkpoint", "use_scale_shift_norm", "resblock_updown", "use_fp16",
-    "learn_sigma", "num_classes",
+    "large_size",
+    "small_size",
+    "num_channels",
+    "num_res_blocks",
+    "num_heads",
+    "num_heads_upsample",
+    "num_head_channels",
+    "attention_resolutions",
+    "dropout",
+    "class_cond",
+    "use_checkpoint",
+    "use_scale_shift_norm",
+    "resblock_updown",
+    "use_fp16",
+    "learn_sigma",
+    "num_classes",
 )
 
 
@@ -115,9 +140,13 @@ def sr_model_and_diffusion_defaults() -> dict[str, Any]:
     return {k: v for k, v in res.items() if k in _SR_MODEL_KEYS or k in diffusion_defaults()}
 
 
-def _split_kwargs(kwargs: dict[str, Any], defaults: dict[str, Any], factory: str,
-                  optional: Sequence[str] = ()) -> dict[str, Any]:
-    """Check that ``kwargs`` holds exactly the flags in ``defaults`` (``optional`` ones may be missing)."""
+def _check_flags(
+    kwargs: dict[str, Any], defaults: dict[str, Any], factory: str, optional: Sequence[str] = ()
+) -> dict[str, Any]:
+    """
+    Check that ``kwargs`` holds exactly the flags in ``defaults`` (the ``optional`` ones may
+    be missing: they get their defaults).
+    """
     missing = [k for k in defaults if k not in kwargs and k not in optional]
     unknown = [k for k in kwargs if k not in defaults]
     if missing or unknown:
@@ -143,14 +172,19 @@ def create_model_and_diffusion(**kwargs) -> tuple[UNetModel, SpacedDiffusion]:
         left out: 1000).
     :return: (model, diffusion).
     """
-    kwargs = _split_kwargs(kwargs, model_and_diffusion_defaults(), "create_model_and_diffusion",
-                           optional=("num_classes",))
+    kwargs = _check_flags(
+        kwargs,
+        model_and_diffusion_defaults(),
+        "create_model_and_diffusion",
+        optional=("num_classes",),
+    )
     model = create_model(**{k: kwargs[k] for k in _MODEL_KEYS})
     return model, create_gaussian_diffusion(**_diffusion_kwargs(kwargs))
 
 
-def _channel_mult(channel_mult: Union[str, Sequence[float]], image_size: int,
-                  table: dict[int, tuple], flag: str) -> tuple[float, ...]:
+def _channel_mult(
+    channel_mult: Union[str, Sequence[float]], image_size: int, table: dict[int, tuple], flag: str
+) -> tuple[float, ...]:
     """
     Parse a channel multiplier flag ("1,2,2", "0.5,1"), or take the default for the image
     size when it is empty.
@@ -194,14 +228,25 @@ def _attention_ds(attention_resolutions: str, image_size: int, flag: str) -> tup
     return tuple(image_size // r for r in resolutions)
 
 
-def create_model(image_size: int, num_channels: int, num_res_blocks: int,
-                 channel_mult: Union[str, Sequence[float]] = "", learn_sigma: bool = False,
-                 class_cond: bool = False, use_checkpoint: bool = False,
-                 attention_resolutions: str = "16", num_heads: int = 1,
-                 num_head_channels: int = -1, num_heads_upsample: int = -1,
-                 use_scale_shift_norm: bool = False, dropout: float = 0,
-                 resblock_updown: bool = False, use_fp16: bool = False,
-                 use_new_attention_order: bool = False, num_classes: int = NUM_CLASSES) -> UNetModel:
+def create_model(
+    image_size: int,
+    num_channels: int,
+    num_res_blocks: int,
+    channel_mult: Union[str, Sequence[float]] = "",
+    learn_sigma: bool = False,
+    class_cond: bool = False,
+    use_checkpoint: bool = False,
+    attention_resolutions: str = "16",
+    num_heads: int = 1,
+    num_head_channels: int = -1,
+    num_heads_upsample: int = -1,
+    use_scale_shift_norm: bool = False,
+    dropout: float = 0,
+    resblock_updown: bool = False,
+    use_fp16: bool = False,
+    use_new_attention_order: bool = False,
+    num_classes: int = NUM_CLASSES,
+) -> UNetModel:
     """
     Build the image UNet from flags (see ``model_and_diffusion_defaults``).
 
@@ -216,7 +261,9 @@ def create_model(image_size: int, num_channels: int, num_res_blocks: int,
         model_channels=num_channels,
         out_channels=6 if learn_sigma else 3,
         num_res_blocks=num_res_blocks,
-        attention_resolutions=_attention_ds(attention_resolutions, image_size, "attention_resolutions"),
+        attention_resolutions=_attention_ds(
+            attention_resolutions, image_size, "attention_resolutions"
+        ),
         dropout=dropout,
         channel_mult=_channel_mult(channel_mult, image_size, MODEL_CHANNEL_MULTS, "channel_mult"),
         num_classes=num_classes if class_cond else None,
@@ -239,18 +286,28 @@ def create_classifier_and_diffusion(**kwargs) -> tuple[EncoderUNetModel, SpacedD
         ``classifier_channel_mult`` may be left out).
     :return: (classifier, diffusion).
     """
-    kwargs = _split_kwargs(kwargs, classifier_and_diffusion_defaults(),
-                           "create_classifier_and_diffusion",
-                           optional=("num_classes", "classifier_channel_mult"))
+    kwargs = _check_flags(
+        kwargs,
+        classifier_and_diffusion_defaults(),
+        "create_classifier_and_diffusion",
+        optional=("num_classes", "classifier_channel_mult"),
+    )
     classifier = create_classifier(**{k: kwargs[k] for k in classifier_defaults()})
     return classifier, create_gaussian_diffusion(**_diffusion_kwargs(kwargs))
 
 
-def create_classifier(image_size: int, classifier_use_fp16: bool, classifier_width: int,
-                      classifier_depth: int, classifier_attention_resolutions: str,
-                      classifier_use_scale_shift_norm: bool, classifier_resblock_updown: bool,
-                      classifier_pool: str, classifier_channel_mult: str = "",
-                      num_classes: int = NUM_CLASSES) -> EncoderUNetModel:
+def create_classifier(
+    image_size: int,
+    classifier_use_fp16: bool,
+    classifier_width: int,
+    classifier_depth: int,
+    classifier_attention_resolutions: str,
+    classifier_use_scale_shift_norm: bool,
+    classifier_resblock_updown: bool,
+    classifier_pool: str,
+    classifier_channel_mult: str = "",
+    num_classes: int = NUM_CLASSES,
+) -> EncoderUNetModel:
     """
     Build the noisy classifier from flags (see ``classifier_defaults``): the encoder half of
     the UNet with 64 channels per attention head.
@@ -287,18 +344,35 @@ def sr_create_model_and_diffusion(**kwargs) -> tuple[SuperResModel, SpacedDiffus
         be left out).
     :return: (model, diffusion).
     """
-    kwargs = _split_kwargs(kwargs, sr_model_and_diffusion_defaults(),
-                           "sr_create_model_and_diffusion", optional=("num_classes",))
+    kwargs = _check_flags(
+        kwargs,
+        sr_model_and_diffusion_defaults(),
+        "sr_create_model_and_diffusion",
+        optional=("num_classes",),
+    )
     model = sr_create_model(**{k: kwargs[k] for k in _SR_MODEL_KEYS})
     return model, create_gaussian_diffusion(**_diffusion_kwargs(kwargs))
 
 
-def sr_create_model(large_size: int, small_size: int, num_channels: int, num_res_blocks: int,
-                    learn_sigma: bool, class_cond: bool, use_checkpoint: bool,
-                    attention_resolutions: str, num_heads: int, num_head_channels: int,
-                    num_heads_upsample: int, use_scale_shift_norm: bool, dropout: float,
-                    resblock_updown: bool, use_fp16: bool, num_classes: int = NUM_CLASSES,
-                    channel_mult: Union[str, Sequence[float]] = "") -> SuperResModel:
+def sr_create_model(
+    large_size: int,
+    small_size: int,
+    num_channels: int,
+    num_res_blocks: int,
+    learn_sigma: bool,
+    class_cond: bool,
+    use_checkpoint: bool,
+    attention_resolutions: str,
+    num_heads: int,
+    num_head_channels: int,
+    num_heads_upsample: int,
+    use_scale_shift_norm: bool,
+    dropout: float,
+    resblock_updown: bool,
+    use_fp16: bool,
+    num_classes: int = NUM_CLASSES,
+    channel_mult: Union[str, Sequence[float]] = "",
+) -> SuperResModel:
     """
     Build the super-resolution UNet from flags (see ``sr_model_and_diffusion_defaults``).
 
@@ -314,7 +388,9 @@ def sr_create_model(large_size: int, small_size: int, num_channels: int, num_res
         model_channels=num_channels,
         out_channels=6 if learn_sigma else 3,
         num_res_blocks=num_res_blocks,
-        attention_resolutions=_attention_ds(attention_resolutions, large_size, "attention_resolutions"),
+        attention_resolutions=_attention_ds(
+            attention_resolutions, large_size, "attention_resolutions"
+        ),
         dropout=dropout,
         channel_mult=_channel_mult(channel_mult, large_size, SR_CHANNEL_MULTS, "channel_mult"),
         num_classes=num_classes if class_cond else None,
@@ -328,12 +404,18 @@ def sr_create_model(large_size: int, small_size: int, num_channels: int, num_res
     )
 
 
-def create_gaussian_diffusion(*, steps: int = 1000, learn_sigma: bool = False,
-                              sigma_small: bool = False, noise_schedule: str = "linear",
-                              use_kl: bool = False, predict_xstart: bool = False,
-                              rescale_timesteps: bool = False,
-                              rescale_learned_sigmas: bool = False,
-                              timestep_respacing: Union[str, Sequence[int]] = "") -> SpacedDiffusion:
+def create_gaussian_diffusion(
+    *,
+    steps: int = 1000,
+    learn_sigma: bool = False,
+    sigma_small: bool = False,
+    noise_schedule: str = "linear",
+    use_kl: bool = False,
+    predict_xstart: bool = False,
+    rescale_timesteps: bool = False,
+    rescale_learned_sigmas: bool = False,
+    timestep_respacing: Union[str, Sequence[int]] = "",
+) -> SpacedDiffusion:
     """
     Build a (possibly re-spaced) diffusion process from flags.
 
@@ -379,12 +461,14 @@ FLAG_HELP = {
     "num_heads_upsample": "attention heads in the upsampling path (-1: --num_heads)",
     "num_head_channels": "channels per attention head (-1: use --num_heads)",
     "attention_resolutions": "comma-separated resolutions with attention, e.g. 32,16,8",
-    "channel_mult": "comma-separated channel multipliers per resolution ('': the image size's default)",
+    "channel_mult": "comma-separated channel multipliers per resolution "
+    "('': the image size's default)",
     "dropout": "dropout rate",
     "class_cond": "condition the model on class labels",
     "num_classes": "number of classes (label embedding rows / classifier outputs)",
     "use_checkpoint": "gradient checkpointing: less memory, slower steps",
-    "use_scale_shift_norm": "AdaGN: the timestep embedding scales and shifts the normalised features",
+    "use_scale_shift_norm": "AdaGN: the timestep embedding scales and shifts the normalised "
+    "features",
     "resblock_updown": "residual blocks for up- and downsampling",
     "use_fp16": "run the model in float16 (mixed precision)",
     "use_new_attention_order": "split qkv before heads in attention",
@@ -394,7 +478,8 @@ FLAG_HELP = {
     "classifier_use_fp16": "run the classifier in float16",
     "classifier_width": "base channel count of the classifier",
     "classifier_depth": "residual blocks per resolution in the classifier",
-    "classifier_attention_resolutions": "comma-separated resolutions with attention in the classifier",
+    "classifier_attention_resolutions": "comma-separated resolutions with attention in the "
+    "classifier",
     "classifier_use_scale_shift_norm": "AdaGN in the classifier",
     "classifier_resblock_updown": "residual blocks for downsampling in the classifier",
     "classifier_pool": "classifier head: adaptive, attention, spatial or spatial_v2",
@@ -436,8 +521,11 @@ FLAG_HELP = {
 }
 
 
-def add_dict_to_argparser(parser: argparse.ArgumentParser, default_dict: dict[str, Any],
-                          helps: Optional[dict[str, str]] = None) -> None:
+def add_dict_to_argparser(
+    parser: argparse.ArgumentParser,
+    default_dict: dict[str, Any],
+    helps: Optional[dict[str, str]] = None,
+) -> None:
     """
     Add a ``--key`` option per entry of ``default_dict``, typed by its default (booleans
     parse with ``str2bool``, None defaults as strings).

@@ -40,7 +40,9 @@ def attention_backend(name: str) -> Iterator[None]:
     """
     global _attention_backend
     if name not in ATTENTION_BACKENDS:
-        raise ValueError(f"unknown attention backend {name!r} (valid: {', '.join(ATTENTION_BACKENDS)})")
+        raise ValueError(
+            f"unknown attention backend {name!r} (valid: {', '.join(ATTENTION_BACKENDS)})"
+        )
     previous, _attention_backend = _attention_backend, name
     try:
         yield
@@ -59,8 +61,8 @@ def _einsum_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torc
     """
     scale = q.shape[2] ** -0.25  # scaling q and k separately keeps float16 in range
     weight = torch.einsum("nhct,nhcs->nhts", q * scale, k * scale)  # (N, H, T, S)
-    weight = torch.softmax(weight.float(), dim=-1).type(weight.dtype)
-    return torch.einsum("nhts,nhcs->nhct", weight, v)
+    weight = torch.softmax(weight.to(torch.promote_types(weight.dtype, torch.float32)), dim=-1)
+    return torch.einsum("nhts,nhcs->nhct", weight.type(v.dtype), v)
 
 
 class _FusedAttention(torch.autograd.Function):
@@ -82,10 +84,15 @@ class _FusedAttention(torch.autograd.Function):
         q, k, v = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: differentiable formulas
             scale = q.shape[-1] ** -0.5
-            probs = torch.softmax((q @ k.transpose(-1, -2)).float() * scale, dim=-1).type(q.dtype)
+            scores = (q @ k.transpose(-1, -2)).to(torch.promote_types(q.dtype, torch.float32))
+            probs = torch.softmax(scores * scale, dim=-1).type(q.dtype)  # (N, H, T, S)
             grad_probs = grad_out @ v.transpose(-1, -2)  # (N, H, T, S)
             grad_scores = probs * (grad_probs - (grad_probs * probs).sum(dim=-1, keepdim=True))
-            return grad_scores @ k * scale, grad_scores.transpose(-1, -2) @ q * scale, probs.transpose(-1, -2) @ grad_out
+            return (
+                grad_scores @ k * scale,
+                grad_scores.transpose(-1, -2) @ q * scale,
+                probs.transpose(-1, -2) @ grad_out,
+            )
         with torch.enable_grad():
             inputs = [t.detach().requires_grad_(True) for t in (q, k, v)]
             out = F.scaled_dot_product_attention(*inputs)
@@ -125,7 +132,10 @@ def _packed_attention(qkv: torch.Tensor, n_heads: int, legacy: bool) -> torch.Te
         q, k, v = _heads_last(qkv, n, n_heads, 3 * ch).split(ch, dim=-1)  # (N, H, T, ch)
     else:
         q, k, v = _heads_last(qkv, n, 3, n_heads, ch).unbind(1)  # (N, H, T, ch)
-    out = _FusedAttention.apply(q, k, v)  # (N, H, T, ch)
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+        out = _FusedAttention.apply(q, k, v)  # (N, H, T, ch)
+    else:  # nothing to differentiate, or torch.compile (which derives its own backward)
+        out = F.scaled_dot_product_attention(q, k, v)
     return out.transpose(-1, -2).reshape(n, -1, length)
 
 
@@ -171,8 +181,13 @@ class AttentionPool2d(nn.Module):
     with a learned positional embedding; the output is the mean token's result.
     """
 
-    def __init__(self, spacial_dim: int, embed_dim: int, num_heads_channels: int,
-                 output_dim: Optional[int] = None):
+    def __init__(
+        self,
+        spacial_dim: int,
+        embed_dim: int,
+        num_heads_channels: int,
+        output_dim: Optional[int] = None,
+    ):
         super().__init__()
         self.positional_embedding = nn.Parameter(
             torch.randn(embed_dim, spacial_dim**2 + 1) / embed_dim**0.5
@@ -218,8 +233,9 @@ class Upsample(nn.Module):
     optional 3x3 convolution.
     """
 
-    def __init__(self, channels: int, use_conv: bool, dims: int = 2,
-                 out_channels: Optional[int] = None):
+    def __init__(
+        self, channels: int, use_conv: bool, dims: int = 2, out_channels: Optional[int] = None
+    ):
         super().__init__()
         self.channels = channels
         self.out_channels = out_channels or channels
@@ -246,8 +262,9 @@ class Downsample(nn.Module):
     when ``use_conv``, else average pooling.
     """
 
-    def __init__(self, channels: int, use_conv: bool, dims: int = 2,
-                 out_channels: Optional[int] = None):
+    def __init__(
+        self, channels: int, use_conv: bool, dims: int = 2, out_channels: Optional[int] = None
+    ):
         super().__init__()
         self.channels = channels
         self.out_channels = out_channels or channels
@@ -285,10 +302,19 @@ class ResBlock(TimestepBlock):
     :param down: downsample inside the block.
     """
 
-    def __init__(self, channels: int, emb_channels: int, dropout: float,
-                 out_channels: Optional[int] = None, use_conv: bool = False,
-                 use_scale_shift_norm: bool = False, dims: int = 2, use_checkpoint: bool = False,
-                 up: bool = False, down: bool = False):
+    def __init__(
+        self,
+        channels: int,
+        emb_channels: int,
+        dropout: float,
+        out_channels: Optional[int] = None,
+        use_conv: bool = False,
+        use_scale_shift_norm: bool = False,
+        dims: int = 2,
+        use_checkpoint: bool = False,
+        up: bool = False,
+        down: bool = False,
+    ):
         super().__init__()
         self.channels = channels
         self.emb_channels = emb_channels
@@ -305,14 +331,22 @@ class ResBlock(TimestepBlock):
         )
         self.updown = up or down
         if up:
-            self.h_upd, self.x_upd = Upsample(channels, False, dims), Upsample(channels, False, dims)
+            self.h_upd, self.x_upd = (
+                Upsample(channels, False, dims),
+                Upsample(channels, False, dims),
+            )
         elif down:
-            self.h_upd, self.x_upd = Downsample(channels, False, dims), Downsample(channels, False, dims)
+            self.h_upd, self.x_upd = (
+                Downsample(channels, False, dims),
+                Downsample(channels, False, dims),
+            )
         else:
             self.h_upd = self.x_upd = nn.Identity()
         self.emb_layers = nn.Sequential(
             nn.SiLU(),
-            linear(emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels),
+            linear(
+                emb_channels, 2 * self.out_channels if use_scale_shift_norm else self.out_channels
+            ),
         )
         self.out_layers = nn.Sequential(
             normalization(self.out_channels),
@@ -324,7 +358,9 @@ class ResBlock(TimestepBlock):
             self.skip_connection = nn.Identity()
         else:
             kernel = 3 if use_conv else 1
-            self.skip_connection = conv_nd(dims, channels, self.out_channels, kernel, padding=kernel // 2)
+            self.skip_connection = conv_nd(
+                dims, channels, self.out_channels, kernel, padding=kernel // 2
+            )
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         """
@@ -360,13 +396,20 @@ class AttentionBlock(nn.Module):
     :param channels: input and output channels.
     :param num_heads: number of heads, used when ``num_head_channels`` is -1.
     :param num_head_channels: channels per head (overrides ``num_heads`` unless -1).
-    :param use_checkpoint: recompute activations in the backward pass to save memory.
+    :param use_checkpoint: recompute activations in the backward pass to save memory (unlike
+        the original, which always checkpoints attention, this follows the flag).
     :param use_new_attention_order: split qkv before heads (``QKVAttention``) instead of
         after (``QKVAttentionLegacy``).
     """
 
-    def __init__(self, channels: int, num_heads: int = 1, num_head_channels: int = -1,
-                 use_checkpoint: bool = False, use_new_attention_order: bool = False):
+    def __init__(
+        self,
+        channels: int,
+        num_heads: int = 1,
+        num_head_channels: int = -1,
+        use_checkpoint: bool = False,
+        use_new_attention_order: bool = False,
+    ):
         super().__init__()
         self.channels = channels
         if num_head_channels == -1:
@@ -379,7 +422,9 @@ class AttentionBlock(nn.Module):
                 )
             self.num_heads = channels // num_head_channels
         if channels % self.num_heads:
-            raise ValueError(f"{channels} attention channels are not divisible by {self.num_heads} heads")
+            raise ValueError(
+                f"{channels} attention channels are not divisible by {self.num_heads} heads"
+            )
         self.use_checkpoint = use_checkpoint
         self.norm = normalization(channels)
         self.qkv = conv_nd(1, channels, channels * 3, 1)
@@ -415,12 +460,27 @@ class _UNetTrunk(nn.Module):
     downsampling path (input blocks), the middle block and the precision conversions.
     """
 
-    def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
-                 num_res_blocks: int, attention_resolutions: Sequence[int], dropout: float,
-                 channel_mult: Sequence[float], conv_resample: bool, dims: int,
-                 use_checkpoint: bool, use_fp16: bool, num_heads: int, num_head_channels: int,
-                 num_heads_upsample: int, use_scale_shift_norm: bool, resblock_updown: bool,
-                 use_new_attention_order: bool):
+    def __init__(
+        self,
+        image_size: int,
+        in_channels: int,
+        model_channels: int,
+        out_channels: int,
+        num_res_blocks: int,
+        attention_resolutions: Sequence[int],
+        dropout: float,
+        channel_mult: Sequence[float],
+        conv_resample: bool,
+        dims: int,
+        use_checkpoint: bool,
+        use_fp16: bool,
+        num_heads: int,
+        num_head_channels: int,
+        num_heads_upsample: int,
+        use_scale_shift_norm: bool,
+        resblock_updown: bool,
+        use_new_attention_order: bool,
+    ):
         super().__init__()
         if not channel_mult:
             raise ValueError("channel_mult must list at least one multiplier")
@@ -443,17 +503,30 @@ class _UNetTrunk(nn.Module):
         self.resblock_updown = resblock_updown
         self.use_new_attention_order = use_new_attention_order
 
-    def _res_block(self, channels: int, out_channels: Optional[int] = None, up: bool = False,
-                   down: bool = False) -> ResBlock:
+    def _res_block(
+        self,
+        channels: int,
+        out_channels: Optional[int] = None,
+        up: bool = False,
+        down: bool = False,
+    ) -> ResBlock:
         return ResBlock(
-            channels, self.model_channels * 4, self.dropout, out_channels=out_channels,
-            dims=self.dims, use_checkpoint=self.use_checkpoint,
-            use_scale_shift_norm=self.use_scale_shift_norm, up=up, down=down,
+            channels,
+            self.model_channels * 4,
+            self.dropout,
+            out_channels=out_channels,
+            dims=self.dims,
+            use_checkpoint=self.use_checkpoint,
+            use_scale_shift_norm=self.use_scale_shift_norm,
+            up=up,
+            down=down,
         )
 
     def _attention_block(self, channels: int, num_heads: int) -> AttentionBlock:
         return AttentionBlock(
-            channels, num_heads=num_heads, num_head_channels=self.num_head_channels,
+            channels,
+            num_heads=num_heads,
+            num_head_channels=self.num_head_channels,
             use_checkpoint=self.use_checkpoint,
             use_new_attention_order=self.use_new_attention_order,
         )
@@ -468,7 +541,9 @@ class _UNetTrunk(nn.Module):
             downsampling rate at the bottom.
         """
         ch = int(self.channel_mult[0] * self.model_channels)
-        blocks = nn.ModuleList([TimestepEmbedSequential(conv_nd(self.dims, self.in_channels, ch, 3, padding=1))])
+        blocks = nn.ModuleList(
+            [TimestepEmbedSequential(conv_nd(self.dims, self.in_channels, ch, 3, padding=1))]
+        )
         chans, ds = [ch], 1
         for level, mult in enumerate(self.channel_mult):
             for _ in range(self.num_res_blocks):
@@ -545,18 +620,47 @@ class UNetModel(_UNetTrunk):
     :param use_new_attention_order: split qkv before heads.
     """
 
-    def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
-                 num_res_blocks: int, attention_resolutions: Sequence[int], dropout: float = 0,
-                 channel_mult: Sequence[float] = (1, 2, 4, 8), conv_resample: bool = True,
-                 dims: int = 2, num_classes: Optional[int] = None, use_checkpoint: bool = False,
-                 use_fp16: bool = False, num_heads: int = 1, num_head_channels: int = -1,
-                 num_heads_upsample: int = -1, use_scale_shift_norm: bool = False,
-                 resblock_updown: bool = False, use_new_attention_order: bool = False):
+    def __init__(
+        self,
+        image_size: int,
+        in_channels: int,
+        model_channels: int,
+        out_channels: int,
+        num_res_blocks: int,
+        attention_resolutions: Sequence[int],
+        dropout: float = 0,
+        channel_mult: Sequence[float] = (1, 2, 4, 8),
+        conv_resample: bool = True,
+        dims: int = 2,
+        num_classes: Optional[int] = None,
+        use_checkpoint: bool = False,
+        use_fp16: bool = False,
+        num_heads: int = 1,
+        num_head_channels: int = -1,
+        num_heads_upsample: int = -1,
+        use_scale_shift_norm: bool = False,
+        resblock_updown: bool = False,
+        use_new_attention_order: bool = False,
+    ):
         super().__init__(
-            image_size, in_channels, model_channels, out_channels, num_res_blocks,
-            attention_resolutions, dropout, channel_mult, conv_resample, dims, use_checkpoint,
-            use_fp16, num_heads, num_head_channels, num_heads_upsample, use_scale_shift_norm,
-            resblock_updown, use_new_attention_order,
+            image_size,
+            in_channels,
+            model_channels,
+            out_channels,
+            num_res_blocks,
+            attention_resolutions,
+            dropout,
+            channel_mult,
+            conv_resample,
+            dims,
+            use_checkpoint,
+            use_fp16,
+            num_heads,
+            num_head_channels,
+            num_heads_upsample,
+            use_scale_shift_norm,
+            resblock_updown,
+            use_new_attention_order,
         )
         self.num_classes = num_classes
         self.time_embed = self._make_time_embed()
@@ -589,8 +693,9 @@ class UNetModel(_UNetTrunk):
     def _converted_blocks(self) -> list[nn.Module]:
         return [self.input_blocks, self.middle_block, self.output_blocks]
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor,
-                y: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(
+        self, x: torch.Tensor, timesteps: torch.Tensor, y: Optional[torch.Tensor] = None
+    ) -> torch.Tensor:
         """
         :param x: an [N x C x ...] tensor of inputs.
         :param timesteps: a 1-D tensor of N timesteps (or one for the whole batch).
@@ -628,8 +733,13 @@ class SuperResModel(UNetModel):
     def __init__(self, image_size: int, in_channels: int, *args, **kwargs):
         super().__init__(image_size, in_channels * 2, *args, **kwargs)
 
-    def forward(self, x: torch.Tensor, timesteps: torch.Tensor,
-                low_res: Optional[torch.Tensor] = None, **kwargs) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        timesteps: torch.Tensor,
+        low_res: Optional[torch.Tensor] = None,
+        **kwargs,
+    ) -> torch.Tensor:
         """
         :param x: an [N x C x H x W] tensor of noisy high-resolution images.
         :param timesteps: a 1-D tensor of N timesteps.
@@ -655,18 +765,47 @@ class EncoderUNetModel(_UNetTrunk):
 
     POOLS = ("adaptive", "attention", "spatial", "spatial_v2")
 
-    def __init__(self, image_size: int, in_channels: int, model_channels: int, out_channels: int,
-                 num_res_blocks: int, attention_resolutions: Sequence[int], dropout: float = 0,
-                 channel_mult: Sequence[float] = (1, 2, 4, 8), conv_resample: bool = True,
-                 dims: int = 2, use_checkpoint: bool = False, use_fp16: bool = False,
-                 num_heads: int = 1, num_head_channels: int = -1, num_heads_upsample: int = -1,
-                 use_scale_shift_norm: bool = False, resblock_updown: bool = False,
-                 use_new_attention_order: bool = False, pool: str = "adaptive"):
+    def __init__(
+        self,
+        image_size: int,
+        in_channels: int,
+        model_channels: int,
+        out_channels: int,
+        num_res_blocks: int,
+        attention_resolutions: Sequence[int],
+        dropout: float = 0,
+        channel_mult: Sequence[float] = (1, 2, 4, 8),
+        conv_resample: bool = True,
+        dims: int = 2,
+        use_checkpoint: bool = False,
+        use_fp16: bool = False,
+        num_heads: int = 1,
+        num_head_channels: int = -1,
+        num_heads_upsample: int = -1,
+        use_scale_shift_norm: bool = False,
+        resblock_updown: bool = False,
+        use_new_attention_order: bool = False,
+        pool: str = "adaptive",
+    ):
         super().__init__(
-            image_size, in_channels, model_channels, out_channels, num_res_blocks,
-            attention_resolutions, dropout, channel_mult, conv_resample, dims, use_checkpoint,
-            use_fp16, num_heads, num_head_channels, num_heads_upsample, use_scale_shift_norm,
-            resblock_updown, use_new_attention_order,
+            image_size,
+            in_channels,
+            model_channels,
+            out_channels,
+            num_res_blocks,
+            attention_resolutions,
+            dropout,
+            channel_mult,
+            conv_resample,
+            dims,
+            use_checkpoint,
+            use_fp16,
+            num_heads,
+            num_head_channels,
+            num_heads_upsample,
+            use_scale_shift_norm,
+            resblock_updown,
+            use_new_attention_order,
         )
         if pool not in self.POOLS:
             raise ValueError(f"unknown pool {pool!r} (valid: {', '.join(self.POOLS)})")

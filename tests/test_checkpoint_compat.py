@@ -43,7 +43,10 @@ def build_from_flags(flags: dict) -> torch.nn.Module:
     if "large_size" in flags:
         defaults, factory = su.sr_model_and_diffusion_defaults(), su.sr_create_model_and_diffusion
     elif "classifier_width" in flags:
-        defaults, factory = su.classifier_and_diffusion_defaults(), su.create_classifier_and_diffusion
+        defaults, factory = (
+            su.classifier_and_diffusion_defaults(),
+            su.create_classifier_and_diffusion,
+        )
     else:
         defaults, factory = su.model_and_diffusion_defaults(), su.create_model_and_diffusion
     model, _ = factory(**{**defaults, **{k: v for k, v in flags.items() if k in defaults}})
@@ -77,8 +80,13 @@ def test_official_checkpoint_into_default_model_names_the_flags():
         model = build_from_flags({})  # every flag left at its default
     error = diagnose_mismatch(model, fake, "64x64_diffusion.pt")
     text = str(error)
-    for flag in ("--learn_sigma True", "--class_cond True", "--num_channels 192",
-                 "--num_res_blocks 3", "--resblock_updown True"):
+    for flag in (
+        "--learn_sigma True",
+        "--class_cond True",
+        "--num_channels 192",
+        "--num_res_blocks 3",
+        "--resblock_updown True",
+    ):
         assert flag in text
     assert "64x64_diffusion.pt does not fit this UNetModel" in text
     assert error.missing and error.unexpected and error.mismatched
@@ -87,35 +95,59 @@ def test_official_checkpoint_into_default_model_names_the_flags():
 # ---------------------------------------------------------------------------------------
 # Diagnoses on tiny models.
 
+
 def tiny_model(**overrides) -> torch.nn.Module:
-    flags = dict(image_size=32, num_channels=32, num_res_blocks=1, attention_resolutions="16",
-                 num_head_channels=32, channel_mult="1,2", use_scale_shift_norm=True)
+    flags = dict(
+        image_size=32,
+        num_channels=32,
+        num_res_blocks=1,
+        attention_resolutions="16",
+        num_head_channels=32,
+        channel_mult="1,2",
+        use_scale_shift_norm=True,
+    )
     return su.create_model(**{**flags, **overrides})
 
 
 def tiny_classifier(**overrides) -> torch.nn.Module:
-    flags = {**su.classifier_defaults(), "image_size": 32, "classifier_width": 64,
-             "classifier_depth": 1, "classifier_attention_resolutions": "16",
-             "classifier_channel_mult": "1,2"}
+    flags = {
+        **su.classifier_defaults(),
+        "image_size": 32,
+        "classifier_width": 64,
+        "classifier_depth": 1,
+        "classifier_attention_resolutions": "16",
+        "classifier_channel_mult": "1,2",
+    }
     return su.create_classifier(**{**flags, **overrides})
 
 
-@pytest.mark.parametrize("trained,built,expected", [
-    (dict(learn_sigma=True), {}, "output has 6 channels (this model has 3): the checkpoint was "
-                                 "trained with --learn_sigma True"),
-    ({}, dict(learn_sigma=True), "--learn_sigma False"),
-    (dict(class_cond=True, num_classes=10), {}, "--class_cond True"),
-    ({}, dict(class_cond=True), "--class_cond False"),
-    (dict(class_cond=True, num_classes=10), dict(class_cond=True), "--num_classes 10"),
-    (dict(num_channels=64), {}, "--num_channels 64"),
-    (dict(num_res_blocks=2), {}, "--num_res_blocks 2"),
-    (dict(channel_mult="1,2,2"), {}, "--channel_mult 1,2,2"),
-    (dict(channel_mult=""), {}, "--channel_mult 1,2,2,2 (the default for --image_size 32)"),
-    (dict(attention_resolutions="32,16"), {}, "--attention_resolutions 32,16 at --image_size 32"),
-    (dict(use_scale_shift_norm=False), {}, "--use_scale_shift_norm False"),
-    (dict(resblock_updown=True), {}, "--resblock_updown True"),
-    ({}, dict(resblock_updown=True), "--resblock_updown False"),
-])
+@pytest.mark.parametrize(
+    "trained,built,expected",
+    [
+        (
+            dict(learn_sigma=True),
+            {},
+            "output has 6 channels (this model has 3): the checkpoint was "
+            "trained with --learn_sigma True",
+        ),
+        ({}, dict(learn_sigma=True), "--learn_sigma False"),
+        (dict(class_cond=True, num_classes=10), {}, "--class_cond True"),
+        ({}, dict(class_cond=True), "--class_cond False"),
+        (dict(class_cond=True, num_classes=10), dict(class_cond=True), "--num_classes 10"),
+        (dict(num_channels=64), {}, "--num_channels 64"),
+        (dict(num_res_blocks=2), {}, "--num_res_blocks 2"),
+        (dict(channel_mult="1,2,2"), {}, "--channel_mult 1,2,2"),
+        (dict(channel_mult=""), {}, "--channel_mult 1,2,2,2 (the default for --image_size 32)"),
+        (
+            dict(attention_resolutions="32,16"),
+            {},
+            "--attention_resolutions 32,16 at --image_size 32",
+        ),
+        (dict(use_scale_shift_norm=False), {}, "--use_scale_shift_norm False"),
+        (dict(resblock_updown=True), {}, "--resblock_updown True"),
+        ({}, dict(resblock_updown=True), "--resblock_updown False"),
+    ],
+)
 def test_model_mismatch_names_the_flag(trained, built, expected):
     state_dict = tiny_model(**trained).state_dict()
     with pytest.raises(CheckpointMismatchError) as info:
@@ -125,16 +157,22 @@ def test_model_mismatch_names_the_flag(trained, built, expected):
     assert isinstance(info.value, ValueError)
 
 
-@pytest.mark.parametrize("trained,expected", [
-    (dict(num_classes=10), "--num_classes 10"),
-    (dict(classifier_pool="adaptive"), "--classifier_pool adaptive"),
-    (dict(classifier_width=128), "--classifier_width 128"),
-    (dict(classifier_depth=2), "--classifier_depth 2"),
-    (dict(classifier_attention_resolutions="32,16"), "--classifier_attention_resolutions 32,16"),
-    (dict(classifier_resblock_updown=False), "--classifier_resblock_updown False"),
-    (dict(classifier_use_scale_shift_norm=False), "--classifier_use_scale_shift_norm False"),
-    (dict(image_size=64, classifier_channel_mult="1,2,4"), "--image_size"),
-])
+@pytest.mark.parametrize(
+    "trained,expected",
+    [
+        (dict(num_classes=10), "--num_classes 10"),
+        (dict(classifier_pool="adaptive"), "--classifier_pool adaptive"),
+        (dict(classifier_width=128), "--classifier_width 128"),
+        (dict(classifier_depth=2), "--classifier_depth 2"),
+        (
+            dict(classifier_attention_resolutions="32,16"),
+            "--classifier_attention_resolutions 32,16",
+        ),
+        (dict(classifier_resblock_updown=False), "--classifier_resblock_updown False"),
+        (dict(classifier_use_scale_shift_norm=False), "--classifier_use_scale_shift_norm False"),
+        (dict(image_size=64, classifier_channel_mult="1,2,4"), "--image_size"),
+    ],
+)
 def test_classifier_mismatch_names_the_flag(trained, expected):
     state_dict = tiny_classifier(**trained).state_dict()
     with pytest.raises(CheckpointMismatchError) as info:
@@ -150,8 +188,12 @@ def test_mismatch_message_lists_keys_with_counts():
     assert f"{len(error.missing)} missing key(s)" in text
     assert f"{len(error.unexpected)} unexpected key(s)" in text
     assert len(error.unexpected) == 20 and "(15 more)" in text
-    assert error.missing == ["input_blocks.2.0.op.weight", "input_blocks.2.0.op.bias",
-                             "output_blocks.1.2.conv.weight", "output_blocks.1.2.conv.bias"]
+    assert error.missing == [
+        "input_blocks.2.0.op.weight",
+        "input_blocks.2.0.op.bias",
+        "output_blocks.1.2.conv.weight",
+        "output_blocks.1.2.conv.bias",
+    ]
 
 
 def test_wrapped_state_dict_is_explained():
@@ -166,8 +208,9 @@ def test_load_round_trip_with_map_location(tmp_path):
     for p in source.parameters():
         p.data.normal_()
     torch.save(source.state_dict(), tmp_path / "model.pt")
-    target = load_checkpoint(tiny_model(learn_sigma=True), str(tmp_path / "model.pt"),
-                             map_location=torch.device("cpu"))
+    target = load_checkpoint(
+        tiny_model(learn_sigma=True), str(tmp_path / "model.pt"), map_location=torch.device("cpu")
+    )
     for (k, a), b in zip(source.state_dict().items(), target.state_dict().values()):
         assert torch.equal(a, b), k
 

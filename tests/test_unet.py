@@ -30,8 +30,16 @@ from guided_diffusion.unet import (
 # change means the network computes a different function (or torch's init streams changed).
 GOLDEN_UNET_SUMMARY = (-204.00874, 9598.2383, 0.59577096, 0.058217332)
 
-TINY = dict(image_size=32, in_channels=3, model_channels=32, out_channels=6, num_res_blocks=1,
-            attention_resolutions=(2,), channel_mult=(1, 2), num_head_channels=16)
+TINY = dict(
+    image_size=32,
+    in_channels=3,
+    model_channels=32,
+    out_channels=6,
+    num_res_blocks=1,
+    attention_resolutions=(2,),
+    channel_mult=(1, 2),
+    num_head_channels=16,
+)
 
 
 def _perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
@@ -48,7 +56,9 @@ def _perturb(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def _inputs(batch: int = 2, channels: int = 3, size: int = 32):
     """Deterministic arange-based images in [-1, 1] and timesteps."""
     n = batch * channels * size * size
-    x = (torch.arange(n, dtype=torch.float32) % 97 / 48.0 - 1.0).reshape(batch, channels, size, size)
+    x = (torch.arange(n, dtype=torch.float32) % 97 / 48.0 - 1.0).reshape(
+        batch, channels, size, size
+    )
     t = torch.linspace(0, 999, batch).round().long()
     return x, t
 
@@ -63,9 +73,12 @@ def reference_attention(qkv: torch.Tensor, n_heads: int, legacy: bool) -> torch.
         for h in range(n_heads):
             if legacy:  # [q_h, k_h, v_h] per head
                 base = h * 3 * ch
-                q, k, v = (qkv[b, base + i * ch: base + (i + 1) * ch] for i in range(3))
+                q, k, v = (qkv[b, base + i * ch : base + (i + 1) * ch] for i in range(3))
             else:  # [q_0..q_H, k_0..k_H, v_0..v_H]
-                q, k, v = (qkv[b, i * n_heads * ch + h * ch: i * n_heads * ch + (h + 1) * ch] for i in range(3))
+                q, k, v = (
+                    qkv[b, i * n_heads * ch + h * ch : i * n_heads * ch + (h + 1) * ch]
+                    for i in range(3)
+                )
             weight = torch.einsum("ct,cs->ts", q, k) / math.sqrt(ch)  # (T, S)
             weight = torch.softmax(weight.double(), dim=-1).to(qkv.dtype)
             heads.append(torch.einsum("ts,cs->ct", weight, v))  # (ch, T)
@@ -83,6 +96,15 @@ def test_attention_matches_reference(legacy, backend):
         out = module(qkv)
     assert out.shape == (2, 32, 19)
     torch.testing.assert_close(out, reference_attention(qkv, 4, legacy), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("module", [QKVAttentionLegacy(2), QKVAttention(2)])
+def test_attention_gradients_and_gradients_of_gradients(module):
+    """Numerical gradient checks in float64: the fused path's backward and its double backward."""
+    torch.manual_seed(0)
+    qkv = torch.randn(1, 3 * 2 * 2, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(module, (qkv,))
+    assert torch.autograd.gradgradcheck(module, (qkv,), fast_mode=True)
 
 
 def test_attention_orders_differ():
@@ -112,7 +134,10 @@ def test_timestep_embedding_closed_form():
     emb = timestep_embedding(t, 7)  # odd: 3 cos, 3 sin, 1 zero
     assert emb.shape == (3, 7)
     freqs = [10000 ** (-i / 3) for i in range(3)]
-    expected = [[math.cos(s * f) for f in freqs] + [math.sin(s * f) for f in freqs] + [0.0] for s in (0, 1, 250)]
+    expected = [
+        [math.cos(s * f) for f in freqs] + [math.sin(s * f) for f in freqs] + [0.0]
+        for s in (0, 1, 250)
+    ]
     torch.testing.assert_close(emb, torch.tensor(expected), rtol=1e-5, atol=1e-5)
 
 
@@ -132,7 +157,9 @@ def test_resblock_scale_shift_closed_form():
     x, emb = torch.randn(1, 32, 4, 4), torch.randn(1, 8)
     h = block.in_layers(x)
     scale, shift = block.emb_layers(emb)[..., None, None].chunk(2, dim=1)
-    normed = torch.nn.functional.group_norm(h, 32, block.out_layers[0].weight, block.out_layers[0].bias)
+    normed = torch.nn.functional.group_norm(
+        h, 32, block.out_layers[0].weight, block.out_layers[0].bias
+    )
     expected = x + block.out_layers[3](torch.nn.functional.silu(normed * (1 + scale) + shift))
     torch.testing.assert_close(block(x, emb), expected, rtol=1e-5, atol=1e-5)
 
@@ -145,15 +172,22 @@ def test_resample_blocks():
     assert torch.equal(down[0, 0], torch.tensor([[2.5, 4.5], [10.5, 12.5]]))
     assert Downsample(32, use_conv=True, out_channels=64)(x).shape == (1, 64, 2, 2)
     assert ResBlock(32, 8, 0.0, up=True)(x, torch.zeros(1, 8)).shape == (1, 32, 8, 8)
-    assert ResBlock(32, 8, 0.0, down=True, out_channels=64)(x, torch.zeros(1, 8)).shape == (1, 64, 2, 2)
+    assert ResBlock(32, 8, 0.0, down=True, out_channels=64)(x, torch.zeros(1, 8)).shape == (
+        1,
+        64,
+        2,
+        2,
+    )
 
 
 def test_checkpointing_gives_same_gradients_and_double_backward():
     torch.manual_seed(0)
     x = torch.randn(2, 32, 8, 8, requires_grad=True)
     emb = torch.randn(2, 16)
-    blocks = [_perturb(ResBlock(32, 16, 0.0, use_scale_shift_norm=True)),
-              _perturb(AttentionBlock(32, num_head_channels=16))]
+    blocks = [
+        _perturb(ResBlock(32, 16, 0.0, use_scale_shift_norm=True)),
+        _perturb(AttentionBlock(32, num_head_channels=16)),
+    ]
     for block in blocks:
         outputs, grads = [], []
         for flag in (False, True):
@@ -169,6 +203,18 @@ def test_checkpointing_gives_same_gradients_and_double_backward():
         torch.testing.assert_close(grads[0][1], grads[1][1], rtol=1e-4, atol=1e-5)
 
 
+def test_checkpointed_model_matches_plain_model():
+    x, t = _inputs(batch=1, size=16)
+    grads = []
+    for flag in (False, True):
+        model = _perturb(UNetModel(**TINY, use_checkpoint=flag, dropout=0.5), seed=3).train()
+        torch.manual_seed(5)  # the same dropout masks; checkpointing replays them
+        model(x, t).square().mean().backward()
+        grads.append([p.grad for p in model.parameters()])
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b)
+
+
 def test_checkpoint_helper_plain_call():
     calls = []
     assert checkpoint(lambda a: calls.append(a) or a * 2, (torch.ones(1),), [], False).item() == 2
@@ -177,7 +223,9 @@ def test_checkpoint_helper_plain_call():
 
 def _golden_model() -> UNetModel:
     torch.manual_seed(1234)
-    model = UNetModel(**{**TINY, "num_classes": 10}, use_scale_shift_norm=True, resblock_updown=True)
+    model = UNetModel(
+        **{**TINY, "num_classes": 10}, use_scale_shift_norm=True, resblock_updown=True
+    )
     return _perturb(model, seed=1234).eval()
 
 
@@ -192,7 +240,12 @@ def test_golden_unet_output():
     with torch.no_grad():
         out = model(x, t, y=y)
     assert out.shape == (2, 6, 32, 32)
-    summary = (out.sum().item(), out.abs().sum().item(), out[0, 0, 0, 0].item(), out[1, 5, 31, 31].item())
+    summary = (
+        out.sum().item(),
+        out.abs().sum().item(),
+        out[0, 0, 0, 0].item(),
+        out[1, 5, 31, 31].item(),
+    )
     assert summary == pytest.approx(GOLDEN_UNET_SUMMARY, rel=1e-4, abs=1e-4)
     with attention_backend("einsum"), torch.no_grad():
         torch.testing.assert_close(model(x, t, y=y), out, rtol=1e-5, atol=1e-5)
@@ -200,11 +253,16 @@ def test_golden_unet_output():
 
 MODEL_FACTORIES = {
     "unet": lambda: UNetModel(**TINY, use_scale_shift_norm=True),
-    "unet_class_cond": lambda: UNetModel(**{**TINY, "num_classes": 5}, use_new_attention_order=True),
+    "unet_class_cond": lambda: UNetModel(
+        **{**TINY, "num_classes": 5}, use_new_attention_order=True
+    ),
     "super_res": lambda: SuperResModel(**{**TINY, "out_channels": 3}, resblock_updown=True),
     **{
         f"classifier_{pool}": lambda pool=pool: EncoderUNetModel(
-            **{**TINY, "out_channels": 4}, pool=pool, resblock_updown=True, use_scale_shift_norm=True
+            **{**TINY, "out_channels": 4},
+            pool=pool,
+            resblock_updown=True,
+            use_scale_shift_norm=True,
         )
         for pool in EncoderUNetModel.POOLS
     },
@@ -258,8 +316,10 @@ def test_labels_and_timesteps_change_the_output():
     assert not torch.allclose(a, c)
 
 
-@pytest.mark.parametrize("convert,dtype,tol", [("convert_to_fp16", torch.float16, 2e-2),
-                                               ("convert_to_bf16", torch.bfloat16, 1e-1)])
+@pytest.mark.parametrize(
+    "convert,dtype,tol",
+    [("convert_to_fp16", torch.float16, 2e-2), ("convert_to_bf16", torch.bfloat16, 1e-1)],
+)
 def test_reduced_precision_conversion(convert, dtype, tol):
     model = _model("unet_class_cond")
     x, t = _inputs()
