@@ -7,10 +7,7 @@ shards and rank-0-only logging with global means.
 import json
 import os
 import pickle
-import shutil
-import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -20,8 +17,9 @@ from PIL import Image
 
 from guided_diffusion import dist_util
 
+from launchers import mpiexec_command, torchrun_command
+
 WORKER = os.path.join(os.path.dirname(__file__), "dist_helpers", "dist_worker.py")
-BIN_DIR = os.path.dirname(sys.executable)
 # Launcher variables that must not leak from the environment pytest runs in.
 LAUNCH_VARS = (
     "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "OPENAI_LOGDIR",
@@ -30,22 +28,6 @@ LAUNCH_VARS = (
     "MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE",
 )
 NUM_IMAGES = 4  # image i is one flat colour 10 * i, class "c{i % 2}"
-
-
-def _launcher(name: str) -> str:
-    path = os.path.join(BIN_DIR, name)
-    if os.path.exists(path):
-        return path
-    found = shutil.which(name)
-    if found is None:
-        pytest.skip(f"{name} not found beside {sys.executable} or on PATH")
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -123,16 +105,8 @@ def _check_two_ranks(reports: list[dict], job: dict, gpus: bool = False) -> None
 
 
 def _mpiexec_command(job: dict) -> list[str]:
-    mpiexec = _launcher("mpiexec")
-    version = subprocess.run(
-        [mpiexec, "--version"], capture_output=True, text=True, timeout=30
-    ).stdout
-    if "Open MPI" in version or "OpenRTE" in version:
-        flags = ["--oversubscribe", "--allow-run-as-root"]
-    else:  # MPICH's hydra: start ranks as local processes, no ssh
-        flags = ["-launcher", "fork"]
     job["env"]["CUDA_VISIBLE_DEVICES"] = ""  # gloo on the CPU even where GPUs exist
-    return [mpiexec, *flags, "-n", "2", sys.executable, *job["args"]]
+    return mpiexec_command(job["args"])
 
 
 def test_two_ranks_under_mpiexec(job):
@@ -151,10 +125,7 @@ def test_bad_master_addr_fails_fast_under_mpiexec(job):
 
 
 def _torchrun_command(job: dict) -> list[str]:
-    return [
-        _launcher("torchrun"), "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
-        "--master_port", str(_free_port()), *job["args"],
-    ]
+    return torchrun_command(job["args"])
 
 
 def test_two_ranks_under_torchrun(job):

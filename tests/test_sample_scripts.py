@@ -8,7 +8,6 @@ import importlib.util
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 
@@ -19,8 +18,9 @@ from PIL import Image
 
 from guided_diffusion import script_util
 
+from launchers import multi_rank_command
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.dirname(sys.executable)
 NUM_CLASSES = 4
 
 # Tiny networks: 16x16 images, 32 channels, one block per level, attention at 8x8,
@@ -97,22 +97,11 @@ def ckpt(tmp_path_factory):
     return paths
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def run(script: str, args: list[str], log_dir, launcher="", check=True, gpu=False):
     """Run scripts/<script> alone or as two ranks ("torchrun", "mpiexec"); CPU unless gpu."""
     command = [sys.executable, os.path.join(REPO, "scripts", script), *args]
-    if launcher and not os.path.exists(os.path.join(BIN, launcher)):
-        pytest.skip(f"{launcher} not found beside {sys.executable}")
-    if launcher == "torchrun":
-        port = ["--master_addr", "127.0.0.1", "--master_port", str(free_port())]
-        command = [os.path.join(BIN, "torchrun"), "--nproc_per_node", "2", *port, *command[1:]]
-    elif launcher == "mpiexec":  # MPICH's hydra, starting local processes without ssh
-        command = [os.path.join(BIN, "mpiexec"), "-launcher", "fork", "-n", "2", *command]
+    if launcher:
+        command = multi_rank_command(launcher, command[1:])
     pythonpath = os.pathsep.join([REPO, os.environ.get("PYTHONPATH", "")])
     env = dict(os.environ, OPENAI_LOGDIR=str(log_dir), OMP_NUM_THREADS="1", PYTHONPATH=pythonpath)
     if not gpu:

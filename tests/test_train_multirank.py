@@ -6,19 +6,17 @@ identical weights, and only rank 0 writes checkpoints and logs.
 
 import csv
 import os
-import shutil
-import socket
 import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from launchers import mpiexec_command, torchrun_command
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WORKER = os.path.join(REPO, "tests", "dist_helpers", "train_worker.py")
-BIN_DIR = os.path.dirname(sys.executable)
 LAUNCH_VARS = (
     "RANK",
     "WORLD_SIZE",
@@ -78,22 +76,6 @@ TRAIN_FLAGS = [
     "--ema_rate",
     "0.9",
 ]
-
-
-def _launcher(name: str) -> str:
-    path = os.path.join(BIN_DIR, name)
-    if os.path.exists(path):
-        return path
-    found = shutil.which(name)
-    if found is None:
-        pytest.skip(f"{name} not found beside {sys.executable} or on PATH")
-    return found
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -157,26 +139,8 @@ def _run_and_check(command: list[str], job: dict) -> None:
 
 
 def test_image_train_on_two_ranks_under_mpiexec(job):
-    mpiexec = _launcher("mpiexec")
-    version = subprocess.run(
-        [mpiexec, "--version"], capture_output=True, text=True, timeout=30
-    ).stdout
-    if "Open MPI" in version or "OpenRTE" in version:
-        flags = ["--oversubscribe", "--allow-run-as-root"]
-    else:  # MPICH's hydra: start ranks as local processes, no ssh
-        flags = ["-launcher", "fork"]
-    _run_and_check([mpiexec, *flags, "-n", "2", sys.executable, *job["args"]], job)
+    _run_and_check(mpiexec_command(job["args"]), job)
 
 
 def test_image_train_on_two_ranks_under_torchrun(job):
-    command = [
-        _launcher("torchrun"),
-        "--nproc_per_node",
-        "2",
-        "--master_addr",
-        "127.0.0.1",
-        "--master_port",
-        str(_free_port()),
-        *job["args"],
-    ]
-    _run_and_check(command, job)
+    _run_and_check(torchrun_command(job["args"]), job)
