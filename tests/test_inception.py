@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from evaluations import inception
+from evaluations import inception, inception_weights
 from evaluations.inception import (
     InceptionFeatureExtractor,
     export_pytorch_fid_state_dict,
@@ -286,12 +286,12 @@ def isolated_lookup(tmp_path, monkeypatch):
     fid_helper = tmp_path / "fid_helper" / "default_1.pt"
     fid_helper.parent.mkdir()
     fid_helper.write_bytes(b"fid-helper")
-    monkeypatch.setattr(inception, "find_fid_helper_weights", lambda: str(fid_helper))
+    monkeypatch.setattr(inception_weights, "find_fid_helper_weights", lambda: str(fid_helper))
 
     def no_network(*args, **kwargs):
         raise AssertionError("the lookup must not download here")
 
-    monkeypatch.setattr(inception, "download_weights", no_network)
+    monkeypatch.setattr(inception_weights, "download_weights", no_network)
     return tmp_path, fid_helper, monkeypatch
 
 
@@ -322,7 +322,7 @@ def test_lookup_errors(isolated_lookup):
         resolve_inception_weights()
 
     monkeypatch.delenv(inception.WEIGHTS_ENV_VAR)
-    monkeypatch.setattr(inception, "find_fid_helper_weights", lambda: None)
+    monkeypatch.setattr(inception_weights, "find_fid_helper_weights", lambda: None)
     with pytest.raises(FileNotFoundError) as info:
         resolve_inception_weights(download=False)
     message = str(info.value)
@@ -333,8 +333,8 @@ def test_lookup_errors(isolated_lookup):
 
 def test_failed_download_says_how_to_get_weights(isolated_lookup, monkeypatch):
     tmp_path, _, _ = isolated_lookup
-    monkeypatch.setattr(inception, "find_fid_helper_weights", lambda: None)
-    monkeypatch.setattr(inception, "download_weights", lambda url, path: open(tmp_path / "nope" / "x"))
+    monkeypatch.setattr(inception_weights, "find_fid_helper_weights", lambda: None)
+    monkeypatch.setattr(inception_weights, "download_weights", lambda url, path: open(tmp_path / "nope" / "x"))
     with pytest.raises(FileNotFoundError, match="(?s)download failed.*--inception_weights"):
         resolve_inception_weights(download=True)
 
