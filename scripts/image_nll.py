@@ -12,7 +12,7 @@ import argparse
 import os
 from typing import Optional
 
-from guided_diffusion import dist_util, logger, sample_util
+from guided_diffusion import dist_util, logger, sample_io, sample_util
 from guided_diffusion.image_datasets import load_data
 from guided_diffusion.script_util import add_dict_to_argparser, model_and_diffusion_defaults
 
@@ -58,7 +58,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         f"(prior term {metrics['prior_bpd']:.3g})"
     )
     if args.save_terms and dist_util.get_rank() == 0:
-        for path in sample_util.save_bpd_terms(metrics, logger.get_dir()):
+        for path in sample_io.save_bpd_terms(metrics, logger.get_dir()):
             logger.log(f"saved {path}")
     logger.log("evaluation complete")
 

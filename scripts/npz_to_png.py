@@ -12,7 +12,7 @@ import argparse
 import os
 from typing import Optional
 
-from guided_diffusion import sample_util
+from guided_diffusion import sample_io, sample_util
 from guided_diffusion.script_util import str2bool
 
 
@@ -22,19 +22,19 @@ def main(argv: Optional[list[str]] = None) -> None:
         raise sample_util.SamplingInputError(
             f"--limit must be 0 (all) or positive, got {args.limit}"
         )
-    images, labels = sample_util.read_npz_images(args.npz, key=args.key)
+    images, labels = sample_io.read_npz_images(args.npz, key=args.key)
     count = len(images) if args.limit == 0 else min(args.limit, len(images))
     out_dir = args.out_dir or os.path.splitext(args.npz)[0] + "_png"
     os.makedirs(out_dir, exist_ok=True)
 
     for i in range(count):
         suffix = "" if labels is None else f"_class{labels[i]}"
-        sample_util.save_png(os.path.join(out_dir, f"{i:06d}{suffix}.png"), images[i])
+        sample_io.save_png(os.path.join(out_dir, f"{i:06d}{suffix}.png"), images[i])
     print(f"wrote {count} PNG files ({images.shape[1]}x{images.shape[2]}) to {out_dir}")
     if args.grid:
         grid_path = os.path.join(out_dir, "grid.png")
-        sample_util.save_png(
-            grid_path, sample_util.image_grid(images[:count], max_images=args.grid_size)
+        sample_io.save_png(
+            grid_path, sample_io.image_grid(images[:count], max_images=args.grid_size)
         )
         print(f"wrote a grid of the first {min(count, args.grid_size)} to {grid_path}")
 

@@ -18,14 +18,14 @@ Example (64 -> 256 with the published upsampler, on samples from image_sample.py
 import argparse
 from typing import Optional
 
-from guided_diffusion import dist_util, logger, sample_util
+from guided_diffusion import dist_util, logger, sample_io, sample_util
 from guided_diffusion.script_util import add_dict_to_argparser, sr_model_and_diffusion_defaults
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     args = create_argparser().parse_args(argv)
     sample_util.check_counts(args.num_samples, args.batch_size)
-    base = sample_util.load_base_samples(
+    base = sample_io.load_base_samples(
         args.base_samples, args.small_size, args.class_cond, sample_util.num_classes_of(args)
     )
 

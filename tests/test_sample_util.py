@@ -1,6 +1,6 @@
 """
-In-process tests of guided_diffusion.sample_util: flags, label plans, the batch loop and
-how it splits work over ranks, classifier guidance, and the .npz / PNG files.
+In-process tests of guided_diffusion.sample_util and sample_io: flags, label plans, the batch
+loop and how it splits work over ranks, classifier guidance, and the .npz / PNG files.
 """
 
 import os
@@ -12,7 +12,7 @@ import torch.nn as nn
 from PIL import Image
 
 from guided_diffusion import gaussian_diffusion as gd
-from guided_diffusion import sample_util
+from guided_diffusion import sample_io, sample_util
 from guided_diffusion.respace import SpacedDiffusion, space_timesteps
 
 STEPS, RESPACING = 20, "5"
@@ -246,9 +246,9 @@ def test_evaluate_bpd_uses_exactly_num_samples_images():
 
 def test_save_samples_npz_round_trip(tmp_path):
     images = np.random.default_rng(0).integers(0, 256, (3, 4, 5, 3), dtype=np.uint8)
-    path = str(tmp_path / sample_util.samples_file_name(images))
+    path = str(tmp_path / sample_io.samples_file_name(images))
     assert path.endswith("samples_3x4x5x3.npz")
-    sample_util.save_samples_npz(path, images, np.array([1, 2, 3], np.int32))
+    sample_io.save_samples_npz(path, images, np.array([1, 2, 3], np.int32))
     with np.load(path) as npz:
         assert sorted(npz.files) == ["arr_0", "arr_1"]
         assert np.array_equal(npz["arr_0"], images) and npz["arr_1"].dtype == np.int64
@@ -260,9 +260,9 @@ def test_failed_write_leaves_no_file(tmp_path, monkeypatch):
         f.write(b"PK partial")
         raise OSError("disk full")
 
-    monkeypatch.setattr(sample_util.np, "savez", broken_savez)
+    monkeypatch.setattr(sample_io.np, "savez", broken_savez)
     with pytest.raises(OSError, match="disk full"):
-        sample_util.save_samples_npz(
+        sample_io.save_samples_npz(
             str(tmp_path / "samples_1x2x2x3.npz"), np.zeros((1, 2, 2, 3), np.uint8)
         )
     assert os.listdir(tmp_path) == []
@@ -272,7 +272,7 @@ def test_image_grid_places_images_row_by_row(tmp_path):
     images = np.stack(
         [np.full((2, 3, 3), 10 * (i + 1), np.uint8) for i in range(5)]
     )  # (5, 2, 3, 3)
-    grid = sample_util.image_grid(images, padding=1)
+    grid = sample_io.image_grid(images, padding=1)
     assert grid.shape == (2 * 3 + 1, 3 * 4 + 1, 3)  # 5 images -> 3 columns, 2 rows
     assert (
         (grid[1:3, 1:4] == 10).all()
@@ -280,7 +280,7 @@ def test_image_grid_places_images_row_by_row(tmp_path):
         and (grid[4:6, 5:8] == 50).all()
     )
     assert (grid[4:6, 9:12] == 0).all() and (grid[0] == 0).all()  # empty cell, border
-    sample_util.save_png(str(tmp_path / "g.png"), grid)
+    sample_io.save_png(str(tmp_path / "g.png"), grid)
     assert np.array_equal(np.asarray(Image.open(tmp_path / "g.png")), grid)
 
 
@@ -292,7 +292,7 @@ def write_npz(path, **arrays):
 def test_load_base_samples_reads_images_and_labels(tmp_path):
     images = np.zeros((4, 8, 8, 3), np.uint8)
     path = write_npz(tmp_path / "b.npz", arr_0=images, arr_1=np.array([0, 1, 2, 1]))
-    base = sample_util.load_base_samples(path, small_size=8, need_labels=True, num_classes=3)
+    base = sample_io.load_base_samples(path, small_size=8, need_labels=True, num_classes=3)
     assert base.images.shape == (4, 8, 8, 3) and base.labels.tolist() == [0, 1, 2, 1]
     kwargs = sample_util.base_sample_kwargs(base, class_cond=True)(
         np.array([2, 3]), torch.Generator()
@@ -315,24 +315,24 @@ def test_load_base_samples_reads_images_and_labels(tmp_path):
 def test_load_base_samples_rejects_bad_files(tmp_path, arrays, message):
     path = write_npz(tmp_path / "b.npz", **arrays)
     with pytest.raises(ValueError, match=message):
-        sample_util.load_base_samples(path, small_size=8, need_labels=True, num_classes=3)
+        sample_io.load_base_samples(path, small_size=8, need_labels=True, num_classes=3)
 
 
 def test_load_base_samples_missing_or_unreadable(tmp_path):
     with pytest.raises(FileNotFoundError, match="--base_samples.*nope.npz"):
-        sample_util.load_base_samples(str(tmp_path / "nope.npz"), 8, False, 3)
+        sample_io.load_base_samples(str(tmp_path / "nope.npz"), 8, False, 3)
     (tmp_path / "junk.npz").write_bytes(b"not a zip file")
     with pytest.raises(ValueError, match="not a readable .npz"):
-        sample_util.load_base_samples(str(tmp_path / "junk.npz"), 8, False, 3)
+        sample_io.load_base_samples(str(tmp_path / "junk.npz"), 8, False, 3)
 
 
 def test_read_npz_images_accepts_grey_and_labels(tmp_path):
     grey = write_npz(tmp_path / "g.npz", arr_0=np.zeros((2, 5, 5), np.uint8))
-    images, labels = sample_util.read_npz_images(grey)
+    images, labels = sample_io.read_npz_images(grey)
     assert images.shape == (2, 5, 5, 1) and labels is None
     labelled = write_npz(
         tmp_path / "l.npz", arr_0=np.zeros((2, 5, 5, 3), np.uint8), arr_1=np.array([3, 4])
     )
-    assert sample_util.read_npz_images(labelled)[1].tolist() == [3, 4]
+    assert sample_io.read_npz_images(labelled)[1].tolist() == [3, 4]
     with pytest.raises(ValueError, match="no array 'mu'"):
-        sample_util.read_npz_images(labelled, key="mu")
+        sample_io.read_npz_images(labelled, key="mu")
