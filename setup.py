@@ -6,7 +6,7 @@ setup(
     description="Guided diffusion (Dhariwal & Nichol 2021): models, training, "
     "guided sampling and evaluation on PyTorch",
     license="MIT",
-    python_requires=">=3.9",
+    python_requires=">=3.10",
     packages=find_packages(include=["guided_diffusion", "guided_diffusion.*",
                                     "evaluations", "evaluations.*"]),
     install_requires=[

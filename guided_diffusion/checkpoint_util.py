@@ -65,7 +65,9 @@ def read_state_dict(path: Union[str, os.PathLike], map_location="cpu") -> dict[s
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as exc:
-        if "weights only" in str(exc).lower():
+        # torch prefixes every weights-only failure with "Weights only load failed"; only a
+        # refused global means real Python objects, anything else is a damaged or foreign file
+        if "GLOBAL" in str(exc) or "Unsupported global" in str(exc):
             raise ValueError(
                 f"{path} holds Python objects other than tensors, so it was not loaded "
                 "(checkpoints are read with weights_only=True and cannot run code); save the "

@@ -125,7 +125,7 @@ class GaussianDiffusion:
         if not ((betas > 0).all() and (betas <= 1).all()):
             raise ValueError(
                 f"every beta must lie in (0, 1], got values from {betas.min():.4g} to "
-                f"{betas.max():.4g} (the 'linear' schedule needs at least 20 diffusion steps, "
+                f"{betas.max():.4g} (the 'linear' schedule needs more than 20 diffusion steps, "
                 "--diffusion_steps)"
             )
         self.betas = betas

@@ -8,6 +8,8 @@ the images have classes, in ``samples_{N}x{H}x{W}x3.npz``.
 """
 
 import math
+import zipfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Optional
 
@@ -15,7 +17,7 @@ import blobfile as bf
 import numpy as np
 from PIL import Image
 
-from .io_util import atomic_write
+from .io_util import NpzArrayReader, atomic_write, is_local_path
 
 
 class SamplingInputError(ValueError):
@@ -41,40 +43,88 @@ def save_samples_npz(path: str, images: np.ndarray, labels: Optional[np.ndarray]
         np.savez(f, **arrays)
 
 
-def read_npz_images(path: str, key: str = "arr_0") -> tuple[np.ndarray, Optional[np.ndarray]]:
+def iter_npz_images(
+    path: str, key: str = "arr_0", limit: int = 0, chunk_size: int = 256
+) -> Iterator[tuple[np.ndarray, Optional[np.ndarray]]]:
     """
-    Read the images of any .npz batch (samples or reference batch).
+    Stream the images of any .npz batch (samples or reference batch) in chunks, so that a
+    batch of any size is read in bounded memory (local files; a blob URL is read whole).
 
     :param path: the .npz file.
     :param key: the array holding the images: uint8 [N x H x W x C] with C = 1, 3 or 4,
         or [N x H x W] grey.
-    :return: (images [N x H x W x C] uint8, labels [N] int64 from arr_1 when the images are
-        arr_0 and arr_1 holds one integer per image, else None).
+    :param limit: read only the first ``limit`` images (0: all).
+    :param chunk_size: images per chunk.
+    :return: an iterator of (images [n x H x W x C] uint8, labels [n] int64 from arr_1 when
+        the images are arr_0 and arr_1 holds one integer per image, else None).
     """
     if not bf.exists(path):
         raise FileNotFoundError(f"no such .npz file: {path}")
     try:
         with bf.BlobFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
-            if key not in npz.files:
-                raise SamplingInputError(
-                    f"{path} has no array {key!r}; it holds {sorted(npz.files)}"
-                )
-            images = npz[key]
-            labels = npz["arr_1"] if key == "arr_0" and "arr_1" in npz.files else None
-    except (OSError, ValueError) as err:
-        if isinstance(err, SamplingInputError):
-            raise
+            members = npz.files
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise SamplingInputError(f"{path} is not a readable .npz file ({err})") from None
-    if images.ndim == 3:
-        images = images[..., None]  # (N, H, W) grey -> (N, H, W, 1)
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] not in (1, 3, 4):
+    if key not in members:
+        raise SamplingInputError(f"{path} has no array {key!r}; it holds {sorted(members)}")
+    try:
+        if is_local_path(path):
+            reader = NpzArrayReader(path, key)
+            shape, dtype = reader.shape, reader.dtype
+        else:
+            with bf.BlobFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
+                reader = None
+                whole = npz[key]
+            shape, dtype = whole.shape, whole.dtype
+        labels = _read_labels(path, shape[0]) if key == "arr_0" else None
+    except (OSError, ValueError, zipfile.BadZipFile) as err:
+        raise SamplingInputError(f"{path}: cannot read {key} ({err})") from None
+    if dtype != np.uint8 or len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 3, 4)):
+        if reader is not None:
+            reader.close()
         raise SamplingInputError(
             f"{path}: {key} must hold uint8 images [N x H x W x C] with C = 1, 3 or 4, "
-            f"got {images.dtype} {list(images.shape)}"
+            f"got {dtype} {list(shape)}"
         )
-    if labels is not None and (labels.shape != (len(images),) or labels.dtype.kind not in "iu"):
-        labels = None  # arr_1 is something else, not one label per image
-    return images, None if labels is None else labels.astype(np.int64)
+    count = shape[0] if limit <= 0 else min(limit, shape[0])
+    try:
+        for start in range(0, count, chunk_size):
+            n = min(chunk_size, count - start)
+            images = reader.read(n) if reader is not None else whole[start : start + n]
+            if images.ndim == 3:
+                images = images[..., None]  # (n, H, W) grey -> (n, H, W, 1)
+            yield images, None if labels is None else labels[start : start + n]
+    finally:
+        if reader is not None:
+            reader.close()
+
+
+def _read_labels(path: str, num_images: int) -> Optional[np.ndarray]:
+    """arr_1 as [N] int64 labels when it holds one integer per image, else None."""
+    with bf.BlobFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
+        if "arr_1" not in npz.files:
+            return None
+        labels = npz["arr_1"]
+    if labels.shape != (num_images,) or labels.dtype.kind not in "iu":
+        return None  # arr_1 is something else, not one label per image
+    return labels.astype(np.int64)
+
+
+def read_npz_images(
+    path: str, key: str = "arr_0", limit: int = 0
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """
+    Read the images of any .npz batch whole (see iter_npz_images for the arguments).
+
+    :return: (images [N x H x W x C] uint8, labels [N] int64 or None).
+    """
+    chunks = list(iter_npz_images(path, key, limit))
+    if not chunks:
+        raise SamplingInputError(f"{path}: {key} holds no images")
+    images = np.concatenate([c[0] for c in chunks])
+    labels = None if chunks[0][1] is None else np.concatenate([c[1] for c in chunks])
+    return images, labels
+
 
 # ---------------------------------------------------------------- base samples
 

@@ -64,7 +64,10 @@ FLAG_HELP = {
     "class_labels": "comma-separated class ids to sample, cycled over the images "
     "(e.g. '1,207,360'); default: random classes",
     "grid": "also write a PNG grid of the first samples beside the .npz",
-    "save_terms": "also save the per-timestep bound terms as {vb,mse,xstart_mse}_terms.npz",
+    "save_terms": (
+        "save the per-timestep bound terms as {vb,mse,xstart_mse}_terms.npz in the log "
+        "directory, as the original does (False: only print bits/dim)"
+    ),
 }
 
 

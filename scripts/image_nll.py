@@ -76,7 +76,7 @@ def create_argparser() -> argparse.ArgumentParser:
             batch_size=1,
             model_path="",
             seed=None,
-            save_terms=False,
+            save_terms=True,
         ),
     )
     add_dict_to_argparser(parser, model_and_diffusion_defaults())

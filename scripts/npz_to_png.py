@@ -12,6 +12,8 @@ import argparse
 import os
 from typing import Optional
 
+import numpy as np
+
 from guided_diffusion import sample_io, sample_util
 from guided_diffusion.script_util import str2bool
 
@@ -22,20 +24,25 @@ def main(argv: Optional[list[str]] = None) -> None:
         raise sample_util.SamplingInputError(
             f"--limit must be 0 (all) or positive, got {args.limit}"
         )
-    images, labels = sample_io.read_npz_images(args.npz, key=args.key)
-    count = len(images) if args.limit == 0 else min(args.limit, len(images))
     out_dir = args.out_dir or os.path.splitext(args.npz)[0] + "_png"
     os.makedirs(out_dir, exist_ok=True)
 
-    for i in range(count):
-        suffix = "" if labels is None else f"_class{labels[i]}"
-        sample_io.save_png(os.path.join(out_dir, f"{i:06d}{suffix}.png"), images[i])
-    print(f"wrote {count} PNG files ({images.shape[1]}x{images.shape[2]}) to {out_dir}")
+    count, grid_images, size = 0, [], None
+    for images, labels in sample_io.iter_npz_images(args.npz, key=args.key, limit=args.limit):
+        for i, image in enumerate(images):
+            suffix = "" if labels is None else f"_class{labels[i]}"
+            sample_io.save_png(os.path.join(out_dir, f"{count + i:06d}{suffix}.png"), image)
+        if args.grid and count < args.grid_size:
+            grid_images.append(images[: args.grid_size - count])
+        count += len(images)
+        size = images.shape[1:3]
+    if count == 0:
+        raise sample_util.SamplingInputError(f"{args.npz}: {args.key} holds no images")
+    print(f"wrote {count} PNG files ({size[0]}x{size[1]}) to {out_dir}")
     if args.grid:
         grid_path = os.path.join(out_dir, "grid.png")
-        sample_io.save_png(
-            grid_path, sample_io.image_grid(images[:count], max_images=args.grid_size)
-        )
+        grid = sample_io.image_grid(np.concatenate(grid_images), max_images=args.grid_size)
+        sample_io.save_png(grid_path, grid)
         print(f"wrote a grid of the first {min(count, args.grid_size)} to {grid_path}")
 
 

@@ -8,6 +8,7 @@ import os
 import pickle
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -222,6 +223,11 @@ def test_file_errors(tmp_path):
     (tmp_path / "junk.pt").write_bytes(b"this is not a checkpoint at all")
     with pytest.raises(ValueError, match="junk.pt is not a PyTorch checkpoint"):
         load_checkpoint(model, tmp_path / "junk.pt")
+    # random bytes fail inside torch's weights-only unpickler: still "not a checkpoint",
+    # not "holds Python objects"
+    (tmp_path / "noise.pt").write_bytes(np.random.default_rng(0).bytes(1000))
+    with pytest.raises(ValueError, match="noise.pt is not a PyTorch checkpoint"):
+        load_checkpoint(model, tmp_path / "noise.pt")
     torch.save([torch.zeros(1)], tmp_path / "list.pt")
     with pytest.raises(ValueError, match="holds a list, not a state dict"):
         read_state_dict(tmp_path / "list.pt")

@@ -53,7 +53,8 @@ SUPER_RES = dict(
     num_classes=NUM_CLASSES,
     **DIFFUSION,
 )
-RESPACE = ["--timestep_respacing", "3"]
+RESPACED_STEPS = 3
+RESPACE = ["--timestep_respacing", str(RESPACED_STEPS)]
 
 
 def flags(values: dict) -> list[str]:
@@ -350,9 +351,13 @@ def test_image_nll_on_a_folder(ckpt, tmp_path):
     assert len(final) == 1 and "over 3 images" in final[0]
     bpd = float(final[0].split()[1])
     assert 0 < bpd < 100 and np.isfinite(bpd)
-    assert not [
-        p for p in os.listdir(tmp_path / "log") if p.endswith(".npz")
-    ]  # nothing saved unasked
+    # the original's per-timestep term files, one mean per (respaced) timestep
+    for name in ("vb", "mse", "xstart_mse"):
+        with np.load(tmp_path / "log" / f"{name}_terms.npz") as terms:
+            assert terms["arr_0"].shape == (RESPACED_STEPS,)
+            assert np.isfinite(terms["arr_0"]).all()
+    result = run("image_nll.py", args + ["--save_terms", "False"], tmp_path / "quiet")
+    assert not [p for p in os.listdir(tmp_path / "quiet") if p.endswith(".npz")]
 
 
 # ---------------------------------------------------------------- bad input
@@ -432,3 +437,34 @@ def test_npz_to_png_writes_one_file_per_image(tmp_path, capsys):
     )
     with pytest.raises(ValueError, match="no array 'arr_9'"):
         tool.main([str(tmp_path / "ref.npz"), "--key", "arr_9"])
+
+
+def test_npz_to_png_streams_in_chunks_and_rejects_empty_batches(tmp_path, monkeypatch):
+    from guided_diffusion import sample_io
+
+    images = np.random.default_rng(1).integers(0, 256, (7, 4, 4, 3), dtype=np.uint8)
+    np.savez(tmp_path / "b.npz", arr_0=images)
+    reads = []
+    real_iter = sample_io.iter_npz_images
+
+    def small_chunks(path, key="arr_0", limit=0, chunk_size=256):
+        for chunk in real_iter(path, key, limit, chunk_size=3):
+            reads.append(len(chunk[0]))
+            yield chunk
+
+    monkeypatch.setattr(sample_io, "iter_npz_images", small_chunks)
+    tool = import_script("npz_to_png")
+    tool.main([str(tmp_path / "b.npz"), "--out_dir", str(tmp_path / "all"), "--grid", "True", "--grid_size", "4"])
+    assert reads == [3, 3, 1]  # never more than one chunk in memory
+    names = sorted(os.listdir(tmp_path / "all"))
+    assert names == [f"{i:06d}.png" for i in range(7)] + ["grid.png"]
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "all" / "000006.png")), images[6])
+    grid = np.asarray(Image.open(tmp_path / "all" / "grid.png"))
+    assert np.array_equal(grid, sample_io.image_grid(images[:4]))
+    reads.clear()
+    tool.main([str(tmp_path / "b.npz"), "--out_dir", str(tmp_path / "two"), "--limit", "2"])
+    assert reads == [2]  # the limit stops reading
+
+    np.savez(tmp_path / "empty.npz", arr_0=np.zeros((0, 4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="holds no images"):
+        tool.main([str(tmp_path / "empty.npz"), "--grid", "True"])
