@@ -29,13 +29,14 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
     replaces ``path`` only when the ``with`` block ends without an exception.
     A crash or error while writing leaves any existing ``path`` untouched.
 
-    Blob storage uploads only on close, so remote paths are already atomic.
+    Blob storage uploads only when the file is closed; on an error the upload is dropped
+    (blobfile would otherwise upload what was written so far over the old file).
     """
     if "w" not in mode:
         raise ValueError(f"atomic_write needs a write mode such as 'wb' or 'w', got {mode!r}")
     path = str(path)
     if not is_local_path(path):
-        with bf.BlobFile(path, mode) as f:
+        with bf.BlobFile(path, mode, partial_writes_on_exc=False) as f:
             yield f
         return
     directory = os.path.dirname(os.path.abspath(path))

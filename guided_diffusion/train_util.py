@@ -227,6 +227,11 @@ class BaseTrainLoop:
         logging every ``log_interval`` steps and saving every ``save_interval`` steps and at
         the end.
         """
+        if self.seed is not None:
+            # a data loader draws its shuffle and worker seeds from torch's generator when its
+            # first batch is taken: seed that from the start step too, so that a resumed run
+            # reads a new order rather than the one the first run began with
+            seed_for_step(self.seed, self.step, stream=1)
         while not self._finished():
             batch, cond = next(self.data)
             self.run_step(batch, cond)
@@ -561,8 +566,9 @@ def check_train_args(args) -> None:
     """
     check_batch_flags(args.batch_size, args.microbatch)
     check_resume_checkpoint(args.resume_checkpoint)
-    if getattr(args, "use_fp16", False) and getattr(args, "use_bf16", False):
-        raise ValueError("--use_fp16 and --use_bf16 cannot both be True: choose one")
+    for fp16_flag in ("use_fp16", "classifier_use_fp16"):
+        if getattr(args, fp16_flag, False) and getattr(args, "use_bf16", False):
+            raise ValueError(f"--{fp16_flag} and --use_bf16 cannot both be True: choose one")
     if getattr(args, "class_cond", False):
         check_num_classes(args.data_dir, args.num_classes)
 
@@ -570,13 +576,17 @@ def check_train_args(args) -> None:
 # ---------------------------------------------------------------------------- helpers
 
 
-def seed_for_step(seed: int, step: int) -> None:
+def seed_for_step(seed: int, step: int, stream: int = 0) -> None:
     """
     Seed torch (every device), numpy's and Python's global generators from
     (seed, rank, step): each rank draws different noise, and a step draws the same numbers
     whether or not the run was resumed before it.
+
+    :param stream: another independent stream for the same step (0 is the training step's;
+        1 seeds the data order when a run starts).
     """
-    seeds = np.random.SeedSequence([seed, dist_util.get_rank(), step]).generate_state(3)
+    entropy = [seed, dist_util.get_rank(), step] + ([stream] if stream else [])
+    seeds = np.random.SeedSequence(entropy).generate_state(3)
     torch.manual_seed(int(seeds[0]))
     np.random.seed(int(seeds[1]))
     random.seed(int(seeds[2]))

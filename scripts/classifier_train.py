@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
                 "save_interval",
                 "resume_checkpoint",
                 "seed",
+                "use_bf16",
             ),
         ),
     ).run_loop()
@@ -124,6 +125,7 @@ def create_argparser() -> argparse.ArgumentParser:
         eval_interval=5,
         save_interval=10000,
         seed=0,
+        use_bf16=False,
     )
     defaults.update(classifier_and_diffusion_defaults())
     add_dict_to_argparser(parser, defaults, helps=TRAIN_FLAG_HELP)

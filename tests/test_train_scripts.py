@@ -165,6 +165,8 @@ def test_classifier_train_runs_with_validation(images, tmp_path):
             "1",
             "--anneal_lr",
             "True",
+            "--use_bf16",
+            "True",
         ],
         log_dir,
     )

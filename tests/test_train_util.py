@@ -24,6 +24,7 @@ from guided_diffusion.train_util import (
     ClassifierTrainLoop,
     TrainLoop,
     check_batch_flags,
+    check_train_args,
     compute_top_k,
     find_ema_checkpoint,
     log_loss_dict,
@@ -567,3 +568,50 @@ def test_reduced_precision_training_on_cuda(tmp_path, precision):
         max_steps=3,
     )
     _assert_same(loop.mp_trainer.master_params, resumed.mp_trainer.master_params, "masters")
+
+
+def test_a_resumed_run_reads_a_new_data_order_reproducibly(tmp_path):
+    """
+    With a shuffling loader, the resumed run must not replay the batches the first run began
+    with (the data order is seeded from the start step), and resuming twice from the same
+    checkpoint reads the same order.
+    """
+    from PIL import Image
+
+    from guided_diffusion.image_datasets import load_data
+
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    for i in range(16):
+        Image.new("RGB", (8, 8), (10 * i, 0, 0)).save(data_dir / f"img_{i:02d}.png")
+
+    def first_batches(logdir, max_steps, resume=""):
+        seen = []
+        data = load_data(data_dir=str(data_dir), batch_size=BATCH, image_size=8, num_workers=0)
+
+        def recording():
+            for batch, cond in data:
+                seen.append(sorted(round(v) for v in ((batch[:, 0, 0, 0] + 1) * 127.5).tolist()))
+                yield batch, cond
+
+        _loop(logdir, max_steps=max_steps, resume=resume, data=recording()).run_loop()
+        return seen
+
+    fresh = first_batches(tmp_path / "run", max_steps=2)
+    resume = str(tmp_path / "run" / "model000002.pt")
+    resumed = first_batches(tmp_path / "run", max_steps=4, resume=resume)
+    again = first_batches(tmp_path / "again", max_steps=4, resume=resume)
+    assert len(fresh) == 2 and len(resumed) == 2
+    assert resumed != fresh
+    assert resumed == again
+
+
+@pytest.mark.parametrize("fp16_flag", ["use_fp16", "classifier_use_fp16"])
+def test_fp16_and_bf16_together_are_refused(fp16_flag):
+    import argparse
+
+    args = argparse.Namespace(batch_size=4, microbatch=-1, resume_checkpoint="", use_bf16=True)
+    check_train_args(args)  # bf16 alone is fine
+    setattr(args, fp16_flag, True)
+    with pytest.raises(ValueError, match=f"--{fp16_flag} and --use_bf16"):
+        check_train_args(args)
