@@ -210,8 +210,13 @@ def _channel_mult(
     return tuple(int(m) if m.is_integer() else m for m in mults)
 
 
-def _attention_ds(attention_resolutions: str, image_size: int, flag: str) -> tuple[int, ...]:
-    """Turn "32,16,8" (resolutions) into downsampling rates, e.g. (2, 4, 8) at 64x64."""
+def _attention_ds(
+    attention_resolutions: str, image_size: int, num_levels: int, flag: str
+) -> tuple[int, ...]:
+    """
+    Turn "32,16,8" (resolutions) into downsampling rates, e.g. (2, 4, 8) at 64x64, checking
+    that each is the resolution of one of the ``num_levels`` levels of the network.
+    """
     try:
         resolutions = [int(r) for r in attention_resolutions.split(",")]
     except ValueError:
@@ -219,11 +224,13 @@ def _attention_ds(attention_resolutions: str, image_size: int, flag: str) -> tup
             f"invalid --{flag} {attention_resolutions!r}: expected comma-separated "
             "resolutions such as 32,16,8"
         ) from None
-    bad = [r for r in resolutions if r <= 0 or image_size % r]
+    valid = [image_size // 2**level for level in range(num_levels)]
+    bad = [r for r in resolutions if r not in valid]
     if bad:
         raise ValueError(
-            f"invalid --{flag} {attention_resolutions!r}: {bad} do not divide the image size "
-            f"{image_size}"
+            f"invalid --{flag} {attention_resolutions!r}: {bad} is not the resolution of a "
+            f"level of this {image_size}x{image_size} network with {num_levels} levels; "
+            f"valid resolutions are {','.join(map(str, valid))}"
         )
     return tuple(image_size // r for r in resolutions)
 
@@ -255,6 +262,7 @@ def create_model(
     :param num_classes: label count when ``class_cond``.
     :return: the model, in float32 (call ``convert_to_fp16()`` for ``use_fp16``).
     """
+    mult = _channel_mult(channel_mult, image_size, MODEL_CHANNEL_MULTS, "channel_mult")
     return UNetModel(
         image_size=image_size,
         in_channels=3,
@@ -262,10 +270,10 @@ def create_model(
         out_channels=6 if learn_sigma else 3,
         num_res_blocks=num_res_blocks,
         attention_resolutions=_attention_ds(
-            attention_resolutions, image_size, "attention_resolutions"
+            attention_resolutions, image_size, len(mult), "attention_resolutions"
         ),
         dropout=dropout,
-        channel_mult=_channel_mult(channel_mult, image_size, MODEL_CHANNEL_MULTS, "channel_mult"),
+        channel_mult=mult,
         num_classes=num_classes if class_cond else None,
         use_checkpoint=use_checkpoint,
         use_fp16=use_fp16,
@@ -316,6 +324,9 @@ def create_classifier(
     :param num_classes: number of outputs.
     :return: the classifier, in float32.
     """
+    mult = _channel_mult(
+        classifier_channel_mult, image_size, CLASSIFIER_CHANNEL_MULTS, "classifier_channel_mult"
+    )
     return EncoderUNetModel(
         image_size=image_size,
         in_channels=3,
@@ -323,11 +334,12 @@ def create_classifier(
         out_channels=num_classes,
         num_res_blocks=classifier_depth,
         attention_resolutions=_attention_ds(
-            classifier_attention_resolutions, image_size, "classifier_attention_resolutions"
+            classifier_attention_resolutions,
+            image_size,
+            len(mult),
+            "classifier_attention_resolutions",
         ),
-        channel_mult=_channel_mult(
-            classifier_channel_mult, image_size, CLASSIFIER_CHANNEL_MULTS, "classifier_channel_mult"
-        ),
+        channel_mult=mult,
         use_fp16=classifier_use_fp16,
         num_head_channels=64,
         use_scale_shift_norm=classifier_use_scale_shift_norm,
@@ -382,6 +394,7 @@ def sr_create_model(
     :return: the model, in float32.
     """
     del small_size  # the low-resolution input is resized to the output size
+    mult = _channel_mult(channel_mult, large_size, SR_CHANNEL_MULTS, "channel_mult")
     return SuperResModel(
         image_size=large_size,
         in_channels=3,
@@ -389,10 +402,10 @@ def sr_create_model(
         out_channels=6 if learn_sigma else 3,
         num_res_blocks=num_res_blocks,
         attention_resolutions=_attention_ds(
-            attention_resolutions, large_size, "attention_resolutions"
+            attention_resolutions, large_size, len(mult), "attention_resolutions"
         ),
         dropout=dropout,
-        channel_mult=_channel_mult(channel_mult, large_size, SR_CHANNEL_MULTS, "channel_mult"),
+        channel_mult=mult,
         num_classes=num_classes if class_cond else None,
         use_checkpoint=use_checkpoint,
         num_heads=num_heads,

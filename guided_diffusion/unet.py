@@ -84,8 +84,11 @@ class _FusedAttention(torch.autograd.Function):
         q, k, v = ctx.saved_tensors
         if torch.is_grad_enabled():  # create_graph: differentiable formulas
             scale = q.shape[-1] ** -0.5
-            scores = (q @ k.transpose(-1, -2)).to(torch.promote_types(q.dtype, torch.float32))
-            probs = torch.softmax(scores * scale, dim=-1).type(q.dtype)  # (N, H, T, S)
+            root = q.shape[-1] ** -0.25  # scaling q and k separately keeps float16 in range
+            scores = ((q * root) @ (k * root).transpose(-1, -2)).to(
+                torch.promote_types(q.dtype, torch.float32)
+            )
+            probs = torch.softmax(scores, dim=-1).type(q.dtype)  # (N, H, T, S)
             grad_probs = grad_out @ v.transpose(-1, -2)  # (N, H, T, S)
             grad_scores = probs * (grad_probs - (grad_probs * probs).sum(dim=-1, keepdim=True))
             return (

@@ -21,6 +21,7 @@ Example (the 128x128 ImageNet classifier flags of the paper):
 
 import argparse
 
+import blobfile as bf
 import torch
 
 from guided_diffusion import dist_util, logger
@@ -45,6 +46,11 @@ def main(argv: list[str] | None = None) -> None:
     dist_util.setup_dist()
     check_train_args(args)
     check_num_classes(args.data_dir, args.num_classes)
+    if args.val_data_dir and not bf.isdir(args.val_data_dir):
+        raise FileNotFoundError(
+            f"--val_data_dir {args.val_data_dir!r} is not a folder (validation images, named "
+            "like the training images)"
+        )
     if args.val_data_dir and list_classes(args.val_data_dir) != list_classes(args.data_dir):
         raise ValueError(
             f"--val_data_dir {args.val_data_dir!r} must hold the same classes as --data_dir "

@@ -33,8 +33,10 @@ def _find_official_json() -> Path | None:
 
 OFFICIAL_JSON = _find_official_json()
 OFFICIAL = json.loads(OFFICIAL_JSON.read_text()) if OFFICIAL_JSON else {}
+# Outside CI a checkout without shared/ skips these; in CI (CI set) a missing file fails them,
+# so the twelve official state dicts can never go untested there.
 needs_json = pytest.mark.skipif(
-    OFFICIAL_JSON is None,
+    OFFICIAL_JSON is None and not os.environ.get("CI"),
     reason="shared/compat/official_checkpoints.json not found beside or inside the repository",
 )
 
@@ -56,7 +58,8 @@ def build_from_flags(flags: dict) -> torch.nn.Module:
 
 @needs_json
 def test_all_official_checkpoints_are_listed():
-    assert len(OFFICIAL) == 12
+    where = OFFICIAL_JSON or "shared/compat/official_checkpoints.json (not found)"
+    assert len(OFFICIAL) == 12, f"expected the 12 official checkpoints in {where}"
 
 
 @needs_json

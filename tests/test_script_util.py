@@ -289,3 +289,20 @@ def test_str2bool():
     assert su.str2bool(True) is True
     with pytest.raises(argparse.ArgumentTypeError, match="boolean"):
         su.str2bool("2")
+
+
+@pytest.mark.parametrize(
+    "image_size,channel_mult,resolutions,valid",
+    [(64, "1,2", "16", "64,32"), (48, "1,2,2", "16,8", "48,24,12"), (32, "", "7", "32,16,8,4")],
+)
+def test_attention_at_a_resolution_the_network_lacks_is_an_error(
+    image_size, channel_mult, resolutions, valid
+):
+    kwargs = {**su.model_and_diffusion_defaults(), "image_size": image_size}
+    kwargs.update(channel_mult=channel_mult, attention_resolutions=resolutions, num_channels=32)
+    with pytest.raises(ValueError, match=f"--attention_resolutions.*valid resolutions are {valid}"):
+        su.create_model_and_diffusion(**kwargs)
+    kwargs["attention_resolutions"] = valid.split(",")[-1]
+    model, _ = su.create_model_and_diffusion(**kwargs)
+    n_attention = sum(type(m).__name__ == "AttentionBlock" for m in model.modules())
+    assert n_attention > 1  # the requested level's blocks besides the middle one

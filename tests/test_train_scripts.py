@@ -342,3 +342,10 @@ def test_a_bad_flag_exits_non_zero_with_the_message(tmp_path):
     )
     assert proc.returncode != 0
     assert "data directory not found" in proc.stderr and "--data_dir" in proc.stderr
+
+
+def test_classifier_names_a_missing_validation_folder(images, in_process, tmp_path):
+    with pytest.raises(FileNotFoundError, match="--val_data_dir .*nowhere"):
+        _load_script("classifier_train").main(
+            ["--data_dir", str(images), "--val_data_dir", str(tmp_path / "nowhere")]
+        )

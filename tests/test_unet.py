@@ -107,6 +107,23 @@ def test_attention_gradients_and_gradients_of_gradients(module):
     assert torch.autograd.gradgradcheck(module, (qkv,), fast_mode=True)
 
 
+def test_double_backward_stays_finite_in_float16():
+    """q.k of ~1e5 overflows float16 unless q and k are scaled before the product."""
+    torch.manual_seed(0)
+    ch = 64
+    signs = torch.sign(torch.randn(1, 3 * ch, 4))  # (N, 3 * ch, T): q, k, v of one head
+    signs[:, ch : 2 * ch] = signs[:, :ch]  # k = q: the diagonal scores reach 64 * 40 * 40
+    base = signs * torch.tensor([40.0] * (2 * ch) + [0.01] * ch)[:, None]  # |q.k| up to 102400
+    grads = {}
+    for dtype in (torch.float32, torch.float16):
+        qkv = base.to(dtype).requires_grad_(True)
+        out = QKVAttention(1)(qkv)
+        (g,) = torch.autograd.grad(out.float().sum(), qkv, create_graph=True)
+        assert torch.isfinite(g).all(), dtype
+        grads[dtype] = g.float()
+    torch.testing.assert_close(grads[torch.float16], grads[torch.float32], rtol=0.05, atol=0.5)
+
+
 def test_attention_orders_differ():
     torch.manual_seed(0)
     qkv = torch.randn(1, 3 * 2 * 4, 5)
