@@ -281,8 +281,11 @@ def test_cache_reused_on_second_run(tmp_path):
     other = FakeExtractor(seed=1)
     evaluate(ref, sample, extractor=other, batch_size=4, device="cpu")
     assert other.calls == 5
-    # changed content -> recomputed
+    # changed content -> recomputed (the batch's hash is remembered by size and modification
+    # time: make sure the rewrite gets a later time even on a coarse-timestamp file system)
+    mtime_ns = os.stat(sample).st_mtime_ns
     np.savez(sample, make_images(8, seed=8))
+    os.utime(sample, ns=(mtime_ns + 1_000_000_000, mtime_ns + 1_000_000_000))
     evaluate(ref, sample, extractor=extractor, batch_size=4, device="cpu")
     assert extractor.calls == 5 + 2
 
@@ -537,3 +540,32 @@ def test_evaluate_on_gpu_matches_cpu():
     for key in ("fid", "sfid", "inception_score"):
         assert on_gpu[key] == pytest.approx(on_cpu[key], rel=1e-4)
     assert (on_gpu["precision"], on_gpu["recall"]) == (on_cpu["precision"], on_cpu["recall"])
+
+
+def test_file_hash_is_remembered_until_the_file_changes(tmp_path, monkeypatch):
+    import hashlib
+
+    from evaluations import batches
+
+    path = tmp_path / "batch.npz"
+    path.write_bytes(b"first content")
+    first = batches.file_sha256(str(path))
+    assert first == hashlib.sha256(b"first content").hexdigest()
+
+    reads = []
+    real_open = open
+
+    def counting_open(file, mode="r", *args, **kwargs):
+        if str(file) == str(path):
+            reads.append(mode)
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", counting_open)
+    assert batches.file_sha256(str(path)) == first
+    assert reads == []  # remembered: the batch was not read again
+
+    stat = path.stat()
+    path.write_bytes(b"other content")  # same size: only the modification time tells
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    assert batches.file_sha256(str(path)) == hashlib.sha256(b"other content").hexdigest()
+    assert reads == ["rb"]
