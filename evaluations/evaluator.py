@@ -224,6 +224,11 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
     args = create_argparser().parse_args(argv)
     if args.image_size is not None and not args.make_ref:
         raise SystemExit("error: --image_size only applies with --make_ref")
+    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise SystemExit(
+            f"error: --device {args.device}: no CUDA device is available here; use --device cpu "
+            "or leave --device out (CUDA when available, else CPU)"
+        )
     try:
         run(args, extractor)
     except (ValueError, FileNotFoundError) as err:

@@ -210,6 +210,14 @@ def test_cli_reports_bad_input_without_traceback(tmp_path, capsys):
         main([path, path], extractor=FakeExtractor())
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without CUDA")
+def test_cli_asking_for_cuda_without_a_gpu_is_a_clear_error(tmp_path):
+    path = str(tmp_path / "b.npz")
+    np.savez(path, make_images(4))
+    with pytest.raises(SystemExit, match=r"--device cuda: no CUDA device"):
+        main(["--device", "cuda", path, path], extractor=FakeExtractor())
+
+
 # ----------------------------------------------------------------------------------------------
 # Evaluation and statistics
 
