@@ -44,7 +44,12 @@ from .fp16_util import INITIAL_LOG_LOSS_SCALE, MixedPrecisionTrainer
 from .image_datasets import list_classes
 from .io_util import atomic_torch_save
 from .nn import update_ema
-from .resample import LossAwareSampler, ScheduleSampler, UniformSampler
+from .resample import (
+    LossAwareSampler,
+    ScheduleSampler,
+    UniformSampler,
+    create_named_schedule_sampler,
+)
 
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
@@ -574,6 +579,27 @@ def check_train_args(args) -> None:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def train_diffusion_model(args, model: nn.Module, diffusion, data: Iterator[Batch]) -> None:
+    """
+    What the diffusion training scripts share once model and data exist: put the model on
+    this process's device, make the timestep sampler, run the TrainLoop with the flags of
+    TRAIN_LOOP_FLAGS, and leave the process group.
+
+    :param args: parsed flags holding ``schedule_sampler`` and TRAIN_LOOP_FLAGS.
+    """
+    model.to(dist_util.dev())
+    schedule_sampler = create_named_schedule_sampler(args.schedule_sampler, diffusion)
+    logger.log("training...")
+    TrainLoop(
+        model=model,
+        diffusion=diffusion,
+        data=data,
+        schedule_sampler=schedule_sampler,
+        **{name: getattr(args, name) for name in TRAIN_LOOP_FLAGS},
+    ).run_loop()
+    dist_util.cleanup()
 
 
 def seed_for_step(seed: int, step: int, stream: int = 0) -> None:

@@ -25,7 +25,6 @@ import torch
 
 from guided_diffusion import dist_util, logger
 from guided_diffusion.image_datasets import load_data
-from guided_diffusion.resample import create_named_schedule_sampler
 from guided_diffusion.script_util import (
     add_dict_to_argparser,
     args_to_dict,
@@ -34,10 +33,9 @@ from guided_diffusion.script_util import (
 )
 from guided_diffusion.train_util import (
     TRAIN_FLAG_HELP,
-    TRAIN_LOOP_FLAGS,
-    TrainLoop,
     check_train_args,
     diffusion_train_defaults,
+    train_diffusion_model,
 )
 
 
@@ -58,18 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     model, diffusion = create_model_and_diffusion(
         **args_to_dict(args, model_and_diffusion_defaults().keys())
     )
-    model.to(dist_util.dev())
-    schedule_sampler = create_named_schedule_sampler(args.schedule_sampler, diffusion)
-
-    logger.log("training...")
-    TrainLoop(
-        model=model,
-        diffusion=diffusion,
-        data=data,
-        schedule_sampler=schedule_sampler,
-        **args_to_dict(args, TRAIN_LOOP_FLAGS),
-    ).run_loop()
-    dist_util.cleanup()
+    train_diffusion_model(args, model, diffusion, data)
 
 
 def create_argparser() -> argparse.ArgumentParser:

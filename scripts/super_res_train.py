@@ -23,7 +23,6 @@ import torch.nn.functional as F
 
 from guided_diffusion import dist_util, logger
 from guided_diffusion.image_datasets import load_data
-from guided_diffusion.resample import create_named_schedule_sampler
 from guided_diffusion.script_util import (
     add_dict_to_argparser,
     args_to_dict,
@@ -32,10 +31,9 @@ from guided_diffusion.script_util import (
 )
 from guided_diffusion.train_util import (
     TRAIN_FLAG_HELP,
-    TRAIN_LOOP_FLAGS,
-    TrainLoop,
     check_train_args,
     diffusion_train_defaults,
+    train_diffusion_model,
 )
 
 
@@ -57,18 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     model, diffusion = sr_create_model_and_diffusion(
         **args_to_dict(args, sr_model_and_diffusion_defaults().keys())
     )
-    model.to(dist_util.dev())
-    schedule_sampler = create_named_schedule_sampler(args.schedule_sampler, diffusion)
-
-    logger.log("training...")
-    TrainLoop(
-        model=model,
-        diffusion=diffusion,
-        data=data,
-        schedule_sampler=schedule_sampler,
-        **args_to_dict(args, TRAIN_LOOP_FLAGS),
-    ).run_loop()
-    dist_util.cleanup()
+    train_diffusion_model(args, model, diffusion, data)
 
 
 def load_superres_data(
