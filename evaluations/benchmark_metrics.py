@@ -52,7 +52,7 @@ def create_argparser() -> argparse.ArgumentParser:
         "--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)"
     )
     parser.add_argument(
-        "--fid", action="store_true", help="also time FID's statistics and matrix square root"
+        "--fid", action="store_true", help="also time FID's statistics and Frechet distance"
     )
     return parser
 
@@ -101,7 +101,7 @@ def main() -> None:
         end = time.perf_counter()
         print(
             f"FID on {args.dim}-d features: statistics {middle - start:.2f} s, "
-            f"Frechet distance (sqrtm) {end - middle:.2f} s (value {fid:.4f}, float64 CPU)"
+            f"Frechet distance {end - middle:.2f} s (value {fid:.4f}, float64 CPU)"
         )
 
 
