@@ -71,6 +71,25 @@ FLAG_HELP = {
 }
 
 
+def sampling_defaults(**script_flags) -> dict[str, object]:
+    """
+    The flags every sampling program has, with the original defaults, plus the new
+    ``--seed`` and ``--grid``; ``script_flags`` adds a program's own flags.
+
+    :return: flag name -> default, for add_flags().
+    """
+    return dict(
+        clip_denoised=True,
+        num_samples=10000,
+        batch_size=16,
+        use_ddim=False,
+        model_path="",
+        seed=None,
+        grid=True,
+        **script_flags,
+    )
+
+
 def add_flags(parser: argparse.ArgumentParser, defaults: dict[str, object]) -> None:
     """
     Add a script's own flags (not the model flags) with help text; like

@@ -65,18 +65,7 @@ def create_argparser() -> argparse.ArgumentParser:
     )
     sample_util.add_flags(
         parser,
-        dict(
-            clip_denoised=True,
-            num_samples=10000,
-            batch_size=16,
-            use_ddim=False,
-            model_path="",
-            classifier_path="",
-            classifier_scale=1.0,
-            seed=None,
-            class_labels="",
-            grid=True,
-        ),
+        sample_util.sampling_defaults(classifier_path="", classifier_scale=1.0, class_labels=""),
     )
     defaults = model_and_diffusion_defaults()
     defaults.update(classifier_defaults())

@@ -65,16 +65,7 @@ def create_argparser() -> argparse.ArgumentParser:
     )
     sample_util.add_flags(
         parser,
-        dict(
-            clip_denoised=True,
-            num_samples=10000,
-            batch_size=16,
-            use_ddim=False,
-            model_path="",
-            seed=None,
-            class_labels="",
-            grid=True,
-        ),
+        sample_util.sampling_defaults(class_labels=""),
     )
     add_dict_to_argparser(parser, model_and_diffusion_defaults())
     return parser

@@ -66,16 +66,7 @@ def create_argparser() -> argparse.ArgumentParser:
     )
     sample_util.add_flags(
         parser,
-        dict(
-            clip_denoised=True,
-            num_samples=10000,
-            batch_size=16,
-            use_ddim=False,
-            base_samples="",
-            model_path="",
-            seed=None,
-            grid=True,
-        ),
+        sample_util.sampling_defaults(base_samples=""),
     )
     add_dict_to_argparser(parser, sr_model_and_diffusion_defaults())
     return parser
