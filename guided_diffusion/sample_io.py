@@ -63,6 +63,7 @@ def iter_npz_images(
     try:
         with bf.BlobFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
             members = npz.files
+            arr_1 = npz["arr_1"] if key == "arr_0" and "arr_1" in members else None
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise SamplingInputError(f"{path} is not a readable .npz file ({err})") from None
     if key not in members:
@@ -76,7 +77,7 @@ def iter_npz_images(
                 reader = None
                 whole = npz[key]
             shape, dtype = whole.shape, whole.dtype
-        labels = _read_labels(path, shape[0]) if key == "arr_0" else None
+        labels = _as_labels(arr_1, shape[0])
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         raise SamplingInputError(f"{path}: cannot read {key} ({err})") from None
     if dtype != np.uint8 or len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 3, 4)):
@@ -99,15 +100,11 @@ def iter_npz_images(
             reader.close()
 
 
-def _read_labels(path: str, num_images: int) -> Optional[np.ndarray]:
+def _as_labels(arr_1: Optional[np.ndarray], num_images: int) -> Optional[np.ndarray]:
     """arr_1 as [N] int64 labels when it holds one integer per image, else None."""
-    with bf.BlobFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
-        if "arr_1" not in npz.files:
-            return None
-        labels = npz["arr_1"]
-    if labels.shape != (num_images,) or labels.dtype.kind not in "iu":
-        return None  # arr_1 is something else, not one label per image
-    return labels.astype(np.int64)
+    if arr_1 is None or arr_1.shape != (num_images,) or arr_1.dtype.kind not in "iu":
+        return None  # absent, or something else than one label per image
+    return arr_1.astype(np.int64)
 
 
 def read_npz_images(
