@@ -30,7 +30,8 @@ TINY = dict(
 
 def tiny(seed: int = 0, **overrides):
     torch.manual_seed(seed)
-    return su.create_model_and_diffusion(**{**su.model_and_diffusion_defaults(), **TINY, **overrides})
+    flags = {**su.model_and_diffusion_defaults(), **TINY, **overrides}
+    return su.create_model_and_diffusion(**flags)
 
 
 def shapes(model) -> dict:
