@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         image_size=args.image_size,
         class_cond=True,
         random_crop=True,
+        random_flip=args.random_flip,
     )
     val_data = None
     if args.val_data_dir:
@@ -132,6 +133,7 @@ def create_argparser() -> argparse.ArgumentParser:
         save_interval=10000,
         seed=0,
         use_bf16=False,
+        random_flip=True,
     )
     defaults.update(classifier_and_diffusion_defaults())
     add_dict_to_argparser(parser, defaults, helps=TRAIN_FLAG_HELP)
