@@ -552,7 +552,8 @@ TRAIN_FLAG_HELP = {
 def diffusion_train_defaults() -> dict:
     """
     Defaults of the flags shared by the diffusion training scripts (``image_train.py``,
-    ``super_res_train.py``): the original ones plus ``max_steps``, ``use_bf16``, ``seed`` and ``random_flip``.
+    ``super_res_train.py``): the original ones plus ``max_steps``, ``use_bf16``, ``seed`` and
+    ``random_flip``.
     """
     return dict(
         data_dir="",
