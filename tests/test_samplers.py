@@ -388,3 +388,16 @@ def test_parse_guidance_interval(text, expected):
 def test_parse_guidance_interval_rejects_bad_values(text):
     with pytest.raises(ValueError, match="--guidance_interval must be two noise levels"):
         parse_guidance_interval(text)
+
+
+def test_interval_as_active_fn_for_model_wrappers():
+    """The same interval restricts autoguidance: the guide runs only inside it."""
+    from guided_diffusion.guidance import AutoGuidance, interval_active
+
+    diffusion = spaced(10)
+    ab = base_alphas_cumprod()
+    levels = np.sqrt((1 - diffusion.alphas_cumprod) / diffusion.alphas_cumprod)
+    guide = GaussianModel(diffusion, ab)
+    wrapped = AutoGuidance(GaussianModel(diffusion, ab), guide, 2.0, interval_active(diffusion, (levels[2], levels[6])))
+    solve(diffusion, "dpm++2m", model=wrapped)
+    assert [int(t[0]) for t in guide.seen] == [diffusion.timestep_map[i] for i in (6, 5, 4, 3)]
