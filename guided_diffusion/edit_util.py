@@ -161,6 +161,35 @@ def read_images(path: str, image_size: int, limit: int = 0) -> tuple[np.ndarray,
     return images, labels
 
 
+def read_noise(path: str, image_size: int, limit: int) -> tuple[torch.Tensor, Optional[np.ndarray]]:
+    """
+    Read an ``inverted_*.npz`` file.
+
+    :return: (float32 noise [N x 3 x H x W], int64 labels [N] or None).
+    """
+    if not path:
+        raise SamplingInputError("--input is required: the .npz of --mode encode")
+    if not bf.exists(path):
+        raise FileNotFoundError(f"--input: no such file: {path}")
+    try:
+        with bf.BlobFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
+            noise = npz["arr_0"]
+            labels = npz["arr_1"] if "arr_1" in npz.files else None
+    except (OSError, ValueError, KeyError) as err:
+        raise SamplingInputError(
+            f"--input {path} is not a noise .npz written by --mode encode ({err})"
+        ) from None
+    expected = (3, image_size, image_size)
+    if noise.ndim != 4 or noise.shape[1:] != expected or noise.dtype.kind != "f":
+        raise SamplingInputError(
+            f"--input {path}: arr_0 must be float noise [N x 3 x {image_size} x {image_size}], "
+            f"got {noise.dtype} {list(noise.shape)}"
+        )
+    if limit > 0:
+        noise, labels = noise[:limit], None if labels is None else labels[:limit]
+    return torch.from_numpy(noise.astype(np.float32)), labels
+
+
 def load_mask(spec: str, image_size: int, ratio: float, seed: int) -> torch.Tensor:
     """
     ``--mask``: an image file (white = known) of the images' size, or a named mask.
@@ -292,12 +321,60 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return to_uint8_nhwc(torch.from_numpy(images)).numpy()
 
 
-def add_flags(parser: argparse.ArgumentParser, defaults: dict[str, object]) -> None:
-    """Add the editing flags with their help; ``--seed`` is an int (default None)."""
+def create_argparser(doc: str, defaults: dict[str, object]) -> argparse.ArgumentParser:
+    """
+    An editing program's parser: its own flags (``defaults``, with help; ``--seed`` an
+    int defaulting to None), then the model, diffusion and classifier flags.
+
+    :param doc: the program's docstring, shown by --help.
+    """
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     defaults = dict(defaults)
     seed = defaults.pop("seed", None)
     parser.add_argument("--seed", type=int, default=seed, help=sample_util.FLAG_HELP["seed"])
     script_util.add_dict_to_argparser(parser, defaults, helps={**sample_util.FLAG_HELP, **FLAG_HELP})
+    model_flags = script_util.model_and_diffusion_defaults()
+    model_flags.update(script_util.classifier_defaults())
+    script_util.add_dict_to_argparser(parser, model_flags)
+    return parser
+
+
+@dataclass
+class Models:
+    """What a method runs with: the model (wrapped for guidance), process, guidance, labels."""
+
+    model: Callable
+    diffusion: object
+    cond_fn: Optional[Callable]
+    labels: Optional[np.ndarray]  # int64 [N] when the model or the classifier takes labels
+
+
+def load_models(
+    args: argparse.Namespace, given_labels: Optional[np.ndarray], count: int, seed: int
+) -> Models:
+    """
+    Load ``--model_path`` and, with ``--classifier_path``, the classifier for guidance at
+    ``--classifier_scale``; choose each image's class (``image_labels``) when the model
+    or the classifier needs one.
+
+    :param given_labels: the input's labels (arr_1), or None.
+    :param count: the number of images.
+    """
+    logger.log("creating model and diffusion...")
+    model, diffusion = sample_util.load_model_and_diffusion(args)
+    cond_fn = None
+    if args.classifier_path:
+        logger.log(f"loading classifier (scale {args.classifier_scale})...")
+        classifier = sample_util.load_classifier(args)
+        cond_fn = sample_util.classifier_cond_fn(classifier, args.classifier_scale)
+        model = model if args.class_cond else sample_util.labels_to_classifier_only(model)
+    labels = None
+    if args.class_cond or cond_fn is not None:
+        num_classes = sample_util.num_classes_of(args)
+        labels = image_labels(args.class_labels, given_labels, count, num_classes, seed)
+    return Models(model=model, diffusion=diffusion, cond_fn=cond_fn, labels=labels)
 
 
 # ---------------------------------------------------------------- methods

@@ -17,17 +17,11 @@ Use the same --timestep_respacing both ways. Runs under `mpiexec -n N` or `torch
 import argparse
 from typing import Optional
 
-import blobfile as bf
 import numpy as np
 import torch
 
 from guided_diffusion import dist_util, edit_util, logger, sample_util
 from guided_diffusion.editing import ddim_decode, ddim_invert
-from guided_diffusion.script_util import (
-    add_dict_to_argparser,
-    classifier_defaults,
-    model_and_diffusion_defaults,
-)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -38,22 +32,13 @@ def main(argv: Optional[list[str]] = None) -> None:
         images, labels = edit_util.read_images(args.input, args.image_size, args.num_samples)
         inputs = edit_util.to_float(images)
     else:
-        inputs, labels = read_noise(args.input, args.image_size, args.num_samples)
+        inputs, labels = edit_util.read_noise(args.input, args.image_size, args.num_samples)
 
     dist_util.setup_dist()
     logger.configure()
     seed = sample_util.shared_seed(args.seed)
-    model, diffusion = sample_util.load_model_and_diffusion(args)
-    cond_fn = None
-    if args.classifier_path:
-        classifier = sample_util.load_classifier(args)
-        cond_fn = sample_util.classifier_cond_fn(classifier, args.classifier_scale)
-        model = model if args.class_cond else sample_util.labels_to_classifier_only(model)
-    if args.class_cond or cond_fn is not None:
-        num_classes = sample_util.num_classes_of(args)
-        labels = edit_util.image_labels(args.class_labels, labels, len(inputs), num_classes, seed)
-    else:
-        labels = None
+    models = edit_util.load_models(args, labels, len(inputs), seed)
+    model, diffusion, cond_fn = models.model, models.diffusion, models.cond_fn
 
     def run(x: torch.Tensor, y: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
         kwargs = {} if y is None else {"y": y}
@@ -66,40 +51,11 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     keys = ("decoded",) if args.mode == "decode" else ("noise", "decoded")
     result = edit_util.map_sharded(
-        run, inputs, labels, keys=keys, batch_size=args.batch_size, seed=seed
+        run, inputs, models.labels, keys=keys, batch_size=args.batch_size, seed=seed
     )
     if dist_util.is_main_process():
-        (_write_encoded if args.mode == "encode" else _write_decoded)(args, inputs, labels, result)
+        (_write_encoded if args.mode == "encode" else _write_decoded)(args, inputs, models.labels, result)
     dist_util.barrier()
-
-
-def read_noise(path: str, image_size: int, limit: int) -> tuple[torch.Tensor, Optional[np.ndarray]]:
-    """
-    Read an ``inverted_*.npz`` file.
-
-    :return: (float32 noise [N x 3 x H x W], int64 labels [N] or None).
-    """
-    if not path:
-        raise sample_util.SamplingInputError("--input is required: the .npz of --mode encode")
-    if not bf.exists(path):
-        raise FileNotFoundError(f"--input: no such file: {path}")
-    try:
-        with bf.BlobFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
-            noise = npz["arr_0"]
-            labels = npz["arr_1"] if "arr_1" in npz.files else None
-    except (OSError, ValueError, KeyError) as err:
-        raise sample_util.SamplingInputError(
-            f"--input {path} is not a noise .npz written by --mode encode ({err})"
-        ) from None
-    expected = (3, image_size, image_size)
-    if noise.ndim != 4 or noise.shape[1:] != expected or noise.dtype.kind != "f":
-        raise sample_util.SamplingInputError(
-            f"--input {path}: arr_0 must be float noise [N x 3 x {image_size} x {image_size}], "
-            f"got {noise.dtype} {list(noise.shape)}"
-        )
-    if limit > 0:
-        noise, labels = noise[:limit], None if labels is None else labels[:limit]
-    return torch.from_numpy(noise.astype(np.float32)), labels
 
 
 def _write_encoded(args, inputs: torch.Tensor, labels, result) -> None:
@@ -135,14 +91,7 @@ def diffusion_steps(args: argparse.Namespace) -> str:
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    edit_util.add_flags(parser, edit_util.ddim_invert_defaults())
-    defaults = model_and_diffusion_defaults()
-    defaults.update(classifier_defaults())
-    add_dict_to_argparser(parser, defaults)
-    return parser
+    return edit_util.create_argparser(__doc__, edit_util.ddim_invert_defaults())
 
 
 if __name__ == "__main__":

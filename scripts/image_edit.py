@@ -30,11 +30,6 @@ import numpy as np
 from guided_diffusion import dist_util, edit_util, logger, sample_util
 from guided_diffusion.operators import make_operator
 from guided_diffusion.restoration import require_pinv
-from guided_diffusion.script_util import (
-    add_dict_to_argparser,
-    classifier_defaults,
-    model_and_diffusion_defaults,
-)
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -55,28 +50,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     dist_util.setup_dist()
     logger.configure()
     seed = sample_util.shared_seed(args.seed)
-    logger.log("creating model and diffusion...")
-    model, diffusion = sample_util.load_model_and_diffusion(args)
-    cond_fn, guided = None, bool(args.classifier_path)
-    if guided:
-        logger.log(f"loading classifier (scale {args.classifier_scale})...")
-        classifier = sample_util.load_classifier(args)
-        cond_fn = sample_util.classifier_cond_fn(classifier, args.classifier_scale)
-        model = model if args.class_cond else sample_util.labels_to_classifier_only(model)
-    if args.class_cond or guided:
-        num_classes = sample_util.num_classes_of(args)
-        labels = edit_util.image_labels(args.class_labels, labels, len(images), num_classes, seed)
-    else:
-        labels = None
+    models = edit_util.load_models(args, labels, len(images), seed)
 
     logger.log(f"{args.method} with operator {args.operator} on {len(images)} images...")
     result = edit_util.map_sharded(
-        edit_util.make_edit_fn(args, diffusion, model, operator, cond_fn),
-        edit_util.to_float(images), labels, keys=("degraded", "result"),
+        edit_util.make_edit_fn(args, models.diffusion, models.model, operator, models.cond_fn),
+        edit_util.to_float(images), models.labels, keys=("degraded", "result"),
         batch_size=args.batch_size, seed=seed,
     )  # fmt: skip
     if dist_util.is_main_process():
-        _report(args, images, labels, result, None if mask is None else 1 - mask.numpy())
+        _report(args, images, models.labels, result, None if mask is None else 1 - mask.numpy())
     dist_util.barrier()
 
 
@@ -100,14 +83,7 @@ def _report(args, images, labels, result, hidden: Optional[np.ndarray]) -> None:
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    edit_util.add_flags(parser, edit_util.image_edit_defaults())
-    defaults = model_and_diffusion_defaults()
-    defaults.update(classifier_defaults())
-    add_dict_to_argparser(parser, defaults)
-    return parser
+    return edit_util.create_argparser(__doc__, edit_util.image_edit_defaults())
 
 
 if __name__ == "__main__":
