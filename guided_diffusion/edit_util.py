@@ -16,14 +16,15 @@ import blobfile as bf
 import numpy as np
 import torch
 
-from . import dist_util, logger, sample_util, script_util
+from . import dist_util, guidance, logger, sample_util, script_util
 from .image_datasets import _list_image_files_recursively, _read_rgb, center_crop_arr
 from .io_util import atomic_write
+from .model_loading import load_classifier, load_model_and_diffusion
 from .operators import MASK_NAMES, OPERATOR_NAMES, mask_from_image, named_mask
 from .sample_io import SamplingInputError, image_grid, read_npz_images, save_png
+from .dist_util import all_gather_rows
 from .sample_util import (
     _rank_and_world,
-    all_gather_rows,
     chunk_plan,
     chunk_seeds,
     shared_seed,
@@ -363,13 +364,13 @@ def load_models(
     :param count: the number of images.
     """
     logger.log("creating model and diffusion...")
-    model, diffusion = sample_util.load_model_and_diffusion(args)
+    model, diffusion = load_model_and_diffusion(args)
     cond_fn = None
     if args.classifier_path:
         logger.log(f"loading classifier (scale {args.classifier_scale})...")
-        classifier = sample_util.load_classifier(args)
-        cond_fn = sample_util.classifier_cond_fn(classifier, args.classifier_scale)
-        model = model if args.class_cond else sample_util.labels_to_classifier_only(model)
+        classifier = load_classifier(args)
+        cond_fn = guidance.classifier_cond_fn(classifier, args.classifier_scale)
+        model = model if args.class_cond else guidance.labels_to_classifier_only(model)
     labels = None
     if args.class_cond or cond_fn is not None:
         num_classes = sample_util.num_classes_of(args)

@@ -20,12 +20,14 @@ from typing import Optional
 import numpy as np
 import torch
 
-from guided_diffusion import dist_util, edit_util, logger, sample_util
+from guided_diffusion import dist_util, edit_util, logger, run_config, sample_util
 from guided_diffusion.editing import ddim_decode, ddim_invert
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args = create_argparser().parse_args(argv)
+    args = run_config.parse_args(
+        create_argparser(), argv, model_path="model", classifier_path="classifier"
+    )
     if args.mode not in ("encode", "decode"):
         raise sample_util.SamplingInputError(f"--mode must be encode or decode, got {args.mode!r}")
     if args.mode == "encode":

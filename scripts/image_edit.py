@@ -27,13 +27,15 @@ from typing import Optional
 
 import numpy as np
 
-from guided_diffusion import dist_util, edit_util, logger, sample_util
+from guided_diffusion import dist_util, edit_util, logger, run_config, sample_util
 from guided_diffusion.operators import make_operator
 from guided_diffusion.restoration import require_pinv
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args = create_argparser().parse_args(argv)
+    args = run_config.parse_args(
+        create_argparser(), argv, model_path="model", classifier_path="classifier"
+    )
     edit_util.check_method(args.method, args.operator)
     images, labels = edit_util.read_images(args.input, args.image_size, args.num_samples)
     mask = None

@@ -35,6 +35,21 @@ def inputs(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def configured(ckpt, tmp_path_factory):
+    """The unconditional checkpoint with its run configuration beside it."""
+    import argparse
+    import shutil
+
+    from guided_diffusion import run_config, script_util
+
+    path = str(tmp_path_factory.mktemp("configured") / "model.pt")
+    shutil.copy(ckpt["uncond"], path)
+    values = {**script_util.model_and_diffusion_defaults(), **MODEL, "class_cond": False}
+    run_config.write_run_config(path, run_config.make_run_config("model", argparse.Namespace(**values)))
+    return path
+
+
 def edit_flags(ckpt, inputs, model="uncond", *extra) -> list[str]:
     return [
         *flags(MODEL), "--class_cond", str(model == "cond"), *STEPS, "--model_path", ckpt[model],
@@ -52,8 +67,13 @@ def edit_flags(ckpt, inputs, model="uncond", *extra) -> list[str]:
         ("ddnm", ["--operator", "colorize"]),
     ],
 )
-def test_image_edit_each_method(ckpt, inputs, tmp_path, method, extra):
-    result = run("image_edit.py", edit_flags(ckpt, inputs, "uncond", "--method", method, *extra), tmp_path)
+def test_image_edit_each_method(configured, inputs, tmp_path, method, extra):
+    # the model flags come from the run configuration beside the checkpoint
+    argv = [
+        "--model_path", configured, *STEPS, "--input", str(inputs / "images.npz"),
+        "--batch_size", "2", "--seed", "3", "--method", method, *extra,
+    ]  # fmt: skip
+    result = run("image_edit.py", argv, tmp_path)
     out = load(tmp_path / "edited_5x16x16x3.npz")
     assert out["arr_0"].dtype == np.uint8 and out["arr_0"].shape == (5, 16, 16, 3)
     assert np.array_equal(out["input"], load(inputs / "images.npz")["arr_0"])
