@@ -219,6 +219,28 @@ def shared_seed(seed: Optional[int]) -> int:
     return int(dist_util.broadcast_object(secrets.randbits(31)))
 
 
+def chunk_seeds(seed: int, chunk: int) -> tuple[int, int]:
+    """Two independent 32-bit seeds (noise, labels) for one chunk of images (editing tools)."""
+    noise_seed, label_seed = np.random.SeedSequence([seed, chunk]).generate_state(2)
+    return int(noise_seed), int(label_seed)
+
+
+def chunk_plan(
+    num_samples: int, batch_size: int, rank: int, world: int
+) -> Iterator[tuple[int, int, int]]:
+    """
+    The per-round split the editing tools use: for each round of ``batch_size * world``
+    items, yield this rank's (chunk index, first item index, item count); the count is 0
+    for ranks past the end in the last round (they still join that round's gather).
+    The sampling programs use ``shards.run_sharded`` instead.
+    """
+    per_round = batch_size * world
+    for round_index in range(-(-num_samples // per_round)):
+        start = round_index * per_round + rank * batch_size
+        count = min(max(num_samples - start, 0), batch_size)
+        yield round_index * world + rank, start, count
+
+
 # ---------------------------------------------------------------- one chunk of images
 
 
