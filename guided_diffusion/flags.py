@@ -233,6 +233,7 @@ def sampling_defaults(**script_flags) -> dict[str, object]:
         model_path="",
         seed=None,
         grid=True,
+        keep_shards=False,
         **script_flags,
     )
 
@@ -339,6 +340,8 @@ SAMPLING_FLAG_HELP = {
     "class_labels": "comma-separated class ids to sample, cycled over the images "
     "(e.g. '1,207,360'); default: random classes",
     "grid": "also write a PNG grid of the first samples beside the .npz",
+    "keep_shards": "keep the folder of shards (saved as each round finishes, so that "
+    "rerunning a killed command resumes) after the final .npz is written",
     "save_terms": (
         "save the per-timestep bound terms as {vb,mse,xstart_mse}_terms.npz in the log "
         "directory, as the original does (False: only print bits/dim)"
