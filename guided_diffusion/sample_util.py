@@ -33,6 +33,7 @@ from . import dist_util, logger, script_util
 from .checkpoint_util import CheckpointMismatchError, load_checkpoint
 from .dist_util import all_gather_rows  # noqa: F401  (importable here as before)
 from .gaussian_diffusion import GaussianDiffusion
+from .guidance import GuidanceError, guided_model
 from .guidance import classifier_cond_fn, labels_to_classifier_only  # noqa: F401
 from .sample_io import (  # SamplingInputError: the scripts use sample_util's name
     BaseSamples,
@@ -64,6 +65,12 @@ FLAG_HELP = {
     "class_labels": "comma-separated class ids to sample, cycled over the images "
     "(e.g. '1,207,360'); default: random classes",
     "grid": "also write a PNG grid of the first samples beside the .npz",
+    "guidance_scale": "classifier-free guidance scale s: eps(null) + s (eps(y) - eps(null)); "
+    "1: plain conditional, 0: unconditional, > 1 needs a model trained with "
+    "--class_dropout_prob > 0; with --guide_model_path the autoguidance scale instead",
+    "guide_model_path": "autoguidance: a smaller or less-trained model of the same kind "
+    "(.pt, built from the main model's flags); the prediction becomes "
+    "guide + s (main - guide) with s = --guidance_scale",
     "save_terms": (
         "save the per-timestep bound terms as {vb,mse,xstart_mse}_terms.npz in the log "
         "directory, as the original does (False: only print bits/dim)"
@@ -74,7 +81,8 @@ FLAG_HELP = {
 def sampling_defaults(**script_flags) -> dict[str, object]:
     """
     The flags every sampling program has, with the original defaults, plus the new
-    ``--seed`` and ``--grid``; ``script_flags`` adds a program's own flags.
+    ``--seed``, ``--grid``, ``--guidance_scale`` and ``--guide_model_path``;
+    ``script_flags`` adds a program's own flags.
 
     :return: flag name -> default, for add_flags().
     """
@@ -86,6 +94,8 @@ def sampling_defaults(**script_flags) -> dict[str, object]:
         model_path="",
         seed=None,
         grid=True,
+        guidance_scale=1.0,
+        guide_model_path="",
         **script_flags,
     )
 
@@ -190,7 +200,7 @@ def _prepare(model: nn.Module, use_fp16: bool, device: torch.device) -> nn.Modul
 
 
 def load_model_and_diffusion(
-    args: argparse.Namespace, super_res: bool = False
+    args: argparse.Namespace, super_res: bool = False, path_flag: str = "model_path"
 ) -> tuple[nn.Module, GaussianDiffusion]:
     """
     Build the diffusion model and process from the model flags and load ``--model_path``.
@@ -198,6 +208,7 @@ def load_model_and_diffusion(
     :param args: parsed flags holding every key of ``model_and_diffusion_defaults()``
         (``sr_model_and_diffusion_defaults()`` when ``super_res``) and ``model_path``.
     :param super_res: build an upsampling model.
+    :param path_flag: the flag naming the checkpoint (e.g. ``guide_model_path``).
     :return: (model in eval mode on ``dist_util.dev()``, diffusion).
     """
     if super_res:
@@ -214,8 +225,50 @@ def load_model_and_diffusion(
     device = dist_util.dev()
     kwargs["use_fp16"] = _resolve_fp16("use_fp16", kwargs["use_fp16"], device)
     model, diffusion = _build(create, kwargs)
-    _load_weights(model, args.model_path, "model_path")
+    _load_weights(model, getattr(args, path_flag), path_flag)
     return _prepare(model, kwargs["use_fp16"], device), diffusion
+
+
+def _check_same_process(main: GaussianDiffusion, guide: GaussianDiffusion) -> None:
+    """Autoguidance mixes two predictions of the same quantity on the same noise levels."""
+    same = (
+        main.model_mean_type == guide.model_mean_type
+        and main.rescale_timesteps == guide.rescale_timesteps
+        and np.array_equal(getattr(main, "timestep_map", []), getattr(guide, "timestep_map", []))
+        and np.allclose(main.alphas_cumprod, guide.alphas_cumprod)
+    )
+    if not same:
+        raise SamplingInputError(
+            "--guide_model_path: the guide's diffusion process (steps, schedule, "
+            "predict_xstart, rescale_timesteps) differs from the main model's; autoguidance "
+            "needs a guide trained on the same process"
+        )
+
+
+def guided_model_fn(
+    args: argparse.Namespace, model: nn.Module, diffusion: GaussianDiffusion, super_res=False
+) -> nn.Module:
+    """
+    The model to sample with for ``--guidance_scale`` and ``--guide_model_path``
+    (``guidance.guided_model``): the model itself at scale 1 without a guide.
+
+    :param args: parsed flags with ``guidance_scale``, ``guide_model_path`` and the model
+        flags (the guide is built from the same flags).
+    :param model: the loaded main model.
+    :param diffusion: its diffusion process.
+    :param super_res: the models are upsamplers.
+    :return: a module called like ``model``.
+    :raises SamplingInputError: the model cannot be guided that way.
+    """
+    guide = None
+    if args.guide_model_path:
+        logger.log("loading the autoguidance guide model...")
+        guide, guide_diffusion = load_model_and_diffusion(args, super_res, "guide_model_path")
+        _check_same_process(diffusion, guide_diffusion)
+    try:
+        return guided_model(model, args.guidance_scale, guide=guide)
+    except GuidanceError as err:
+        raise SamplingInputError(str(err)) from None
 
 
 def load_classifier(args: argparse.Namespace) -> nn.Module:
