@@ -1,9 +1,9 @@
 """
-The pieces every sampling script shares: command-line flags, loading the model and
-classifier checkpoints, classifier guidance, the loop over batches on every rank,
-gathering the batches, and writing the ``samples_{N}x{H}x{W}x3.npz`` file (with a PNG
-grid of the first samples beside it). Reading and writing the files themselves is
-``sample_io``'s job.
+The pieces every sampling script shares: command-line flags, the loop over batches on
+every rank, gathering the batches, and writing the ``samples_{N}x{H}x{W}x3.npz`` file
+(with a PNG grid of the first samples beside it). Reading and writing the files
+themselves is ``sample_io``'s job; loading the model and classifier is
+``model_loading``'s, guidance ``guidance``'s (their functions stay importable here).
 
 How a run divides the work: the images are numbered 0..N-1 and dealt out in rounds of
 ``batch_size * world_size``; in each round rank r draws the ``batch_size`` images that
@@ -30,11 +30,13 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import dist_util, logger, script_util
-from .checkpoint_util import CheckpointMismatchError, load_checkpoint
+from .checkpoint_util import CheckpointMismatchError
 from .dist_util import all_gather_rows  # noqa: F401  (importable here as before)
 from .gaussian_diffusion import GaussianDiffusion
 from .guidance import GuidanceError, guided_model
 from .guidance import classifier_cond_fn, labels_to_classifier_only  # noqa: F401
+from .model_loading import load_classifier, load_guide_model, load_model_and_diffusion  # noqa: F401
+from .run_config import RunConfigError
 from .sample_io import (  # SamplingInputError: the scripts use sample_util's name
     BaseSamples,
     SamplingInputError,
@@ -69,7 +71,8 @@ FLAG_HELP = {
     "1: plain conditional, 0: unconditional, > 1 needs a model trained with "
     "--class_dropout_prob > 0; with --guide_model_path the autoguidance scale instead",
     "guide_model_path": "autoguidance: a smaller or less-trained model of the same kind "
-    "(.pt, built from the main model's flags); the prediction becomes "
+    "(.pt; built from the run configuration beside it, else from the main model's flags); "
+    "the prediction becomes "
     "guide + s (main - guide) with s = --guidance_scale",
     "save_terms": (
         "save the per-timestep bound terms as {vb,mse,xstart_mse}_terms.npz in the log "
@@ -151,98 +154,18 @@ def parse_class_labels(text: str, num_classes: int) -> Optional[list[int]]:
 
 
 def num_classes_of(args: argparse.Namespace) -> int:
-    """The ``--num_classes`` flag, or the original 1000 where a factory has none."""
+    """
+    How many classes labels are drawn from: those of the training folder when the run
+    configuration beside the checkpoint names them (``args.class_names``, set by
+    ``run_config.parse_args``), else ``--num_classes`` (the original 1000 where a factory
+    has none).
+    """
+    if getattr(args, "class_names", None):
+        return len(args.class_names)
     return int(getattr(args, "num_classes", script_util.NUM_CLASSES))
 
 
-# ---------------------------------------------------------------- checkpoints
-
-
-def _resolve_fp16(flag: str, requested: bool, device: torch.device) -> bool:
-    """float16 weights only on CUDA; on CPU fall back to float32 with a warning."""
-    if requested and device.type != "cuda":
-        message = (
-            f"--{flag} True needs a CUDA device; running in float32 on {device.type} instead "
-            "(same weights; results equal up to float16 rounding)"
-        )
-        logger.warn(f"warning: {message}")
-        return False
-    return requested
-
-
-def _load_weights(model: nn.Module, path: str, flag: str) -> None:
-    if not path:
-        raise SamplingInputError(f"--{flag} is required: the checkpoint (.pt) file to load")
-    if not bf.exists(path):
-        raise FileNotFoundError(f"--{flag}: checkpoint file not found: {path}")
-    logger.log(f"loading {path}")
-    try:
-        load_checkpoint(model, path, map_location="cpu")
-    except CheckpointMismatchError:
-        raise
-    except ValueError as err:  # not a checkpoint at all
-        raise SamplingInputError(f"--{flag}: {err}") from None
-
-
-def _build(factory: Callable, kwargs: dict):
-    try:
-        return factory(**kwargs)
-    except ValueError as err:  # flags that describe no valid network; the message names them
-        raise SamplingInputError(str(err)) from None
-
-
-def _prepare(model: nn.Module, use_fp16: bool, device: torch.device) -> nn.Module:
-    model.to(device)
-    if use_fp16:
-        model.convert_to_fp16()
-    model.eval()
-    return model
-
-
-def load_model_and_diffusion(
-    args: argparse.Namespace, super_res: bool = False, path_flag: str = "model_path"
-) -> tuple[nn.Module, GaussianDiffusion]:
-    """
-    Build the diffusion model and process from the model flags and load ``--model_path``.
-
-    :param args: parsed flags holding every key of ``model_and_diffusion_defaults()``
-        (``sr_model_and_diffusion_defaults()`` when ``super_res``) and ``model_path``.
-    :param super_res: build an upsampling model.
-    :param path_flag: the flag naming the checkpoint (e.g. ``guide_model_path``).
-    :return: (model in eval mode on ``dist_util.dev()``, diffusion).
-    """
-    if super_res:
-        defaults, create = (
-            script_util.sr_model_and_diffusion_defaults(),
-            script_util.sr_create_model_and_diffusion,
-        )
-    else:
-        defaults, create = (
-            script_util.model_and_diffusion_defaults(),
-            script_util.create_model_and_diffusion,
-        )
-    kwargs = script_util.args_to_dict(args, defaults.keys())
-    device = dist_util.dev()
-    kwargs["use_fp16"] = _resolve_fp16("use_fp16", kwargs["use_fp16"], device)
-    model, diffusion = _build(create, kwargs)
-    _load_weights(model, getattr(args, path_flag), path_flag)
-    return _prepare(model, kwargs["use_fp16"], device), diffusion
-
-
-def _check_same_process(main: GaussianDiffusion, guide: GaussianDiffusion) -> None:
-    """Autoguidance mixes two predictions of the same quantity on the same noise levels."""
-    same = (
-        main.model_mean_type == guide.model_mean_type
-        and main.rescale_timesteps == guide.rescale_timesteps
-        and np.array_equal(getattr(main, "timestep_map", []), getattr(guide, "timestep_map", []))
-        and np.allclose(main.alphas_cumprod, guide.alphas_cumprod)
-    )
-    if not same:
-        raise SamplingInputError(
-            "--guide_model_path: the guide's diffusion process (steps, schedule, "
-            "predict_xstart, rescale_timesteps) differs from the main model's; autoguidance "
-            "needs a guide trained on the same process"
-        )
+# ---------------------------------------------------------------- guidance
 
 
 def guided_model_fn(
@@ -253,7 +176,7 @@ def guided_model_fn(
     (``guidance.guided_model``): the model itself at scale 1 without a guide.
 
     :param args: parsed flags with ``guidance_scale``, ``guide_model_path`` and the model
-        flags (the guide is built from the same flags).
+        flags (see ``model_loading.load_guide_model`` for the guide's).
     :param model: the loaded main model.
     :param diffusion: its diffusion process.
     :param super_res: the models are upsamplers.
@@ -263,31 +186,11 @@ def guided_model_fn(
     guide = None
     if args.guide_model_path:
         logger.log("loading the autoguidance guide model...")
-        guide, guide_diffusion = load_model_and_diffusion(args, super_res, "guide_model_path")
-        _check_same_process(diffusion, guide_diffusion)
+        guide = load_guide_model(args, diffusion, super_res)
     try:
         return guided_model(model, args.guidance_scale, guide=guide)
     except GuidanceError as err:
         raise SamplingInputError(str(err)) from None
-
-
-def load_classifier(args: argparse.Namespace) -> nn.Module:
-    """
-    Build the noisy classifier from the classifier flags and load ``--classifier_path``.
-
-    :param args: parsed flags holding every key of ``classifier_defaults()`` and
-        ``classifier_path``.
-    :return: the classifier in eval mode on ``dist_util.dev()``, its parameters frozen.
-    """
-    kwargs = script_util.args_to_dict(args, script_util.classifier_defaults().keys())
-    device = dist_util.dev()
-    kwargs["classifier_use_fp16"] = _resolve_fp16(
-        "classifier_use_fp16", kwargs["classifier_use_fp16"], device
-    )
-    classifier = _build(script_util.create_classifier, kwargs)
-    _load_weights(classifier, args.classifier_path, "classifier_path")
-    classifier.requires_grad_(False)
-    return _prepare(classifier, kwargs["classifier_use_fp16"], device)
 
 
 # ---------------------------------------------------------------- what each image gets
@@ -595,6 +498,6 @@ def run_script(main: Callable[[], None]) -> None:
     """
     try:
         main()
-    except (SamplingInputError, FileNotFoundError, CheckpointMismatchError) as err:
+    except (SamplingInputError, RunConfigError, FileNotFoundError, CheckpointMismatchError) as err:
         print(f"{os.path.basename(sys.argv[0])}: error: {err}", file=sys.stderr)
         sys.exit(1)

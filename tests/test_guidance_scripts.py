@@ -5,11 +5,13 @@ not the labels, a model guiding itself is plain sampling, and a model without a 
 is refused with one line.
 """
 
+import argparse
+
 import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import sample_util, script_util
+from guided_diffusion import run_config, sample_util, script_util
 from guided_diffusion.checkpoint_util import CheckpointMismatchError
 from guided_diffusion.guidance import AutoGuidance, ClassifierFreeGuidance
 from guided_diffusion.sample_util import SamplingInputError
@@ -94,6 +96,33 @@ def test_guidance_flags_pick_the_wrapper(ckpt):
     args.class_dropout_prob, args.guidance_scale = 0.0, 2.0
     model, diffusion = sample_util.load_model_and_diffusion(args)
     with pytest.raises(SamplingInputError, match="needs a model trained with --class_drop"):
+        sample_util.guided_model_fn(args, model, diffusion)
+
+
+def test_a_guide_is_built_from_its_own_run_configuration(ckpt, tmp_path):
+    # a guide of another width (same process) with its run configuration beside it
+    guide_flags = {**script_util.model_and_diffusion_defaults(), **MODEL, "class_cond": True}
+    guide_flags.update(num_channels=64, class_dropout_prob=0.2)
+    torch.manual_seed(1)
+    guide, _ = script_util.create_model_and_diffusion(**guide_flags)
+    path = str(tmp_path / "guide.pt")
+    torch.save(guide.state_dict(), path)
+    saved = argparse.Namespace(**guide_flags, data_dir="")
+    run_config.write_run_config(path, run_config.make_run_config("model", saved))
+
+    args = import_script("image_sample").create_argparser().parse_args(
+        cfg_flags(ckpt, "--guide_model_path", path, "--guidance_scale", "2")
+    )
+    model, diffusion = sample_util.load_model_and_diffusion(args)
+    auto = sample_util.guided_model_fn(args, model, diffusion)
+    assert auto.guide.model_channels == 64 and model.model_channels == 32
+    assert args.num_channels == 32  # the main model's flags are left alone
+    x, t = torch.zeros(2, 3, 16, 16), torch.tensor([1, 1])
+    assert auto(x, t, y=torch.tensor([0, 1])).shape == (2, 6, 16, 16)
+
+    other = argparse.Namespace(**{**vars(saved), "predict_xstart": True})
+    run_config.write_run_config(path, run_config.make_run_config("model", other))
+    with pytest.raises(SamplingInputError, match="differs from the main model's"):
         sample_util.guided_model_fn(args, model, diffusion)
 
 
