@@ -33,7 +33,7 @@ from . import dist_util, logger, script_util
 from .checkpoint_util import CheckpointMismatchError
 from .dist_util import all_gather_rows  # noqa: F401  (importable here as before)
 from .gaussian_diffusion import GaussianDiffusion
-from .guidance import GuidanceError, guided_model
+from .guidance import GuidanceError, guided_model, interval_active, parse_guidance_interval
 from .guidance import classifier_cond_fn, labels_to_classifier_only  # noqa: F401
 from .model_loading import load_classifier, load_guide_model, load_model_and_diffusion  # noqa: F401
 from .run_config import RunConfigError
@@ -175,21 +175,25 @@ def guided_model_fn(
     The model to sample with for ``--guidance_scale`` and ``--guide_model_path``
     (``guidance.guided_model``): the model itself at scale 1 without a guide.
 
-    :param args: parsed flags with ``guidance_scale``, ``guide_model_path`` and the model
-        flags (see ``model_loading.load_guide_model`` for the guide's).
+    :param args: parsed flags with ``guidance_scale``, ``guide_model_path``, the model flags
+        (see ``model_loading.load_guide_model`` for the guide's) and optionally
+        ``guidance_interval`` ("LO,HI": guide only where sigma_t / alpha_t lies in (LO, HI]).
     :param model: the loaded main model.
     :param diffusion: its diffusion process.
     :param super_res: the models are upsamplers.
     :return: a module called like ``model``.
     :raises SamplingInputError: the model cannot be guided that way.
     """
-    guide = None
+    guide, active = None, None
     if args.guide_model_path:
         logger.log("loading the autoguidance guide model...")
         guide = load_guide_model(args, diffusion, super_res)
     try:
-        return guided_model(model, args.guidance_scale, guide=guide)
-    except GuidanceError as err:
+        interval = parse_guidance_interval(getattr(args, "guidance_interval", ""))
+        if interval is not None:
+            active = interval_active(diffusion, interval)
+        return guided_model(model, args.guidance_scale, guide=guide, active=active)
+    except (GuidanceError, ValueError) as err:
         raise SamplingInputError(str(err)) from None
 
 
