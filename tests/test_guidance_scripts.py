@@ -95,6 +95,10 @@ def test_guidance_flags_pick_the_wrapper(ckpt):
     args.guide_model_path = ckpt["cfg"]
     auto = sample_util.guided_model_fn(args, model, diffusion)
     assert isinstance(auto, AutoGuidance) and auto.guide is not model
+    # a resumed run checks the guide's contents, like the model's
+    identity = sample_util.run_identity(args, {"model_path": args.model_path})
+    assert identity["files"]["guide_model_path"] == ckpt["cfg"]
+    assert identity["guidance_scale"] == 2.0 and "guide_model_path" not in identity
     args.timestep_respacing, args.guide_model_path = "", ckpt["cfg"]
     with pytest.raises(SamplingInputError, match="--guide_model_path: the guide's diffusion"):
         sample_util.guided_model_fn(args, model, diffusion)  # main respaced, guide not
