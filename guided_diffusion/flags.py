@@ -221,7 +221,8 @@ CLASSIFIER_LOOP_FLAGS = (
 def sampling_defaults(**script_flags) -> dict[str, object]:
     """
     The flags every sampling program has, with the original defaults, plus the new
-    ``--seed`` and ``--grid``; ``script_flags`` adds a program's own flags.
+    ``--seed``, ``--grid``, ``--guidance_scale``, ``--guide_model_path`` and
+    ``--keep_shards``; ``script_flags`` adds a program's own flags.
 
     :return: flag name -> default, for add_flags().
     """
@@ -233,6 +234,8 @@ def sampling_defaults(**script_flags) -> dict[str, object]:
         model_path="",
         seed=None,
         grid=True,
+        guidance_scale=1.0,
+        guide_model_path="",
         keep_shards=False,
         **script_flags,
     )
@@ -340,6 +343,13 @@ SAMPLING_FLAG_HELP = {
     "class_labels": "comma-separated class ids to sample, cycled over the images "
     "(e.g. '1,207,360'); default: random classes",
     "grid": "also write a PNG grid of the first samples beside the .npz",
+    "guidance_scale": "classifier-free guidance scale s: eps(null) + s (eps(y) - eps(null)); "
+    "1: plain conditional, 0: unconditional, > 1 needs a model trained with "
+    "--class_dropout_prob > 0; with --guide_model_path the autoguidance scale instead",
+    "guide_model_path": "autoguidance: a smaller or less-trained model of the same kind "
+    "(.pt; built from the run configuration beside it, else from the main model's flags); "
+    "the prediction becomes "
+    "guide + s (main - guide) with s = --guidance_scale",
     "keep_shards": "keep the folder of shards (saved as each round finishes, so that "
     "rerunning a killed command resumes) after the final .npz is written",
     "save_terms": (

@@ -32,9 +32,11 @@ from .dist_util import all_gather_rows  # noqa: F401  (importable here as before
 from .flags import SAMPLING_FLAG_HELP as FLAG_HELP  # noqa: F401  (importable here as before)
 from .flags import add_flags, sampling_defaults  # noqa: F401
 from .gaussian_diffusion import GaussianDiffusion
+from .guidance import GuidanceError, guided_model, interval_active, parse_guidance_interval
 from .guidance import classifier_cond_fn, labels_to_classifier_only  # noqa: F401
 from .image_seeds import ImageRandom
-from .model_loading import load_classifier, load_model_and_diffusion  # noqa: F401 (old home)
+from .model_loading import load_classifier, load_guide_model  # noqa: F401 (old home)
+from .model_loading import load_model_and_diffusion  # noqa: F401
 from .npz_batch import BatchFileError, NpzWriter
 from .run_config import RunConfigError
 from .sample_io import (  # SamplingInputError: the scripts use sample_util's name
@@ -100,6 +102,38 @@ def num_classes_of(args: argparse.Namespace) -> int:
     if getattr(args, "class_names", None):
         return len(args.class_names)
     return int(getattr(args, "num_classes", script_util.NUM_CLASSES))
+
+
+# ---------------------------------------------------------------- guidance
+
+
+def guided_model_fn(
+    args: argparse.Namespace, model: nn.Module, diffusion: GaussianDiffusion, super_res=False
+) -> nn.Module:
+    """
+    The model to sample with for ``--guidance_scale`` and ``--guide_model_path``
+    (``guidance.guided_model``): the model itself at scale 1 without a guide.
+
+    :param args: parsed flags with ``guidance_scale``, ``guide_model_path``, the model flags
+        (see ``model_loading.load_guide_model`` for the guide's) and optionally
+        ``guidance_interval`` ("LO,HI": guide only where sigma_t / alpha_t lies in (LO, HI]).
+    :param model: the loaded main model.
+    :param diffusion: its diffusion process.
+    :param super_res: the models are upsamplers.
+    :return: a module called like ``model``.
+    :raises SamplingInputError: the model cannot be guided that way.
+    """
+    guide, active = None, None
+    if args.guide_model_path:
+        logger.log("loading the autoguidance guide model...")
+        guide = load_guide_model(args, diffusion, super_res)
+    try:
+        interval = parse_guidance_interval(getattr(args, "guidance_interval", ""))
+        if interval is not None:
+            active = interval_active(diffusion, interval)
+        return guided_model(model, args.guidance_scale, guide=guide, active=active)
+    except (GuidanceError, ValueError) as err:
+        raise SamplingInputError(str(err)) from None
 
 
 # ---------------------------------------------------------------- what each image gets
@@ -360,8 +394,11 @@ def run_identity(args: argparse.Namespace, files: dict[str, str], **extra) -> di
     many, how fast or what else to write, the contents of the input files instead of their
     paths, and ``extra`` (e.g. the program's name).
 
-    :param files: flag name -> path of each input file (checkpoints, base samples).
+    :param files: flag name -> path of each input file (checkpoints, base samples); the
+        autoguidance guide (``--guide_model_path``) is added when given.
     """
+    if getattr(args, "guide_model_path", ""):
+        files = {**files, "guide_model_path": args.guide_model_path}
     identity = {k: v for k, v in vars(args).items() if k not in _NOT_IDENTITY and k not in files}
     identity.update(extra)
     identity["files"] = {flag: path for flag, path in files.items() if path}
