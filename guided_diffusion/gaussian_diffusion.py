@@ -1,7 +1,8 @@
 """
 The Gaussian diffusion process of Ho et al. (2020) with the learned variances of
-Nichol & Dhariwal (2021), DDIM sampling (Song et al. 2021) and classifier guidance
-(Dhariwal & Nichol 2021).
+Nichol & Dhariwal (2021), DDIM sampling (Song et al. 2021), classifier guidance
+(Dhariwal & Nichol 2021) and DPM-Solver++ sampling (Lu et al. 2022; the solver itself is in
+samplers.py).
 
 Schedules are float64 numpy arrays; values gathered per timestep become float32
 tensors. The order in which random numbers are drawn matches the original

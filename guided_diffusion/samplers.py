@@ -48,6 +48,15 @@ class EvaluationCounts:
 
     model: int = 0
     classifier: int = 0
+    batches: int = 0  # sampling loops run (counted by ``sampler_fn``)
+
+    def per_image(self) -> str:
+        """One line for the log: evaluations per image (the calls of one batch)."""
+        batches = max(self.batches, 1)
+        return (
+            f"model evaluations / classifier evaluations per image: "
+            f"{self.model / batches:g} / {self.classifier / batches:g}"
+        )
 
 
 class _Counted:
@@ -191,6 +200,11 @@ def dpm_solver_stepper(
 # ---------------------------------------------------------------- dispatch
 
 
+def _check_sampler(sampler: str) -> None:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+
+
 def sample(
     diffusion: "GaussianDiffusion",
     model: Callable,
@@ -225,8 +239,7 @@ def sample(
     :param counts: if given, the model and classifier calls are added to it.
     :return: [N x C x H x W] samples.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    _check_sampler(sampler)
     if counts is not None:
         model = _Counted(model, counts, "model")
         cond_fn = cond_fn and _Counted(cond_fn, counts, "classifier")
@@ -243,3 +256,44 @@ def sample(
     if sampler == "ddim":
         return diffusion.ddim_sample_loop(model, shape, eta=eta, **kwargs)
     return diffusion.dpm_solver_sample_loop(model, shape, order=DPM_SOLVER_ORDERS[sampler], **kwargs)
+
+
+def sampler_fn(
+    diffusion: "GaussianDiffusion",
+    sampler: str = "ancestral",
+    *,
+    eta: float = 0.0,
+    guidance_interval: Optional[tuple[float, float]] = None,
+    counts: Optional[EvaluationCounts] = None,
+) -> Callable[..., torch.Tensor]:
+    """
+    ``sample`` with the sampler fixed, called like ``diffusion.p_sample_loop``.
+
+    :return: sample_fn(model, shape, **loop_kwargs) -> [N x C x H x W] samples; each call
+        adds one to ``counts.batches``.
+    """
+    _check_sampler(sampler)
+
+    def sample_fn(model: Callable, shape: Sequence[int], **kwargs) -> torch.Tensor:
+        if counts is not None:
+            counts.batches += 1
+        return sample(
+            diffusion, model, shape, sampler=sampler, eta=eta,
+            guidance_interval=guidance_interval, counts=counts, **kwargs,
+        )  # fmt: skip
+
+    return sample_fn
+
+
+def sampler_from_flags(sampler: str, use_ddim: bool) -> str:
+    """
+    The sampler that ``--sampler`` and the original ``--use_ddim`` select together:
+    ``--use_ddim True`` means "ddim" unless another sampler is named.
+
+    :raises ValueError: an unknown name, or ``--use_ddim True`` with a non-DDIM sampler.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if use_ddim and sampler not in ("ancestral", "ddim"):
+        raise ValueError(f"--use_ddim True selects DDIM and conflicts with --sampler {sampler}")
+    return "ddim" if use_ddim else sampler

@@ -401,3 +401,31 @@ def test_interval_as_active_fn_for_model_wrappers():
     wrapped = AutoGuidance(GaussianModel(diffusion, ab), guide, 2.0, interval_active(diffusion, (levels[2], levels[6])))
     solve(diffusion, "dpm++2m", model=wrapped)
     assert [int(t[0]) for t in guide.seen] == [diffusion.timestep_map[i] for i in (6, 5, 4, 3)]
+
+
+def test_sampler_fn_counts_batches_and_evaluations():
+    diffusion = spaced(5)
+    counts = samplers.EvaluationCounts()
+    sample_fn = samplers.sampler_fn(diffusion, "dpm++2m", guidance_interval=(0.0, 1.0), counts=counts)
+    model = GaussianModel(diffusion, base_alphas_cumprod())
+    for _ in range(2):
+        sample_fn(model, SHAPE, noise=noise(), clip_denoised=False, cond_fn=gradient_toward(0.0, 1.0, []))
+    inside = int((np.sqrt((1 - diffusion.alphas_cumprod) / diffusion.alphas_cumprod) <= 1.0).sum())
+    assert counts == samplers.EvaluationCounts(model=10, classifier=2 * inside, batches=2)
+    assert counts.per_image() == f"model evaluations / classifier evaluations per image: 5 / {inside}"
+
+
+@pytest.mark.parametrize(
+    "name, use_ddim, expected",
+    [("ancestral", False, "ancestral"), ("ancestral", True, "ddim"), ("ddim", True, "ddim"),
+     ("dpm++3m", False, "dpm++3m")],
+)  # fmt: skip
+def test_sampler_from_flags(name, use_ddim, expected):
+    assert samplers.sampler_from_flags(name, use_ddim) == expected
+
+
+def test_sampler_from_flags_rejects_unknown_and_conflicting():
+    with pytest.raises(ValueError, match="--sampler must be one of ancestral, ddim, dpm"):
+        samplers.sampler_from_flags("dpm++", False)
+    with pytest.raises(ValueError, match="--use_ddim True selects DDIM and conflicts with --sampler dpm"):
+        samplers.sampler_from_flags("dpm++2m", True)
