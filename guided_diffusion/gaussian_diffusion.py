@@ -595,17 +595,21 @@ class GaussianDiffusion:
         device=None,
         progress: bool = False,
         order: int = 2,
+        solver: str = "dpm++",
     ) -> torch.Tensor:
         """
         Deterministic multistep DPM-Solver++ sampling (Lu et al. 2022) of order 1 (= DDIM
         with eta 0), 2 ("2M") or 3 ("3M"), one model evaluation per timestep; same
         arguments as p_sample_loop. With cond_fn, guidance shifts the noise prediction as
         in condition_score.
+
+        :param order: the solver's order (UniPC: its predictor's).
+        :param solver: "dpm++", or "unipc" for UniPC's predictor-corrector (Zhao et al. 2023).
         """
         return self._last(
             self.dpm_solver_sample_loop_progressive(
                 model, shape, noise, clip_denoised, denoised_fn, cond_fn, model_kwargs,
-                device, progress, order,
+                device, progress, order, solver,
             )
         )
 
@@ -621,18 +625,19 @@ class GaussianDiffusion:
         device=None,
         progress: bool = False,
         order: int = 2,
+        solver: str = "dpm++",
     ) -> Iterator[dict]:
         """
         Like dpm_solver_sample_loop, but yield a dict with "sample" and "pred_xstart" at
         every step.
         """
         step = samplers.dpm_solver_stepper(
-            self, model, order=order, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-            cond_fn=cond_fn, model_kwargs=model_kwargs,
+            self, model, order=order, solver=solver, clip_denoised=clip_denoised,
+            denoised_fn=denoised_fn, cond_fn=cond_fn, model_kwargs=model_kwargs,
         )
         indices = list(range(self.num_timesteps))[::-1]
         return self._loop_progressive(
-            step, model, shape, indices, noise, device, progress, f"DPM-Solver++({order}M)"
+            step, model, shape, indices, noise, device, progress, f"{solver} order {order}"
         )
 
     # ------------------------------------------------------------------ likelihood
