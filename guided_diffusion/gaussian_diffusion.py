@@ -625,6 +625,7 @@ class GaussianDiffusion:
         progress: bool = False,
         order: int = 2,
         solver: str = "dpm++",
+        randn: Optional[RandnFn] = None,
     ) -> torch.Tensor:
         """
         Deterministic multistep DPM-Solver++ sampling (Lu et al. 2022) of order 1 (= DDIM
@@ -634,11 +635,13 @@ class GaussianDiffusion:
 
         :param order: the solver's order (UniPC: its predictor's).
         :param solver: "dpm++", or "unipc" for UniPC's predictor-corrector (Zhao et al. 2023).
+        :param randn: optional source of the starting noise when ``noise`` is None (the
+            solvers draw no other noise).
         """
         return self._last(
             self.dpm_solver_sample_loop_progressive(
                 model, shape, noise, clip_denoised, denoised_fn, cond_fn, model_kwargs,
-                device, progress, order, solver,
+                device, progress, order, solver, randn,
             )
         )
 
@@ -655,6 +658,7 @@ class GaussianDiffusion:
         progress: bool = False,
         order: int = 2,
         solver: str = "dpm++",
+        randn: Optional[RandnFn] = None,
     ) -> Iterator[dict]:
         """
         Like dpm_solver_sample_loop, but yield a dict with "sample" and "pred_xstart" at
@@ -666,7 +670,7 @@ class GaussianDiffusion:
         )
         indices = list(range(self.num_timesteps))[::-1]
         return self._loop_progressive(
-            step, model, shape, indices, noise, device, progress, f"{solver} order {order}"
+            step, model, shape, indices, noise, device, progress, f"{solver} order {order}", randn
         )
 
     # ------------------------------------------------------------------ likelihood

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import dist_util, logger, script_util
+from . import dist_util, logger, samplers, script_util
 from .checkpoint_util import CheckpointMismatchError
 from .dist_util import all_gather_rows  # noqa: F401  (importable here as before)
 from .gaussian_diffusion import GaussianDiffusion
@@ -69,6 +69,12 @@ FLAG_HELP = {
     "class_labels": "comma-separated class ids to sample, cycled over the images "
     "(e.g. '1,207,360'); default: random classes",
     "grid": "also write a PNG grid of the first samples beside the .npz",
+    "sampler": "ancestral (the original), ddim (also --use_ddim True), dpm++2m, dpm++3m "
+    "(DPM-Solver++, Lu et al. 2022) or unipc (Zhao et al. 2023); one model evaluation per "
+    "step of --timestep_respacing",
+    "guidance_interval": "'LO,HI': guide only where the noise level sigma_t / alpha_t lies in "
+    "(LO, HI], skipping the guidance evaluations elsewhere (Kynkaanniemi et al. 2024; e.g. "
+    "'0.28,5.42'); empty: guide at every step",
     "keep_shards": "keep the folder of shards (saved as each round finishes, so that "
     "rerunning a killed command resumes) after the final .npz is written",
     "save_terms": (
@@ -81,7 +87,8 @@ FLAG_HELP = {
 def sampling_defaults(**script_flags) -> dict[str, object]:
     """
     The flags every sampling program has, with the original defaults, plus the new
-    ``--seed`` and ``--grid``; ``script_flags`` adds a program's own flags.
+    ``--seed``, ``--grid``, ``--keep_shards``, ``--sampler`` and ``--guidance_interval``;
+    ``script_flags`` adds a program's own flags.
 
     :return: flag name -> default, for add_flags().
     """
@@ -94,6 +101,8 @@ def sampling_defaults(**script_flags) -> dict[str, object]:
         seed=None,
         grid=True,
         keep_shards=False,
+        sampler="ancestral",
+        guidance_interval="",
         **script_flags,
     )
 
@@ -251,6 +260,21 @@ def to_uint8_nhwc(sample: torch.Tensor) -> torch.Tensor:
     """
     pixels = ((sample.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return pixels.permute(0, 2, 3, 1).contiguous()  # (N, H, W, 3)
+
+
+def sampler_setting(args: argparse.Namespace) -> samplers.SamplerSetting:
+    """
+    The run's sampler from ``--sampler``, ``--use_ddim`` and ``--guidance_interval``;
+    ``.sample_fn(diffusion)`` makes its SampleFn and ``.counts`` counts the evaluations.
+
+    :raises SamplingInputError: a bad value, named with its flag.
+    """
+    try:
+        return samplers.SamplerSetting.from_flags(
+            args.sampler, args.use_ddim, args.guidance_interval
+        )
+    except ValueError as err:
+        raise SamplingInputError(str(err)) from None
 
 
 def default_sample_fn(diffusion: GaussianDiffusion, use_ddim: bool = False) -> SampleFn:

