@@ -7,6 +7,7 @@ PNG grid of input, degraded and result side by side.
 """
 
 import argparse
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -24,7 +25,6 @@ from .operators import MASK_NAMES, OPERATOR_NAMES, mask_from_image, named_mask
 from .sample_io import SamplingInputError, image_grid, read_npz_images, save_png
 from .dist_util import all_gather_rows
 from .sample_util import (
-    _rank_and_world,
     chunk_plan,
     chunk_seeds,
     shared_seed,
@@ -128,7 +128,9 @@ def common_defaults(clip_denoised: bool = True) -> dict[str, object]:
 # ---------------------------------------------------------------- inputs
 
 
-def read_images(path: str, image_size: int, limit: int = 0) -> tuple[np.ndarray, Optional[np.ndarray]]:
+def read_images(
+    path: str, image_size: int, limit: int = 0
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """
     The images to edit: a .npz batch (arr_0 uint8 [N x H x W x C], arr_1 labels), a
     folder of images, or one image file; files are centre-cropped to ``image_size``.
@@ -256,7 +258,8 @@ def map_sharded(
     """
     if batch_size <= 0:
         raise SamplingInputError(f"--batch_size must be a positive integer, got {batch_size}")
-    rank, world = _rank_and_world()
+    world = dist_util.group_size()
+    rank = dist_util.get_rank() if world > 1 else 0
     seed = shared_seed(seed)
     total, item_shape = len(inputs), tuple(inputs.shape[1:])
     gathered = {key: [] for key in keys}
@@ -295,11 +298,16 @@ def side_by_side(*batches: np.ndarray, padding: int = 2) -> np.ndarray:
 
 
 def write_edit_outputs(
-    out_dir: str, prefix: str, arrays: dict[str, np.ndarray], grid_of: tuple[str, ...]
+    out_dir: str,
+    prefix: str,
+    arrays: dict[str, np.ndarray],
+    grid_of: tuple[str, ...],
+    metrics: Optional[dict[str, object]] = None,
 ) -> list[str]:
     """
-    Write ``{prefix}_{N}x{H}x{W}x3.npz`` (``arrays`` as named; arr_0 is the result) and,
-    when ``grid_of`` names arrays, a PNG grid of them side by side.
+    Write ``{prefix}_{N}x{H}x{W}x3.npz`` (``arrays`` as named; arr_0 is the result),
+    when ``grid_of`` names arrays a PNG grid of them side by side, and ``metrics`` as a
+    JSON file of the same name.
 
     :param arrays: name -> array; uint8 images are [N x H x W x 3].
     :return: the paths written.
@@ -313,6 +321,11 @@ def write_edit_outputs(
         png_path = npz_path[: -len(".npz")] + ".png"
         save_png(png_path, image_grid(side_by_side(*(arrays[k] for k in grid_of))))
         paths.append(png_path)
+    if metrics is not None:
+        json_path = npz_path[: -len(".npz")] + ".json"
+        with atomic_write(json_path, "w") as f:
+            json.dump(metrics, f, indent=2)
+        paths.append(json_path)
     logger.log("wrote " + ", ".join(paths))
     return paths
 
@@ -335,7 +348,8 @@ def create_argparser(doc: str, defaults: dict[str, object]) -> argparse.Argument
     defaults = dict(defaults)
     seed = defaults.pop("seed", None)
     parser.add_argument("--seed", type=int, default=seed, help=sample_util.FLAG_HELP["seed"])
-    script_util.add_dict_to_argparser(parser, defaults, helps={**sample_util.FLAG_HELP, **FLAG_HELP})
+    helps = {**sample_util.FLAG_HELP, **FLAG_HELP}
+    script_util.add_dict_to_argparser(parser, defaults, helps=helps)
     model_flags = script_util.model_and_diffusion_defaults()
     model_flags.update(script_util.classifier_defaults())
     script_util.add_dict_to_argparser(parser, model_flags)
@@ -386,9 +400,13 @@ def check_method(method: str, operator: str) -> None:
     if method not in METHODS:
         raise SamplingInputError(f"--method {method!r} is not one of {', '.join(METHODS)}")
     if operator not in OPERATOR_NAMES:
-        raise SamplingInputError(f"--operator {operator!r} is not one of {', '.join(OPERATOR_NAMES)}")
+        raise SamplingInputError(
+            f"--operator {operator!r} is not one of {', '.join(OPERATOR_NAMES)}"
+        )
     if method == "repaint" and operator != "inpaint":
-        raise SamplingInputError(f"--method repaint inpaints: it needs --operator inpaint, got {operator!r}")
+        raise SamplingInputError(
+            f"--method repaint inpaints: it needs --operator inpaint, got {operator!r}"
+        )
 
 
 def make_edit_fn(

@@ -222,6 +222,8 @@ def ilvr_progressive(
     return drive(range(diffusion.num_timesteps - 1, -1, -1), x, step, progress, "ILVR")
 
 
-def ilvr(diffusion: GaussianDiffusion, model: Callable, reference: torch.Tensor, low_pass, **kwargs):
+def ilvr(
+    diffusion: GaussianDiffusion, model: Callable, reference: torch.Tensor, low_pass, **kwargs
+) -> torch.Tensor:
     """ILVR's final samples [N x C x H x W]; arguments as ``ilvr_progressive``."""
     return last(ilvr_progressive(diffusion, model, reference, low_pass, **kwargs))
