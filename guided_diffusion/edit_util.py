@@ -17,19 +17,13 @@ import blobfile as bf
 import numpy as np
 import torch
 
-from . import dist_util, guidance, logger, sample_util, script_util
+from . import dist_util, guidance, logger, sample_util, script_util, shards
 from .image_datasets import _list_image_files_recursively, _read_rgb, center_crop_arr
 from .io_util import atomic_write
 from .model_loading import load_classifier, load_model_and_diffusion
 from .operators import MASK_NAMES, OPERATOR_NAMES, mask_from_image, named_mask
 from .sample_io import SamplingInputError, image_grid, read_npz_images, save_png
-from .dist_util import all_gather_rows
-from .sample_util import (
-    chunk_plan,
-    chunk_seeds,
-    shared_seed,
-    to_uint8_nhwc,
-)
+from .sample_util import chunk_seeds, shared_seed, to_uint8_nhwc
 
 METHODS = ("repaint", "sdedit", "ilvr", "dps", "ddnm")
 
@@ -247,10 +241,9 @@ def map_sharded(
     seed: Optional[int] = None,
 ) -> EditResult:
     """
-    Apply ``fn`` to every input image, each rank taking its chunks as in
-    ``sample_util.chunk_plan``, and gather the outputs on rank 0 in input order. Each
-    chunk seeds torch's generator from (seed, chunk), so results do not depend on the
-    number of ranks.
+    Apply ``fn`` to every input, the chunks split over the ranks by ``shards.run_sharded``,
+    and collect the outputs on rank 0 in input order. Each chunk seeds torch's generator
+    from (seed, its first index), so results do not depend on the number of ranks.
 
     :param inputs: float [N x C x H x W] (images in [-1, 1], or noise).
     :param labels: int64 [N] passed along to fn, or None.
@@ -258,26 +251,25 @@ def map_sharded(
     """
     if batch_size <= 0:
         raise SamplingInputError(f"--batch_size must be a positive integer, got {batch_size}")
-    world = dist_util.group_size()
-    rank = dist_util.get_rank() if world > 1 else 0
     seed = shared_seed(seed)
-    total, item_shape = len(inputs), tuple(inputs.shape[1:])
-    gathered = {key: [] for key in keys}
-    start_time = time.time()
-    for chunk, start, count in chunk_plan(total, batch_size, rank, world):
-        local = {key: torch.zeros(batch_size, *item_shape) for key in keys}
-        if count > 0:
-            torch.manual_seed(chunk_seeds(seed, chunk)[0])
-            x = inputs[start : start + count].to(dist_util.dev())
-            y = None if labels is None else torch.from_numpy(labels[start : start + count])
-            outputs = fn(x, None if y is None else y.to(dist_util.dev()))
-            for key in keys:
-                local[key][:count] = outputs[key].float().cpu()
-        for key in keys:
-            gathered[key].append(all_gather_rows(local[key]))  # rank order = input order
+    total = len(inputs)
     outputs = None
-    if rank == 0:
-        outputs = {key: torch.cat(parts)[:total].numpy() for key, parts in gathered.items()}
+    if dist_util.group_rank() == 0:
+        outputs = {key: np.zeros((total, *inputs.shape[1:]), np.float32) for key in keys}
+
+    def compute(start: int, count: int) -> dict[str, np.ndarray]:
+        torch.manual_seed(chunk_seeds(seed, start)[0])
+        x = inputs[start : start + count].to(dist_util.dev())
+        y = None if labels is None else torch.from_numpy(labels[start : start + count])
+        out = fn(x, None if y is None else y.to(dist_util.dev()))
+        return {key: out[key].float().cpu().numpy() for key in keys}
+
+    def sink(start: int, arrays: dict[str, np.ndarray]) -> None:
+        for key, array in arrays.items():
+            outputs[key][start : start + len(array)] = array
+
+    start_time = time.time()
+    shards.run_sharded(total, batch_size, compute, sink, desc="editing")
     return EditResult(outputs=outputs, seconds=time.time() - start_time, seed=seed)
 
 
