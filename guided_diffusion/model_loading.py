@@ -9,10 +9,11 @@ import argparse
 from typing import Callable
 
 import blobfile as bf
+import numpy as np
 import torch
 import torch.nn as nn
 
-from . import dist_util, logger, script_util
+from . import dist_util, logger, run_config, script_util
 from .checkpoint_util import CheckpointMismatchError, load_checkpoint
 from .gaussian_diffusion import GaussianDiffusion
 from .sample_io import SamplingInputError
@@ -72,7 +73,7 @@ def _prepare(model: nn.Module, use_fp16: bool, device: torch.device) -> nn.Modul
 
 
 def load_model_and_diffusion(
-    args: argparse.Namespace, super_res: bool = False
+    args: argparse.Namespace, super_res: bool = False, path_flag: str = "model_path"
 ) -> tuple[nn.Module, GaussianDiffusion]:
     """
     Build the diffusion model and process from the model flags and load ``--model_path``.
@@ -80,6 +81,7 @@ def load_model_and_diffusion(
     :param args: parsed flags holding every key of ``model_and_diffusion_defaults()``
         (``sr_model_and_diffusion_defaults()`` when ``super_res``) and ``model_path``.
     :param super_res: build an upsampling model.
+    :param path_flag: the flag naming the checkpoint (e.g. ``guide_model_path``).
     :return: (model in eval mode on ``dist_util.dev()``, diffusion).
     """
     if super_res:
@@ -96,8 +98,59 @@ def load_model_and_diffusion(
     device = dist_util.dev()
     kwargs["use_fp16"] = resolve_fp16("use_fp16", kwargs["use_fp16"], device)
     model, diffusion = _build(create, kwargs)
-    load_weights(model, args.model_path, "model_path")
+    load_weights(model, getattr(args, path_flag), path_flag)
     return _prepare(model, kwargs["use_fp16"], device), diffusion
+
+
+def load_guide_model(
+    args: argparse.Namespace, diffusion: GaussianDiffusion, super_res: bool = False
+) -> nn.Module:
+    """
+    Load the autoguidance guide of ``--guide_model_path``: built from the run configuration
+    beside it when there is one (its own model and diffusion flags; this run's
+    ``timestep_respacing`` and runtime flags such as ``use_fp16``), else from the main
+    model's flags.
+
+    :param args: the sampling program's parsed flags (the main model's flags).
+    :param diffusion: the main model's diffusion process.
+    :param super_res: the models are upsamplers.
+    :return: the guide in eval mode on ``dist_util.dev()``.
+    :raises SamplingInputError: the guide was trained for another diffusion process.
+    :raises RunConfigError: its configuration is unreadable or of another kind of network.
+    """
+    guide_args = argparse.Namespace(**vars(args))
+    path, kind = args.guide_model_path, "super_res" if super_res else "model"
+    config = run_config.read_run_config(path)
+    if config is not None:
+        if config["kind"] != kind:
+            raise run_config.RunConfigError(
+                f"--guide_model_path {path} holds a {config['kind']} network (see "
+                f"{run_config.config_path(path)}); autoguidance needs a {kind} network"
+            )
+        saved = {**config["model_flags"], **(config.get("diffusion_flags") or {})}
+        skip = run_config.RUNTIME_FLAGS | run_config.UNSAVED_FLAGS
+        for name, value in saved.items():
+            if name not in skip and hasattr(guide_args, name):
+                setattr(guide_args, name, value)
+    guide, guide_diffusion = load_model_and_diffusion(guide_args, super_res, "guide_model_path")
+    _check_same_process(diffusion, guide_diffusion)
+    return guide
+
+
+def _check_same_process(main: GaussianDiffusion, guide: GaussianDiffusion) -> None:
+    """Autoguidance mixes two predictions of the same quantity on the same noise levels."""
+    same = (
+        main.model_mean_type == guide.model_mean_type
+        and main.rescale_timesteps == guide.rescale_timesteps
+        and np.array_equal(getattr(main, "timestep_map", []), getattr(guide, "timestep_map", []))
+        and np.allclose(main.alphas_cumprod, guide.alphas_cumprod)
+    )
+    if not same:
+        raise SamplingInputError(
+            "--guide_model_path: the guide's diffusion process (steps, schedule, "
+            "predict_xstart, rescale_timesteps) differs from the main model's; autoguidance "
+            "needs a guide trained on the same process"
+        )
 
 
 def load_classifier(args: argparse.Namespace) -> nn.Module:

@@ -30,11 +30,13 @@ from . import dist_util, logger, script_util
 from .checkpoint_util import CheckpointMismatchError
 from .dist_util import all_gather_rows  # noqa: F401  (importable here as before)
 from .gaussian_diffusion import GaussianDiffusion
+from .guidance import GuidanceError, guided_model, interval_active, parse_guidance_interval
 from .guidance import classifier_cond_fn, labels_to_classifier_only  # noqa: F401
 from .image_seeds import ImageRandom
 from .npz_batch import BatchFileError, NpzWriter
 from .shards import ShardStore, file_identity, previous_seed, run_sharded
 from .model_loading import load_classifier, load_model_and_diffusion  # noqa: F401 (old home)
+from .model_loading import load_guide_model
 from .run_config import RunConfigError
 from .sample_io import (  # SamplingInputError: the scripts use sample_util's name
     BaseSamples,
@@ -69,6 +71,13 @@ FLAG_HELP = {
     "class_labels": "comma-separated class ids to sample, cycled over the images "
     "(e.g. '1,207,360'); default: random classes",
     "grid": "also write a PNG grid of the first samples beside the .npz",
+    "guidance_scale": "classifier-free guidance scale s: eps(null) + s (eps(y) - eps(null)); "
+    "1: plain conditional, 0: unconditional, > 1 needs a model trained with "
+    "--class_dropout_prob > 0; with --guide_model_path the autoguidance scale instead",
+    "guide_model_path": "autoguidance: a smaller or less-trained model of the same kind "
+    "(.pt; built from the run configuration beside it, else from the main model's flags); "
+    "the prediction becomes "
+    "guide + s (main - guide) with s = --guidance_scale",
     "keep_shards": "keep the folder of shards (saved as each round finishes, so that "
     "rerunning a killed command resumes) after the final .npz is written",
     "save_terms": (
@@ -81,7 +90,8 @@ FLAG_HELP = {
 def sampling_defaults(**script_flags) -> dict[str, object]:
     """
     The flags every sampling program has, with the original defaults, plus the new
-    ``--seed`` and ``--grid``; ``script_flags`` adds a program's own flags.
+    ``--seed``, ``--grid``, ``--guidance_scale`` and ``--guide_model_path``;
+    ``script_flags`` adds a program's own flags.
 
     :return: flag name -> default, for add_flags().
     """
@@ -93,6 +103,8 @@ def sampling_defaults(**script_flags) -> dict[str, object]:
         model_path="",
         seed=None,
         grid=True,
+        guidance_scale=1.0,
+        guide_model_path="",
         keep_shards=False,
         **script_flags,
     )
@@ -158,6 +170,38 @@ def num_classes_of(args: argparse.Namespace) -> int:
     if getattr(args, "class_names", None):
         return len(args.class_names)
     return int(getattr(args, "num_classes", script_util.NUM_CLASSES))
+
+
+# ---------------------------------------------------------------- guidance
+
+
+def guided_model_fn(
+    args: argparse.Namespace, model: nn.Module, diffusion: GaussianDiffusion, super_res=False
+) -> nn.Module:
+    """
+    The model to sample with for ``--guidance_scale`` and ``--guide_model_path``
+    (``guidance.guided_model``): the model itself at scale 1 without a guide.
+
+    :param args: parsed flags with ``guidance_scale``, ``guide_model_path``, the model flags
+        (see ``model_loading.load_guide_model`` for the guide's) and optionally
+        ``guidance_interval`` ("LO,HI": guide only where sigma_t / alpha_t lies in (LO, HI]).
+    :param model: the loaded main model.
+    :param diffusion: its diffusion process.
+    :param super_res: the models are upsamplers.
+    :return: a module called like ``model``.
+    :raises SamplingInputError: the model cannot be guided that way.
+    """
+    guide, active = None, None
+    if args.guide_model_path:
+        logger.log("loading the autoguidance guide model...")
+        guide = load_guide_model(args, diffusion, super_res)
+    try:
+        interval = parse_guidance_interval(getattr(args, "guidance_interval", ""))
+        if interval is not None:
+            active = interval_active(diffusion, interval)
+        return guided_model(model, args.guidance_scale, guide=guide, active=active)
+    except (GuidanceError, ValueError) as err:
+        raise SamplingInputError(str(err)) from None
 
 
 # ---------------------------------------------------------------- what each image gets
@@ -418,8 +462,11 @@ def run_identity(args: argparse.Namespace, files: dict[str, str], **extra) -> di
     many, how fast or what else to write, the contents of the input files instead of their
     paths, and ``extra`` (e.g. the program's name).
 
-    :param files: flag name -> path of each input file (checkpoints, base samples).
+    :param files: flag name -> path of each input file (checkpoints, base samples); the
+        autoguidance guide (``--guide_model_path``) is added when given.
     """
+    if getattr(args, "guide_model_path", ""):
+        files = {**files, "guide_model_path": args.guide_model_path}
     identity = {k: v for k, v in vars(args).items() if k not in _NOT_IDENTITY and k not in files}
     identity.update(extra)
     identity["files"] = {flag: path for flag, path in files.items() if path}
