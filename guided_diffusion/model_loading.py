@@ -6,7 +6,7 @@ them in from the run configuration saved beside the checkpoint.
 """
 
 import argparse
-from typing import Callable
+from typing import Any
 
 import blobfile as bf
 import numpy as np
@@ -57,11 +57,19 @@ def load_weights(model: nn.Module, path: str, flag: str) -> None:
         raise SamplingInputError(f"--{flag}: {err}") from None
 
 
-def _build(factory: Callable, kwargs: dict):
+def _build(args: argparse.Namespace, kind: str, fp16_flag: str) -> tuple[nn.Module, Any, bool]:
+    """
+    Build a network of ``kind`` and its diffusion from the flags, in float32 on the CPU.
+
+    :return: (network, diffusion, whether to convert it to float16 on this device).
+    """
+    use_fp16 = resolve_fp16(fp16_flag, getattr(args, fp16_flag), dist_util.dev())
+    args = argparse.Namespace(**{**vars(args), fp16_flag: use_fp16})
     try:
-        return factory(**kwargs)
+        network, diffusion = script_util.create_from_flags(args, kind)
     except ValueError as err:  # flags that describe no valid network; the message names them
         raise SamplingInputError(str(err)) from None
+    return network, diffusion, use_fp16
 
 
 def _prepare(model: nn.Module, use_fp16: bool, device: torch.device) -> nn.Module:
@@ -84,22 +92,9 @@ def load_model_and_diffusion(
     :param path_flag: the flag naming the checkpoint (e.g. ``guide_model_path``).
     :return: (model in eval mode on ``dist_util.dev()``, diffusion).
     """
-    if super_res:
-        defaults, create = (
-            script_util.sr_model_and_diffusion_defaults(),
-            script_util.sr_create_model_and_diffusion,
-        )
-    else:
-        defaults, create = (
-            script_util.model_and_diffusion_defaults(),
-            script_util.create_model_and_diffusion,
-        )
-    kwargs = script_util.args_to_dict(args, defaults.keys())
-    device = dist_util.dev()
-    kwargs["use_fp16"] = resolve_fp16("use_fp16", kwargs["use_fp16"], device)
-    model, diffusion = _build(create, kwargs)
+    model, diffusion, use_fp16 = _build(args, "super_res" if super_res else "model", "use_fp16")
     load_weights(model, getattr(args, path_flag), path_flag)
-    return _prepare(model, kwargs["use_fp16"], device), diffusion
+    return _prepare(model, use_fp16, dist_util.dev()), diffusion
 
 
 def load_guide_model(
@@ -161,12 +156,10 @@ def load_classifier(args: argparse.Namespace) -> nn.Module:
         ``classifier_path``.
     :return: the classifier in eval mode on ``dist_util.dev()``, its parameters frozen.
     """
-    kwargs = script_util.args_to_dict(args, script_util.classifier_defaults().keys())
-    device = dist_util.dev()
-    kwargs["classifier_use_fp16"] = resolve_fp16(
-        "classifier_use_fp16", kwargs["classifier_use_fp16"], device
-    )
-    classifier = _build(script_util.create_classifier, kwargs)
+    defaults = script_util.classifier_and_diffusion_defaults()
+    # the classifier's diffusion flags are the model's: fill in what a parser left out
+    args = argparse.Namespace(**{**defaults, **vars(args)})
+    classifier, _, use_fp16 = _build(args, "classifier", "classifier_use_fp16")
     load_weights(classifier, args.classifier_path, "classifier_path")
     classifier.requires_grad_(False)
-    return _prepare(classifier, kwargs["classifier_use_fp16"], device)
+    return _prepare(classifier, use_fp16, dist_util.dev())

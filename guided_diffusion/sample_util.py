@@ -29,14 +29,15 @@ import torch.nn as nn
 from . import dist_util, logger, samplers, script_util
 from .checkpoint_util import CheckpointMismatchError
 from .dist_util import all_gather_rows  # noqa: F401  (importable here as before)
+from .flags import SAMPLING_FLAG_HELP as FLAG_HELP  # noqa: F401  (importable here as before)
+from .flags import add_flags, sampling_defaults  # noqa: F401
 from .gaussian_diffusion import GaussianDiffusion
 from .guidance import GuidanceError, guided_model, interval_active, parse_guidance_interval
 from .guidance import classifier_cond_fn, labels_to_classifier_only  # noqa: F401
 from .image_seeds import ImageRandom
+from .model_loading import load_classifier, load_guide_model  # noqa: F401 (old home)
+from .model_loading import load_model_and_diffusion  # noqa: F401
 from .npz_batch import BatchFileError, NpzWriter
-from .shards import ShardStore, file_identity, previous_seed, run_sharded
-from .model_loading import load_classifier, load_model_and_diffusion  # noqa: F401 (old home)
-from .model_loading import load_guide_model
 from .run_config import RunConfigError
 from .sample_io import (  # SamplingInputError: the scripts use sample_util's name
     BaseSamples,
@@ -46,6 +47,7 @@ from .sample_io import (  # SamplingInputError: the scripts use sample_util's na
     save_png,
     save_samples_npz,
 )
+from .shards import ShardStore, file_identity, previous_seed, run_sharded
 
 # A function of (global image indices [n], their random streams) -> model_kwargs for them.
 KwargsFn = Callable[[np.ndarray, ImageRandom], dict[str, torch.Tensor]]
@@ -55,85 +57,6 @@ SampleFn = Callable[..., torch.Tensor]
 
 
 # ---------------------------------------------------------------- flags
-
-# Help for the flags only the sampling scripts have, and sharper wording for a few that
-# script_util.FLAG_HELP describes for training as well.
-FLAG_HELP = {
-    "num_samples": "how many images to produce in total, over all ranks",
-    "batch_size": "images per model call on each rank",
-    "classifier_scale": "guidance scale: multiplies the classifier's gradient (0: no guidance)",
-    "base_samples": ".npz batch of low-resolution images to upsample (arr_0 uint8 NHWC at "
-    "--small_size; arr_1 labels, needed when --class_cond True)",
-    "data_dir": "folder of images to evaluate (searched recursively)",
-    "seed": "random seed for reproducible batches (the same seed and --batch_size give the "
-    "same file, whatever the number of ranks); default: a fresh seed, printed so the run can "
-    "be repeated",
-    "class_labels": "comma-separated class ids to sample, cycled over the images "
-    "(e.g. '1,207,360'); default: random classes",
-    "grid": "also write a PNG grid of the first samples beside the .npz",
-    "guidance_scale": "classifier-free guidance scale s: eps(null) + s (eps(y) - eps(null)); "
-    "1: plain conditional, 0: unconditional, > 1 needs a model trained with "
-    "--class_dropout_prob > 0; with --guide_model_path the autoguidance scale instead",
-    "guide_model_path": "autoguidance: a smaller or less-trained model of the same kind "
-    "(.pt; built from the run configuration beside it, else from the main model's flags); "
-    "the prediction becomes "
-    "guide + s (main - guide) with s = --guidance_scale",
-    "sampler": "ancestral (the original), ddim (also --use_ddim True), dpm++2m, dpm++3m "
-    "(DPM-Solver++, Lu et al. 2022) or unipc (Zhao et al. 2023); one model evaluation per "
-    "step of --timestep_respacing",
-    "guidance_interval": "'LO,HI': guide only where the noise level sigma_t / alpha_t lies in "
-    "(LO, HI], skipping the guidance evaluations elsewhere (Kynkaanniemi et al. 2024; e.g. "
-    "'0.28,5.42'); empty: guide at every step",
-    "keep_shards": "keep the folder of shards (saved as each round finishes, so that "
-    "rerunning a killed command resumes) after the final .npz is written",
-    "save_terms": (
-        "save the per-timestep bound terms as {vb,mse,xstart_mse}_terms.npz in the log "
-        "directory, as the original does (False: only print bits/dim)"
-    ),
-}
-
-
-def sampling_defaults(**script_flags) -> dict[str, object]:
-    """
-    The flags every sampling program has, with the original defaults, plus the new
-    ``--seed``, ``--grid``, ``--keep_shards``, ``--guidance_scale``, ``--guide_model_path``,
-    ``--sampler`` and ``--guidance_interval``;
-    ``script_flags`` adds a program's own flags.
-
-    :return: flag name -> default, for add_flags().
-    """
-    return dict(
-        clip_denoised=True,
-        num_samples=10000,
-        batch_size=16,
-        use_ddim=False,
-        model_path="",
-        seed=None,
-        grid=True,
-        guidance_scale=1.0,
-        guide_model_path="",
-        keep_shards=False,
-        sampler="ancestral",
-        guidance_interval="",
-        **script_flags,
-    )
-
-
-def add_flags(parser: argparse.ArgumentParser, defaults: dict[str, object]) -> None:
-    """
-    Add a script's own flags (not the model flags) with help text; like
-    ``script_util.add_dict_to_argparser``, except that ``--seed`` (default None) is an int.
-
-    :param parser: the parser to extend.
-    :param defaults: flag name -> default.
-    """
-    defaults = dict(defaults)
-    if "seed" in defaults:
-        default = defaults.pop("seed")
-        parser.add_argument(
-            "--seed", type=int, default=default, help=f"{FLAG_HELP['seed']} (default: {default})"
-        )
-    script_util.add_dict_to_argparser(parser, defaults, helps=FLAG_HELP)
 
 
 def check_counts(num_samples: int, batch_size: int) -> None:
