@@ -7,6 +7,7 @@ PNG grid of input, degraded and result side by side.
 """
 
 import argparse
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,119 +17,35 @@ import blobfile as bf
 import numpy as np
 import torch
 
-from . import dist_util, guidance, logger, sample_util, script_util
+from . import dist_util, flags, guidance, logger, sample_util, shards
 from .image_datasets import _list_image_files_recursively, _read_rgb, center_crop_arr
 from .io_util import atomic_write
 from .model_loading import load_classifier, load_model_and_diffusion
 from .operators import MASK_NAMES, OPERATOR_NAMES, mask_from_image, named_mask
 from .sample_io import SamplingInputError, image_grid, read_npz_images, save_png
-from .dist_util import all_gather_rows
-from .sample_util import (
-    _rank_and_world,
-    chunk_plan,
-    chunk_seeds,
-    shared_seed,
-    to_uint8_nhwc,
+from .flags import (  # noqa: F401  (importable here as before)
+    EDIT_FLAG_HELP,
+    EDIT_METHODS,
+    ddim_invert_defaults,
+    edit_common_defaults,
+    image_edit_defaults,
 )
-
-METHODS = ("repaint", "sdedit", "ilvr", "dps", "ddnm")
+from .sample_util import chunk_seeds, shared_seed, to_uint8_nhwc
 
 # ---------------------------------------------------------------- flags
 
-FLAG_HELP = {
-    "method": f"editing method: {', '.join(METHODS)}",
-    "operator": f"degradation applied to the input: {', '.join(OPERATOR_NAMES)} "
-    "(repaint needs inpaint; ddnm an operator with a pseudo-inverse: none, inpaint, "
-    "sr_avgpool, colorize)",
-    "input": "the images: a .npz batch (arr_0 uint8 NHWC, arr_1 labels), a folder, or one image",
-    "mask": f"inpainting mask: an image file (white = known) or {', '.join(MASK_NAMES)}",
-    "mask_ratio": "hidden fraction of the 'random' mask (DPS: 0.92)",
-    "mask_seed": "seed of the 'random' mask",
-    "sr_factor": "super-resolution factor of sr_avgpool / sr_bicubic (DPS, DDNM: 4)",
-    "blur_kernel_size": "Gaussian blur kernel side (DPS: 61)",
-    "blur_sigma": "Gaussian blur standard deviation in pixels (DPS: 3.0)",
-    "sigma_y": "measurement noise added to A x, in [-1, 1] units (DPS: 0.05)",
-    "sdedit_strength": "SDEdit t0 / T (paper's examples: 0.5; its code's default 0.4)",
-    "sdedit_repeats": "SDEdit repeats, each from the previous output (paper's examples: 3)",
-    "repaint_jump_length": "RePaint: steps per jump back (paper: 10)",
-    "repaint_jump_n_sample": "RePaint: visits of each jump point (paper: 10)",
-    "repaint_paste": "RePaint: paste the known pixels into the result (paper: False)",
-    "ilvr_down_n": "ILVR low-pass factor N (paper: 4 to 64)",
-    "ilvr_range_t": "ILVR refines only at steps t > range_t (re-spaced indices)",
-    "ilvr_filter": "ILVR low-pass: bicubic (paper) or avgpool (exact projection)",
-    "dps_zeta": "DPS step size zeta' (paper, ImageNet: 1.0 SR x4 and inpainting, 0.4 deblur)",
-    "ddnm_eta": "DDNM share of fresh noise per step (paper: 0.85, 100 steps)",
-    "classifier_scale": "classifier guidance scale with --classifier_path (RePaint: 1.0)",
-    "classifier_path": "optional noisy classifier (.pt) for classifier guidance",
-    "class_labels": "comma-separated class ids cycled over the images; default: the "
-    "input's labels (arr_1), else random classes",
-    "num_samples": "edit the first N input images (0: all)",
-    "batch_size": "images per model call on each rank",
-    "mode": "encode: images -> noise .npz (and report the round-trip error); "
-    "decode: noise .npz -> images",
-    "report_error": "encode: decode again and report the round-trip error",
-    "clip_denoised": "clamp x0 predictions to [-1, 1]",
-}
-
-
-def image_edit_defaults() -> dict[str, object]:
-    """Flags of scripts/image_edit.py besides the model's, with the published values."""
-    return dict(
-        method="repaint",
-        operator="inpaint",
-        input="",
-        mask="half",
-        mask_ratio=0.92,
-        mask_seed=0,
-        sr_factor=4,
-        blur_kernel_size=61,
-        blur_sigma=3.0,
-        sigma_y=0.0,
-        sdedit_strength=0.5,
-        sdedit_repeats=3,
-        repaint_jump_length=10,
-        repaint_jump_n_sample=10,
-        repaint_paste=False,
-        ilvr_down_n=4,
-        ilvr_range_t=0,
-        ilvr_filter="bicubic",
-        dps_zeta=1.0,
-        ddnm_eta=0.85,
-        classifier_path="",
-        classifier_scale=1.0,
-        **common_defaults(),
-    )
-
-
-def ddim_invert_defaults() -> dict[str, object]:
-    """Flags of scripts/ddim_invert.py besides the model's."""
-    return dict(
-        mode="encode",
-        input="",
-        report_error=True,
-        classifier_path="",
-        classifier_scale=1.0,
-        **common_defaults(clip_denoised=False),
-    )
-
-
-def common_defaults(clip_denoised: bool = True) -> dict[str, object]:
-    """The flags both editing programs share."""
-    return dict(
-        clip_denoised=clip_denoised,
-        class_labels="",
-        num_samples=0,
-        batch_size=16,
-        model_path="",
-        seed=None,
-        grid=True,
-    )
+# The editing programs' flags live in flags.py; the names stay importable here.
+FLAG_HELP = EDIT_FLAG_HELP
+METHODS = EDIT_METHODS
+common_defaults = edit_common_defaults
 
 
 # ---------------------------------------------------------------- inputs
 
 
-def read_images(path: str, image_size: int, limit: int = 0) -> tuple[np.ndarray, Optional[np.ndarray]]:
+def read_images(
+    path: str, image_size: int, limit: int = 0
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """
     The images to edit: a .npz batch (arr_0 uint8 [N x H x W x C], arr_1 labels), a
     folder of images, or one image file; files are centre-cropped to ``image_size``.
@@ -245,10 +162,9 @@ def map_sharded(
     seed: Optional[int] = None,
 ) -> EditResult:
     """
-    Apply ``fn`` to every input image, each rank taking its chunks as in
-    ``sample_util.chunk_plan``, and gather the outputs on rank 0 in input order. Each
-    chunk seeds torch's generator from (seed, chunk), so results do not depend on the
-    number of ranks.
+    Apply ``fn`` to every input, the chunks split over the ranks by ``shards.run_sharded``,
+    and collect the outputs on rank 0 in input order. Each chunk seeds torch's generator
+    from (seed, its first index), so results do not depend on the number of ranks.
 
     :param inputs: float [N x C x H x W] (images in [-1, 1], or noise).
     :param labels: int64 [N] passed along to fn, or None.
@@ -256,25 +172,25 @@ def map_sharded(
     """
     if batch_size <= 0:
         raise SamplingInputError(f"--batch_size must be a positive integer, got {batch_size}")
-    rank, world = _rank_and_world()
     seed = shared_seed(seed)
-    total, item_shape = len(inputs), tuple(inputs.shape[1:])
-    gathered = {key: [] for key in keys}
-    start_time = time.time()
-    for chunk, start, count in chunk_plan(total, batch_size, rank, world):
-        local = {key: torch.zeros(batch_size, *item_shape) for key in keys}
-        if count > 0:
-            torch.manual_seed(chunk_seeds(seed, chunk)[0])
-            x = inputs[start : start + count].to(dist_util.dev())
-            y = None if labels is None else torch.from_numpy(labels[start : start + count])
-            outputs = fn(x, None if y is None else y.to(dist_util.dev()))
-            for key in keys:
-                local[key][:count] = outputs[key].float().cpu()
-        for key in keys:
-            gathered[key].append(all_gather_rows(local[key]))  # rank order = input order
+    total = len(inputs)
     outputs = None
-    if rank == 0:
-        outputs = {key: torch.cat(parts)[:total].numpy() for key, parts in gathered.items()}
+    if dist_util.group_rank() == 0:
+        outputs = {key: np.zeros((total, *inputs.shape[1:]), np.float32) for key in keys}
+
+    def compute(start: int, count: int) -> dict[str, np.ndarray]:
+        torch.manual_seed(chunk_seeds(seed, start)[0])
+        x = inputs[start : start + count].to(dist_util.dev())
+        y = None if labels is None else torch.from_numpy(labels[start : start + count])
+        out = fn(x, None if y is None else y.to(dist_util.dev()))
+        return {key: out[key].float().cpu().numpy() for key in keys}
+
+    def sink(start: int, arrays: dict[str, np.ndarray]) -> None:
+        for key, array in arrays.items():
+            outputs[key][start : start + len(array)] = array
+
+    start_time = time.time()
+    shards.run_sharded(total, batch_size, compute, sink, desc="editing")
     return EditResult(outputs=outputs, seconds=time.time() - start_time, seed=seed)
 
 
@@ -295,11 +211,16 @@ def side_by_side(*batches: np.ndarray, padding: int = 2) -> np.ndarray:
 
 
 def write_edit_outputs(
-    out_dir: str, prefix: str, arrays: dict[str, np.ndarray], grid_of: tuple[str, ...]
+    out_dir: str,
+    prefix: str,
+    arrays: dict[str, np.ndarray],
+    grid_of: tuple[str, ...],
+    metrics: Optional[dict[str, object]] = None,
 ) -> list[str]:
     """
-    Write ``{prefix}_{N}x{H}x{W}x3.npz`` (``arrays`` as named; arr_0 is the result) and,
-    when ``grid_of`` names arrays, a PNG grid of them side by side.
+    Write ``{prefix}_{N}x{H}x{W}x3.npz`` (``arrays`` as named; arr_0 is the result),
+    when ``grid_of`` names arrays a PNG grid of them side by side, and ``metrics`` as a
+    JSON file of the same name.
 
     :param arrays: name -> array; uint8 images are [N x H x W x 3].
     :return: the paths written.
@@ -313,6 +234,11 @@ def write_edit_outputs(
         png_path = npz_path[: -len(".npz")] + ".png"
         save_png(png_path, image_grid(side_by_side(*(arrays[k] for k in grid_of))))
         paths.append(png_path)
+    if metrics is not None:
+        json_path = npz_path[: -len(".npz")] + ".json"
+        with atomic_write(json_path, "w") as f:
+            json.dump(metrics, f, indent=2)
+        paths.append(json_path)
     logger.log("wrote " + ", ".join(paths))
     return paths
 
@@ -329,16 +255,11 @@ def create_argparser(doc: str, defaults: dict[str, object]) -> argparse.Argument
 
     :param doc: the program's docstring, shown by --help.
     """
-    parser = argparse.ArgumentParser(
-        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = flags.create_parser(doc)
+    flags.add_flags(parser, defaults, helps=EDIT_FLAG_HELP)
+    flags.add_dict_to_argparser(
+        parser, {**flags.model_and_diffusion_defaults(), **flags.classifier_defaults()}
     )
-    defaults = dict(defaults)
-    seed = defaults.pop("seed", None)
-    parser.add_argument("--seed", type=int, default=seed, help=sample_util.FLAG_HELP["seed"])
-    script_util.add_dict_to_argparser(parser, defaults, helps={**sample_util.FLAG_HELP, **FLAG_HELP})
-    model_flags = script_util.model_and_diffusion_defaults()
-    model_flags.update(script_util.classifier_defaults())
-    script_util.add_dict_to_argparser(parser, model_flags)
     return parser
 
 
@@ -386,9 +307,13 @@ def check_method(method: str, operator: str) -> None:
     if method not in METHODS:
         raise SamplingInputError(f"--method {method!r} is not one of {', '.join(METHODS)}")
     if operator not in OPERATOR_NAMES:
-        raise SamplingInputError(f"--operator {operator!r} is not one of {', '.join(OPERATOR_NAMES)}")
+        raise SamplingInputError(
+            f"--operator {operator!r} is not one of {', '.join(OPERATOR_NAMES)}"
+        )
     if method == "repaint" and operator != "inpaint":
-        raise SamplingInputError(f"--method repaint inpaints: it needs --operator inpaint, got {operator!r}")
+        raise SamplingInputError(
+            f"--method repaint inpaints: it needs --operator inpaint, got {operator!r}"
+        )
 
 
 def make_edit_fn(
