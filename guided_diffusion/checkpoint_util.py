@@ -48,6 +48,45 @@ class CheckpointMismatchError(ValueError):
         self.hints = hints
 
 
+def read_checkpoint(path: Union[str, os.PathLike], map_location="cpu"):
+    """
+    Read any ``.pt`` file safely (tensors and plain containers only: the file cannot run
+    code), e.g. an optimizer state.
+
+    :param path: local path or blobfile URL.
+    :param map_location: where to put the tensors (``torch.load``'s argument).
+    :return: the loaded object.
+    :raises FileNotFoundError: no such file.
+    :raises ValueError: naming the file, when it is not a PyTorch file (truncated, damaged,
+        another format) or holds objects other than tensors and plain containers.
+    """
+    path = os.fspath(path)
+    try:
+        return dist_util.load_state_dict(path, map_location=map_location)
+    except FileNotFoundError:
+        raise
+    except pickle.UnpicklingError as exc:
+        # torch prefixes every weights-only failure with "Weights only load failed"; only a
+        # refused global means real Python objects, anything else is a damaged or foreign file
+        if "GLOBAL" in str(exc) or "Unsupported global" in str(exc):
+            raise ValueError(
+                f"{path} holds Python objects other than tensors, so it was not loaded "
+                "(checkpoints are read with weights_only=True and cannot run code); save the "
+                "model's state_dict() instead"
+            ) from exc
+        raise ValueError(f"{path} is not a PyTorch checkpoint: {_first_line(exc)}") from exc
+    except Exception as exc:  # torch.load fails on junk with many exception types
+        raise ValueError(
+            f"{path} is not a PyTorch checkpoint (truncated or damaged? torch.load failed: "
+            f"{type(exc).__name__}: {_first_line(exc)})"
+        ) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
 def read_state_dict(path: Union[str, os.PathLike], map_location="cpu") -> dict[str, torch.Tensor]:
     """
     Read a state dict from a ``.pt`` file safely (tensors only: the file cannot run code).
@@ -60,24 +99,7 @@ def read_state_dict(path: Union[str, os.PathLike], map_location="cpu") -> dict[s
         plain containers, or is not a state dict.
     """
     path = os.fspath(path)
-    try:
-        obj = dist_util.load_state_dict(path, map_location=map_location)
-    except FileNotFoundError:
-        raise
-    except pickle.UnpicklingError as exc:
-        # torch prefixes every weights-only failure with "Weights only load failed"; only a
-        # refused global means real Python objects, anything else is a damaged or foreign file
-        if "GLOBAL" in str(exc) or "Unsupported global" in str(exc):
-            raise ValueError(
-                f"{path} holds Python objects other than tensors, so it was not loaded "
-                "(checkpoints are read with weights_only=True and cannot run code); save the "
-                "model's state_dict() instead"
-            ) from exc
-        raise ValueError(f"{path} is not a PyTorch checkpoint: {exc}") from exc
-    except Exception as exc:  # torch.load fails on junk with many exception types
-        raise ValueError(
-            f"{path} is not a PyTorch checkpoint (torch.load failed: {type(exc).__name__}: {exc})"
-        ) from exc
+    obj = read_checkpoint(path, map_location=map_location)
     _check_state_dict(obj, path)
     return obj
 

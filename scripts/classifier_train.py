@@ -27,6 +27,7 @@ import torch
 from guided_diffusion import dist_util, logger
 from guided_diffusion.image_datasets import list_classes, load_data
 from guided_diffusion.resample import create_named_schedule_sampler
+from guided_diffusion.script_errors import run_program
 from guided_diffusion.script_util import (
     add_dict_to_argparser,
     args_to_dict,
@@ -139,4 +140,4 @@ def create_argparser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from guided_diffusion import dist_util, logger
 from guided_diffusion.image_datasets import load_data
+from guided_diffusion.script_errors import run_program
 from guided_diffusion.script_util import (
     add_dict_to_argparser,
     args_to_dict,
@@ -91,4 +92,4 @@ def create_argparser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)
