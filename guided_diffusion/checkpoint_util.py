@@ -335,6 +335,30 @@ def _fmt(values) -> str:
     return ",".join(str(v) for v in values)
 
 
+def _label_rows_hint(found: int, expected: int) -> str:
+    """
+    Explain a label embedding with another row count: one more or one less row is the
+    null class of ``--class_dropout_prob`` (classifier-free guidance), anything else the
+    class count.
+    """
+    if found == expected + 1:
+        return (
+            f"the checkpoint has {found} label embedding rows (this model has {expected}): "
+            "the extra row is likely the null class of classifier-free guidance, trained with "
+            f"--class_dropout_prob > 0 (or it was trained with --num_classes {found})"
+        )
+    if found + 1 == expected:
+        return (
+            f"the checkpoint has {found} label embedding rows (this model has {expected}): "
+            "it likely has no null-class row, trained with --class_dropout_prob 0 "
+            f"(or it was trained with --num_classes {found})"
+        )
+    return (
+        f"the checkpoint has {found} label embedding rows (this model has {expected}): "
+        f"it was trained with --num_classes {found}"
+    )
+
+
 def _likely_causes(
     model: nn.Module, found: dict[str, tuple], expected: dict[str, tuple]
 ) -> list[str]:
@@ -375,8 +399,10 @@ def _likely_causes(
             hints.append(
                 "the checkpoint has no label embedding: it was trained with --class_cond False"
             )
+    elif differs("num_classes") and not isinstance(model, EncoderUNetModel):
+        hints.append(_label_rows_hint(ckpt["num_classes"], ours["num_classes"]))
     elif differs("num_classes"):
-        what = "outputs" if isinstance(model, EncoderUNetModel) else "label embedding rows"
+        what = "outputs"
         hints.append(
             f"the checkpoint has {ckpt['num_classes']} {what} (this model has "
             f"{ours['num_classes']}): it was trained with --num_classes {ckpt['num_classes']}"

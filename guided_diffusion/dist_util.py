@@ -17,7 +17,9 @@ The GPU is chosen from the local rank (the rank among processes on the same node
 number of GPUs per node works. NCCL is used when CUDA is available, gloo otherwise.
 
 The helpers ``get_rank()``, ``get_world_size()``, ``get_local_rank()``, ``barrier()`` and
-``sync_params()`` work with or without ``setup_dist()``.
+``sync_params()`` work with or without ``setup_dist()``, and so do the collectives every
+other module uses (``all_gather_rows``, ``all_gather_ragged``, ``all_gather_object``,
+``broadcast_object``): alone they return their input without communicating.
 """
 
 import datetime
@@ -290,6 +292,85 @@ def sync_params(params: Iterable[torch.Tensor]) -> None:
     with torch.no_grad():
         for p in params:
             dist.broadcast(p.data if isinstance(p, torch.nn.Parameter) else p, src=0)
+
+
+# ---------------------------------------------------------------- collectives
+
+
+def group_size() -> int:
+    """:return: the size of the running process group (1 without one)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_world_size()
+    return 1
+
+
+def comm_device() -> torch.device:
+    """:return: where tensors must be for collectives: this rank's GPU under NCCL, else the CPU."""
+    if group_size() > 1 and dist.get_backend() == "nccl":
+        return dev()
+    return torch.device("cpu")
+
+
+def all_gather_rows(local: torch.Tensor) -> torch.Tensor:
+    """
+    Concatenate every rank's tensor along dim 0 in rank order; alone, return it as is.
+
+    :param local: [B x ...], the same shape on every rank.
+    :return: [world_size * B x ...] on the CPU.
+    """
+    world = group_size()
+    if world == 1:
+        return local.cpu()
+    local = local.to(comm_device()).contiguous()
+    parts = [torch.empty_like(local) for _ in range(world)]
+    dist.all_gather(parts, local)
+    return torch.cat(parts).cpu()
+
+
+def all_gather_ragged(local: torch.Tensor) -> list[torch.Tensor]:
+    """
+    Gather every rank's tensor when their first dimensions differ (the rest must agree):
+    each is padded to the longest for the exchange and cut back afterwards.
+
+    :param local: [B_r x ...] on this rank's communication device.
+    :return: the world_size tensors [B_0 x ...], [B_1 x ...], ... in rank order, on
+        ``local``'s device.
+    """
+    world = group_size()
+    if world == 1:
+        return [local]
+    device = local.device
+    lengths = all_gather_rows(torch.tensor([len(local)], dtype=torch.int64)).tolist()
+    longest = max(lengths)
+    padded = torch.zeros((longest,) + tuple(local.shape[1:]), dtype=local.dtype, device=device)
+    padded[: len(local)] = local
+    parts = [torch.empty_like(padded) for _ in range(world)]
+    dist.all_gather(parts, padded.to(comm_device()))
+    return [part[:n].to(device) for part, n in zip(parts, lengths)]
+
+
+def all_gather_object(obj: Any) -> list[Any]:
+    """
+    :param obj: any picklable value.
+    :return: every rank's value, in rank order (``[obj]`` alone).
+    """
+    if group_size() == 1:
+        return [obj]
+    gathered = [None] * group_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def broadcast_object(obj: Any, src: int = 0) -> Any:
+    """
+    :param obj: any picklable value (only rank ``src``'s counts).
+    :return: rank ``src``'s value, on every rank.
+    """
+    if group_size() == 1:
+        return obj
+    shared = [obj]
+    dist.broadcast_object_list(shared, src=src)
+    return shared[0]
 
 
 def cleanup() -> None:

@@ -31,7 +31,6 @@ from collections.abc import Iterator, Sequence
 from typing import IO, Any, Optional
 
 import torch
-import torch.distributed as dist
 
 from . import dist_util
 from .io_util import is_local_path
@@ -260,9 +259,8 @@ class Logger:
         local = {k: (self.name2val[k], n) for k, n in self.name2cnt.items()}
         if self.comm is not None:
             gathered = self.comm.allgather(local)
-        elif dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            gathered = [None] * dist.get_world_size()
-            dist.all_gather_object(gathered, local)
+        elif dist_util.group_size() > 1:
+            gathered = dist_util.all_gather_object(local)
         else:
             return {k: v for k, (v, _) in local.items()}
         totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
@@ -305,13 +303,8 @@ def _default_dir() -> str:
     if env_dir:
         return env_dir
     stamp = datetime.datetime.now().strftime("openai-%Y-%m-%d-%H-%M-%S-%f")
-    path = os.path.join(tempfile.gettempdir(), stamp)
-    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        # Every rank must agree on where rank 0 saves checkpoints.
-        shared = [path]
-        dist.broadcast_object_list(shared, src=0)
-        path = shared[0]
-    return path
+    # Every rank must agree on where rank 0 saves checkpoints.
+    return dist_util.broadcast_object(os.path.join(tempfile.gettempdir(), stamp))
 
 
 def configure(

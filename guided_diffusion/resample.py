@@ -7,7 +7,8 @@ from abc import ABC, abstractmethod
 
 import numpy as np
 import torch
-import torch.distributed as dist
+
+from . import dist_util
 
 SCHEDULE_SAMPLERS = ("uniform", "loss-second-moment")
 
@@ -78,24 +79,8 @@ class LossAwareSampler(ScheduleSampler):
         :param local_ts: [N] int timesteps of this rank's batch.
         :param local_losses: [N] float losses at those timesteps.
         """
-        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-            world_size = dist.get_world_size()
-            device = local_ts.device
-            batch_sizes = [torch.tensor([0], dtype=torch.int32, device=device) for _ in range(world_size)]
-            dist.all_gather(batch_sizes, torch.tensor([len(local_ts)], dtype=torch.int32, device=device))
-            batch_sizes = [int(x.item()) for x in batch_sizes]
-            max_bs = max(batch_sizes)
-            # pad every batch to the largest so all_gather sees equal shapes
-            timestep_batches = [torch.zeros(max_bs, dtype=local_ts.dtype, device=device) for _ in batch_sizes]
-            loss_batches = [torch.zeros(max_bs, dtype=local_losses.dtype, device=device) for _ in batch_sizes]
-            dist.all_gather(timestep_batches, _pad_to(local_ts, max_bs))
-            dist.all_gather(loss_batches, _pad_to(local_losses, max_bs))
-        else:
-            batch_sizes = [len(local_ts)]
-            timestep_batches = [local_ts]
-            loss_batches = [local_losses]
-        timesteps = [int(x) for ts, bs in zip(timestep_batches, batch_sizes) for x in ts[:bs].tolist()]
-        losses = [float(x) for ls, bs in zip(loss_batches, batch_sizes) for x in ls[:bs].tolist()]
+        timesteps = [int(x) for ts in dist_util.all_gather_ragged(local_ts) for x in ts.tolist()]
+        losses = [float(x) for ls in dist_util.all_gather_ragged(local_losses) for x in ls.tolist()]
         self.update_with_all_losses(timesteps, losses)
 
     @abstractmethod
@@ -144,6 +129,3 @@ class LossSecondMomentResampler(LossAwareSampler):
     def _warmed_up(self) -> bool:
         return bool((self._loss_counts == self.history_per_term).all())
 
-
-def _pad_to(x: torch.Tensor, length: int) -> torch.Tensor:
-    return torch.cat([x, torch.zeros(length - len(x), dtype=x.dtype, device=x.device)])

@@ -26,14 +26,14 @@ from typing import Callable, Iterator, Optional
 import blobfile as bf
 import numpy as np
 import torch
-import torch.distributed as dist
 import torch.nn as nn
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from . import dist_util, logger, script_util
 from .checkpoint_util import CheckpointMismatchError, load_checkpoint
+from .dist_util import all_gather_rows  # noqa: F401  (importable here as before)
 from .gaussian_diffusion import GaussianDiffusion
+from .guidance import classifier_cond_fn, labels_to_classifier_only  # noqa: F401
 from .sample_io import (  # SamplingInputError: the scripts use sample_util's name
     BaseSamples,
     SamplingInputError,
@@ -237,46 +237,6 @@ def load_classifier(args: argparse.Namespace) -> nn.Module:
     return _prepare(classifier, kwargs["classifier_use_fp16"], device)
 
 
-# ---------------------------------------------------------------- guidance
-
-
-def classifier_cond_fn(classifier: nn.Module, classifier_scale: float) -> Callable:
-    """
-    Classifier guidance (Dhariwal & Nichol 2021, Algorithms 1 and 2): the gradient of
-    log p(y | x_t) with respect to the noisy input x_t, times ``classifier_scale``.
-
-    :param classifier: maps (x_t [N x C x H x W], timesteps [N]) to logits [N x classes].
-    :param classifier_scale: the guidance scale s.
-    :return: cond_fn(x, t, y) -> gradient of x's shape; the diffusion passes it the
-        model_kwargs, so ``y`` is the target label [N].
-    """
-
-    def cond_fn(
-        x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None, **_
-    ) -> torch.Tensor:
-        if y is None:
-            raise ValueError("classifier guidance needs target labels: model_kwargs['y']")
-        with torch.enable_grad():
-            x_in = x.detach().requires_grad_(True)
-            log_probs = F.log_softmax(classifier(x_in, t).float(), dim=-1)  # (N, classes)
-            selected = log_probs[torch.arange(len(log_probs), device=y.device), y.view(-1)]
-            return torch.autograd.grad(selected.sum(), x_in)[0] * classifier_scale
-
-    return cond_fn
-
-
-def labels_to_classifier_only(model: nn.Module) -> Callable:
-    """
-    Adapt an unconditional diffusion model to classifier-guided sampling: the labels in
-    model_kwargs (``y``) go to the classifier only, not to the model.
-    """
-
-    def model_fn(x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None, **kwargs):
-        return model(x, t, **kwargs)
-
-    return model_fn
-
-
 # ---------------------------------------------------------------- what each image gets
 
 
@@ -323,45 +283,17 @@ def base_sample_kwargs(base: BaseSamples, class_cond: bool) -> KwargsFn:
 
 
 def _rank_and_world() -> tuple[int, int]:
-    """Rank and size of the process group that collectives here use ((0, 1) without one)."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _comm_device() -> torch.device:
-    """Where tensors must be for collectives: this rank's GPU under NCCL, else the CPU."""
-    return dist_util.dev() if dist.get_backend() == "nccl" else torch.device("cpu")
-
-
-def all_gather_rows(local: torch.Tensor) -> torch.Tensor:
-    """
-    Concatenate every rank's tensor along dim 0 in rank order; alone, return it as is.
-
-    :param local: [B x ...], the same shape on every rank.
-    :return: [world_size * B x ...] on the CPU.
-    """
-    _, world = _rank_and_world()
-    if world == 1:
-        return local.cpu()
-    local = local.to(_comm_device()).contiguous()
-    parts = [torch.empty_like(local) for _ in range(world)]
-    dist.all_gather(parts, local)
-    return torch.cat(parts).cpu()
+    """Rank and size of the running process group ((0, 1) without one)."""
+    return dist_util.get_rank() if dist_util.group_size() > 1 else 0, dist_util.group_size()
 
 
 def shared_seed(seed: Optional[int]) -> int:
     """
     The run's base seed: ``seed``, or a fresh one drawn on rank 0 and shared by all ranks.
     """
-    _, world = _rank_and_world()
     if seed is not None:
         return int(seed)
-    value = torch.tensor([secrets.randbits(31)], dtype=torch.int64)
-    if world > 1:
-        value = value.to(_comm_device())
-        dist.broadcast(value, 0)
-    return int(value.item())
+    return int(dist_util.broadcast_object(secrets.randbits(31)))
 
 
 def chunk_seeds(seed: int, chunk: int) -> tuple[int, int]:

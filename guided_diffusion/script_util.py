@@ -4,7 +4,7 @@ factories that build them from those flags.
 
 The flag names and defaults are those of the original guided-diffusion release, so its
 command lines and published checkpoints work unchanged. New flags (``num_classes``,
-``classifier_channel_mult``) default to the original behaviour.
+``classifier_channel_mult``, ``class_dropout_prob``) default to the original behaviour.
 """
 
 import argparse
@@ -47,6 +47,7 @@ _MODEL_KEYS = (
     "use_new_attention_order",
     "learn_sigma",
     "num_classes",
+    "class_dropout_prob",
 )
 _SR_MODEL_KEYS = (
     "large_size",
@@ -65,7 +66,10 @@ _SR_MODEL_KEYS = (
     "use_fp16",
     "learn_sigma",
     "num_classes",
+    "class_dropout_prob",
 )
+# New flags that code written against the original may leave out (they get their defaults).
+_NEW_MODEL_FLAGS = ("num_classes", "class_dropout_prob")
 
 
 def diffusion_defaults() -> dict[str, Any]:
@@ -117,6 +121,7 @@ def model_and_diffusion_defaults() -> dict[str, Any]:
         use_fp16=False,
         use_new_attention_order=False,
         num_classes=NUM_CLASSES,
+        class_dropout_prob=0.0,
     )
     res.update(diffusion_defaults())
     return res
@@ -170,14 +175,14 @@ def create_model_and_diffusion(**kwargs) -> tuple[UNetModel, SpacedDiffusion]:
     Build the image model and its diffusion process.
 
     :param kwargs: every key of ``model_and_diffusion_defaults()`` (``num_classes`` may be
-        left out: 1000).
+        left out: 1000; ``class_dropout_prob``: 0).
     :return: (model, diffusion).
     """
     kwargs = _check_flags(
         kwargs,
         model_and_diffusion_defaults(),
         "create_model_and_diffusion",
-        optional=("num_classes",),
+        optional=_NEW_MODEL_FLAGS,
     )
     model = create_model(**{k: kwargs[k] for k in _MODEL_KEYS})
     return model, create_gaussian_diffusion(**_diffusion_kwargs(kwargs))
@@ -268,6 +273,7 @@ def create_model(
     use_fp16: bool = False,
     use_new_attention_order: bool = False,
     num_classes: int = NUM_CLASSES,
+    class_dropout_prob: float = 0.0,
 ) -> UNetModel:
     """
     Build the image UNet from flags (see ``model_and_diffusion_defaults``).
@@ -275,6 +281,8 @@ def create_model(
     :param channel_mult: "" for the image size's default, or comma-separated multipliers.
     :param attention_resolutions: comma-separated resolutions (side lengths) with attention.
     :param num_classes: label count when ``class_cond``.
+    :param class_dropout_prob: label dropout for classifier-free guidance (> 0 adds the
+        null-class row to the label embedding; needs ``class_cond``).
     :return: the model, in float32 (call ``convert_to_fp16()`` for ``use_fp16``).
     """
     mult = _channel_mult(channel_mult, image_size, MODEL_CHANNEL_MULTS, "channel_mult")
@@ -298,6 +306,7 @@ def create_model(
         use_scale_shift_norm=use_scale_shift_norm,
         resblock_updown=resblock_updown,
         use_new_attention_order=use_new_attention_order,
+        class_dropout_prob=class_dropout_prob,
     )
 
 
@@ -367,15 +376,15 @@ def sr_create_model_and_diffusion(**kwargs) -> tuple[SuperResModel, SpacedDiffus
     """
     Build the super-resolution model and its diffusion process.
 
-    :param kwargs: every key of ``sr_model_and_diffusion_defaults()`` (``num_classes`` may
-        be left out).
+    :param kwargs: every key of ``sr_model_and_diffusion_defaults()`` (``num_classes`` and
+        ``class_dropout_prob`` may be left out).
     :return: (model, diffusion).
     """
     kwargs = _check_flags(
         kwargs,
         sr_model_and_diffusion_defaults(),
         "sr_create_model_and_diffusion",
-        optional=("num_classes",),
+        optional=_NEW_MODEL_FLAGS,
     )
     model = sr_create_model(**{k: kwargs[k] for k in _SR_MODEL_KEYS})
     return model, create_gaussian_diffusion(**_diffusion_kwargs(kwargs))
@@ -399,6 +408,7 @@ def sr_create_model(
     use_fp16: bool,
     num_classes: int = NUM_CLASSES,
     channel_mult: Union[str, Sequence[float]] = "",
+    class_dropout_prob: float = 0.0,
 ) -> SuperResModel:
     """
     Build the super-resolution UNet from flags (see ``sr_model_and_diffusion_defaults``).
@@ -406,6 +416,7 @@ def sr_create_model(
     :param large_size: output side length.
     :param small_size: input side length (the model upsamples whatever it gets).
     :param channel_mult: "" for the large size's default, or multipliers.
+    :param class_dropout_prob: label dropout for classifier-free guidance (see create_model).
     :return: the model, in float32.
     """
     del small_size  # the low-resolution input is resized to the output size
@@ -429,6 +440,7 @@ def sr_create_model(
         use_scale_shift_norm=use_scale_shift_norm,
         resblock_updown=resblock_updown,
         use_fp16=use_fp16,
+        class_dropout_prob=class_dropout_prob,
     )
 
 
@@ -494,6 +506,9 @@ FLAG_HELP = {
     "dropout": "dropout rate",
     "class_cond": "condition the model on class labels",
     "num_classes": "number of classes (label embedding rows / classifier outputs)",
+    "class_dropout_prob": "training replaces each label by a null class with this "
+    "probability, for classifier-free guidance; > 0 adds the null-class row to the label "
+    "embedding (0: the original model)",
     "use_checkpoint": "gradient checkpointing: less memory, slower steps",
     "use_scale_shift_norm": "AdaGN: the timestep embedding scales and shifts the normalised "
     "features",

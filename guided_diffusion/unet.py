@@ -621,6 +621,10 @@ class UNetModel(_UNetTrunk):
     :param use_scale_shift_norm: FiLM-like conditioning (AdaGN).
     :param resblock_updown: residual blocks for up- and downsampling.
     :param use_new_attention_order: split qkv before heads.
+    :param class_dropout_prob: classifier-free guidance training (Ho & Salimans 2021): in
+        training mode each label is replaced by the null class ``num_classes`` with this
+        probability, and the label embedding gets one extra row for it (only when > 0, so
+        the default layout is the original's).
     """
 
     def __init__(
@@ -644,6 +648,7 @@ class UNetModel(_UNetTrunk):
         use_scale_shift_norm: bool = False,
         resblock_updown: bool = False,
         use_new_attention_order: bool = False,
+        class_dropout_prob: float = 0.0,
     ):
         super().__init__(
             image_size,
@@ -666,9 +671,13 @@ class UNetModel(_UNetTrunk):
             use_new_attention_order,
         )
         self.num_classes = num_classes
+        self.class_dropout_prob = _check_class_dropout(class_dropout_prob, num_classes)
+        # the label of "no class" (classifier-free guidance), or None without that row
+        self.null_label = num_classes if class_dropout_prob > 0 else None
         self.time_embed = self._make_time_embed()
         if num_classes is not None:
-            self.label_emb = nn.Embedding(num_classes, model_channels * 4)
+            rows = num_classes + (self.null_label is not None)
+            self.label_emb = nn.Embedding(rows, model_channels * 4)
         self.input_blocks, input_block_chans, ch, ds = self._make_input_blocks()
         self.middle_block = self._make_middle_block(ch)
         self.output_blocks = nn.ModuleList([])
@@ -714,7 +723,7 @@ class UNetModel(_UNetTrunk):
         if self.num_classes is not None:
             if y.shape != (x.shape[0],):
                 raise ValueError(f"labels y must have shape ({x.shape[0]},), got {tuple(y.shape)}")
-            emb = emb + self.label_emb(y)
+            emb = emb + self.label_emb(self._drop_labels(y))
         skips = []
         h = x.type(self.dtype)
         for module in self.input_blocks:
@@ -724,6 +733,32 @@ class UNetModel(_UNetTrunk):
         for module in self.output_blocks:
             h = module(torch.cat([h, skips.pop()], dim=1), emb)
         return self.out(h.type(x.dtype))
+
+
+    def _drop_labels(self, y: torch.Tensor) -> torch.Tensor:
+        """
+        In training mode, replace each label by the null label with probability
+        ``class_dropout_prob`` (drawn from torch's global generator, which the training loop
+        reseeds every step); otherwise return ``y`` unchanged.
+
+        :param y: an [N] tensor of labels.
+        :return: an [N] tensor of labels.
+        """
+        if not self.training or self.null_label is None:
+            return y
+        drop = torch.rand(y.shape, device=y.device) < self.class_dropout_prob
+        return torch.where(drop, torch.full_like(y, self.null_label), y)
+
+
+def _check_class_dropout(prob: float, num_classes: Optional[int]) -> float:
+    """Check ``class_dropout_prob``: in [0, 1), and above 0 only for a conditional model."""
+    if not 0 <= prob < 1:
+        raise ValueError(f"invalid --class_dropout_prob {prob}: expected a probability in [0, 1)")
+    if prob > 0 and num_classes is None:
+        raise ValueError(
+            f"--class_dropout_prob {prob} needs a class-conditional model (--class_cond True)"
+        )
+    return float(prob)
 
 
 class SuperResModel(UNetModel):

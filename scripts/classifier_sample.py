@@ -19,7 +19,7 @@ Example (the published 256x256 conditional model and classifier):
 import argparse
 from typing import Optional
 
-from guided_diffusion import dist_util, logger, sample_util
+from guided_diffusion import dist_util, guidance, logger, sample_util
 from guided_diffusion.script_util import (
     add_dict_to_argparser,
     classifier_defaults,
@@ -41,7 +41,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     logger.log("loading classifier...")
     classifier = sample_util.load_classifier(args)
 
-    model_fn = model if args.class_cond else sample_util.labels_to_classifier_only(model)
+    model_fn = model if args.class_cond else guidance.labels_to_classifier_only(model)
     logger.log(f"sampling with classifier scale {args.classifier_scale}...")
     result = sample_util.sample_images(
         model_fn,
@@ -50,7 +50,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         batch_size=args.batch_size,
         image_size=args.image_size,
         make_kwargs=sample_util.class_label_kwargs(class_labels, num_classes),
-        cond_fn=sample_util.classifier_cond_fn(classifier, args.classifier_scale),
+        cond_fn=guidance.classifier_cond_fn(classifier, args.classifier_scale),
         use_ddim=args.use_ddim,
         clip_denoised=args.clip_denoised,
         seed=args.seed,

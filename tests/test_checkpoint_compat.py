@@ -138,6 +138,16 @@ def tiny_classifier(**overrides) -> torch.nn.Module:
         (dict(class_cond=True, num_classes=10), {}, "--class_cond True"),
         ({}, dict(class_cond=True), "--class_cond False"),
         (dict(class_cond=True, num_classes=10), dict(class_cond=True), "--num_classes 10"),
+        (
+            dict(class_cond=True, num_classes=10, class_dropout_prob=0.1),
+            dict(class_cond=True, num_classes=10),
+            "--class_dropout_prob > 0",
+        ),
+        (
+            dict(class_cond=True, num_classes=10),
+            dict(class_cond=True, num_classes=10, class_dropout_prob=0.1),
+            "--class_dropout_prob 0",
+        ),
         (dict(num_channels=64), {}, "--num_channels 64"),
         (dict(num_res_blocks=2), {}, "--num_res_blocks 2"),
         (dict(channel_mult="1,2,2"), {}, "--channel_mult 1,2,2"),

@@ -75,6 +75,11 @@ def _check_two_ranks(reports: list[dict], job: dict, gpus: bool = False) -> None
         assert all(r["backend"] == "gloo" and r["device"] == "cpu" for r in reports)
     assert [r["is_main"] for r in reports] == [True, False]
     assert all(r["all_reduce_sum"] == 3.0 for r in reports)
+    for r in reports:
+        assert r["gathered_rows"] == [0, 0, 1, 1]
+        assert r["gathered_ragged"] == [[0], [10, 11]]
+        assert r["gathered_objects"] == [{"rank": 0}, {"rank": 1}]
+        assert r["broadcast"] == "from 0"
 
     # sync_params: the ranks started apart and end with rank 0's weights.
     assert r0["weights_before_sync"] != r1["weights_before_sync"]
@@ -159,6 +164,11 @@ def test_helpers_work_without_setup(alone):
     param = torch.nn.Parameter(torch.arange(3.0))
     dist_util.sync_params([param])
     assert param.tolist() == [0.0, 1.0, 2.0]
+    rows = torch.arange(6).view(3, 2)
+    assert torch.equal(dist_util.all_gather_rows(rows), rows)
+    assert [p.tolist() for p in dist_util.all_gather_ragged(rows)] == [rows.tolist()]
+    assert dist_util.all_gather_object({"a": 1}) == [{"a": 1}]
+    assert dist_util.broadcast_object("x") == "x"
 
 
 def test_setup_alone_makes_a_one_process_group(alone):

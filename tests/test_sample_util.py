@@ -12,7 +12,7 @@ import torch.nn as nn
 from PIL import Image
 
 from guided_diffusion import gaussian_diffusion as gd
-from guided_diffusion import sample_io, sample_util
+from guided_diffusion import guidance, sample_io, sample_util
 from guided_diffusion.respace import SpacedDiffusion, space_timesteps
 
 STEPS, RESPACING = 20, "5"
@@ -130,6 +130,11 @@ def test_shared_seed_fresh_unless_given():
     assert sample_util.chunk_seeds(5, 0) == sample_util.chunk_seeds(5, 0)
 
 
+def test_old_names_stay_importable_from_sample_util():
+    assert sample_util.classifier_cond_fn is guidance.classifier_cond_fn
+    assert sample_util.labels_to_classifier_only is guidance.labels_to_classifier_only
+
+
 def test_all_gather_rows_alone_returns_the_input():
     x = torch.arange(6).view(3, 2)
     assert torch.equal(sample_util.all_gather_rows(x), x)
@@ -175,25 +180,25 @@ def test_classifier_cond_fn_matches_the_analytic_gradient():
     linear = nn.Linear(3 * 4 * 4, 5)  # log p(y | x) = log softmax(W x + b)[y]
     classifier = lambda x, t: linear(x.flatten(1))  # noqa: E731
     x, y, scale = torch.randn(2, 3, 4, 4), torch.tensor([1, 4]), 2.5
-    grad = sample_util.classifier_cond_fn(classifier, scale)(x, torch.zeros(2), y=y)
+    grad = guidance.classifier_cond_fn(classifier, scale)(x, torch.zeros(2), y=y)
     probs = torch.softmax(linear(x.flatten(1)), dim=-1).detach()  # (2, 5)
     expected = scale * (torch.eye(5)[y] - probs) @ linear.weight.detach()  # d/dx = W^T (e_y - p)
     torch.testing.assert_close(grad, expected.view_as(x), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="labels"):
-        sample_util.classifier_cond_fn(classifier, scale)(x, torch.zeros(2))
+        guidance.classifier_cond_fn(classifier, scale)(x, torch.zeros(2))
 
 
 def test_labels_go_only_to_the_classifier_for_an_unconditional_model():
     model = ConvEps()
     x = torch.randn(2, 3, 4, 4)
-    out = sample_util.labels_to_classifier_only(model)(x, torch.zeros(2), y=torch.tensor([1, 2]))
+    out = guidance.labels_to_classifier_only(model)(x, torch.zeros(2), y=torch.tensor([1, 2]))
     assert torch.equal(out, model(x, torch.zeros(2))) and not model.seen_labels
 
 
 def test_guidance_moves_samples_towards_the_target_class():
     classifier = ColourClassifier()
     diffusion = spaced_diffusion(learn_sigma=True)
-    model = sample_util.labels_to_classifier_only(ConvEps(out_channels=6))
+    model = guidance.labels_to_classifier_only(ConvEps(out_channels=6))
     kwargs = dict(
         num_samples=6,
         batch_size=6,
@@ -203,10 +208,10 @@ def test_guidance_moves_samples_towards_the_target_class():
         make_kwargs=sample_util.class_label_kwargs([0, 1, 2], num_classes=3),
     )
     plain = sample_util.sample_images(
-        model, diffusion, cond_fn=sample_util.classifier_cond_fn(classifier, 0.0), **kwargs
+        model, diffusion, cond_fn=guidance.classifier_cond_fn(classifier, 0.0), **kwargs
     )
     guided = sample_util.sample_images(
-        model, diffusion, cond_fn=sample_util.classifier_cond_fn(classifier, 50.0), **kwargs
+        model, diffusion, cond_fn=guidance.classifier_cond_fn(classifier, 50.0), **kwargs
     )
 
     def mean_log_prob(result):

@@ -67,6 +67,7 @@ SR_KEYS = {
     "resblock_updown",
     "use_fp16",
     "num_classes",
+    "class_dropout_prob",
     *ORIGINAL_DIFFUSION_DEFAULTS,
 }
 
@@ -92,6 +93,7 @@ def test_defaults_match_the_original():
     assert su.model_and_diffusion_defaults() == {
         **ORIGINAL_MODEL_DEFAULTS,
         "num_classes": 1000,
+        "class_dropout_prob": 0.0,
         **ORIGINAL_DIFFUSION_DEFAULTS,
     }
     assert su.classifier_defaults() == {

@@ -46,6 +46,13 @@ def main() -> None:
     dist.all_reduce(total)
     report["all_reduce_sum"] = total.item()
 
+    # The collectives: rows in rank order, ragged rows (rank r holds r + 1), objects.
+    report["gathered_rows"] = dist_util.all_gather_rows(torch.full((2,), rank)).tolist()
+    ragged = dist_util.all_gather_ragged(torch.arange(rank + 1, device=device) + 10 * rank)
+    report["gathered_ragged"] = [part.cpu().tolist() for part in ragged]
+    report["gathered_objects"] = dist_util.all_gather_object({"rank": rank})
+    report["broadcast"] = dist_util.broadcast_object(f"from {rank}")
+
     # sync_params: different initial weights per rank, rank 0's everywhere afterwards.
     torch.manual_seed(100 + rank)
     model = torch.nn.Linear(3, 2).to(device)

@@ -1,0 +1,260 @@
+"""
+Guidance: functions that steer a diffusion model's sampling towards a condition.
+
+Classifier guidance (Dhariwal & Nichol 2021): a ``cond_fn`` giving the scaled gradient of a
+noisy classifier's log-probability, which ``GaussianDiffusion`` adds to the mean (ancestral
+sampling) or to the score (DDIM), and the small adapter that keeps the target labels away
+from an unconditional model.
+
+Classifier-free guidance (Ho & Salimans 2021) and autoguidance (Karras et al. 2024) are
+model wrappers: the guided model is called like the model, ``model_fn(x, t, **kwargs)``,
+so every sampler and the respaced-timestep wrapper of ``SpacedDiffusion`` work unchanged
+(the wrapper sees the timesteps the model would see and passes them on as they are).
+Both combine a "main" and a weaker "base" prediction as base + s (main - base) on the
+prediction channels (epsilon, or x_0 for ``--predict_xstart`` models: the weights sum to 1,
+so combining epsilons and combining the x_0 they imply is the same), and keep the learned
+variance channels of the main prediction: the variance is not what guidance steers, and
+extrapolating log-variance interpolation weights could leave their valid range. They
+combine with classifier guidance: its gradient is added to the guided prediction.
+"""
+
+from typing import Callable, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+def classifier_cond_fn(classifier: nn.Module, classifier_scale: float) -> Callable:
+    """
+    Classifier guidance (Dhariwal & Nichol 2021, Algorithms 1 and 2): the gradient of
+    log p(y | x_t) with respect to the noisy input x_t, times ``classifier_scale``.
+
+    :param classifier: maps (x_t [N x C x H x W], timesteps [N]) to logits [N x classes].
+    :param classifier_scale: the guidance scale s.
+    :return: cond_fn(x, t, y) -> gradient of x's shape; the diffusion passes it the
+        model_kwargs, so ``y`` is the target label [N].
+    """
+
+    def cond_fn(
+        x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None, **_
+    ) -> torch.Tensor:
+        if y is None:
+            raise ValueError("classifier guidance needs target labels: model_kwargs['y']")
+        with torch.enable_grad():
+            x_in = x.detach().requires_grad_(True)
+            log_probs = F.log_softmax(classifier(x_in, t).float(), dim=-1)  # (N, classes)
+            selected = log_probs[torch.arange(len(log_probs), device=y.device), y.view(-1)]
+            return torch.autograd.grad(selected.sum(), x_in)[0] * classifier_scale
+
+    return cond_fn
+
+
+def labels_to_classifier_only(model: nn.Module) -> Callable:
+    """
+    Adapt an unconditional diffusion model to classifier-guided sampling: the labels in
+    model_kwargs (``y``) go to the classifier only, not to the model.
+
+    :param model: called as model(x, t, **kwargs) without ``y``.
+    :return: model_fn(x, t, y=None, **kwargs) -> model(x, t, **kwargs).
+    """
+
+    def model_fn(x: torch.Tensor, t: torch.Tensor, y: Optional[torch.Tensor] = None, **kwargs):
+        return model(x, t, **kwargs)
+
+    return model_fn
+
+
+# ---------------------------------------------------------------- model wrappers
+
+# A function of the timesteps the model sees [N] -> bool [N]: where guidance applies
+# (e.g. a guidance interval); None means at every step.
+ActiveFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+class GuidanceError(ValueError):
+    """A guidance setting that the model cannot honour; the message names the flag."""
+
+
+class _GuidedModel(nn.Module):
+    """
+    The shared part of the guidance wrappers: where guidance applies, compute the main and
+    base predictions and return base + scale (main - base) on the first C channels, the
+    main prediction's other channels (learned variance) as they are; elsewhere the main
+    prediction alone, without evaluating the base.
+    """
+
+    def __init__(self, model: nn.Module, scale: float, active: Optional[ActiveFn]):
+        super().__init__()
+        self.model = model
+        self.scale = float(scale)
+        self.active = active
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
+        """
+        :param x: [N x C x ...] noisy inputs.
+        :param t: [N] timesteps, as the model takes them.
+        :param kwargs: the model's keyword arguments (e.g. ``y`` [N] labels).
+        :return: [N x out_channels x ...] guided model output.
+        """
+        t = _per_image(t, x.shape[0])
+        inside = self._inside(t, x.device)
+        if inside is None:
+            return self.model(x, t, **kwargs)
+        main, base = self.predictions(x, t, inside, kwargs)
+        channels = x.shape[1]
+        guided = main.clone()
+        mean = base[:, :channels] + self.scale * (main[inside, :channels] - base[:, :channels])
+        guided[inside, :channels] = mean.to(guided.dtype)
+        return guided
+
+    def _inside(self, t: torch.Tensor, device: torch.device) -> Optional[torch.Tensor]:
+        """Bool [N] mask of the images to guide, or None when there are none."""
+        if self.scale == 1:
+            return None  # base + 1 (main - base) is main: skip the base entirely
+        if self.active is None:
+            return torch.ones(t.shape[0], dtype=torch.bool, device=device)
+        inside = torch.as_tensor(self.active(t), dtype=torch.bool).to(device)
+        return inside if inside.any() else None
+
+    def predictions(
+        self, x: torch.Tensor, t: torch.Tensor, inside: torch.Tensor, kwargs: dict
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """
+        :return: (main prediction [N x ...] for every image, base prediction [M x ...] for the
+            M images where ``inside`` is True).
+        """
+        raise NotImplementedError
+
+
+def _per_image(t: torch.Tensor, n: int) -> torch.Tensor:
+    """Timesteps [N] from [N], [1] or a scalar (the model takes one for the whole batch too)."""
+    return t.reshape(1).expand(n) if t.numel() == 1 else t
+
+
+def _is_per_image(value, n: int) -> bool:
+    """Whether a keyword argument holds one entry per image (a tensor with first dim n)."""
+    return isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape[0] == n
+
+
+def _select(kwargs: dict, n: int, rows: torch.Tensor) -> dict:
+    """The keyword arguments of the images ``rows`` (per-image tensors indexed, others kept)."""
+    return {k: v[rows] if _is_per_image(v, n) else v for k, v in kwargs.items()}
+
+
+def _stack(kwargs: dict, extra: dict, n: int) -> dict:
+    """Per-image keyword arguments of two batches, concatenated (``extra`` after ``kwargs``)."""
+    return {k: torch.cat([v, extra[k]]) if _is_per_image(v, n) else v for k, v in kwargs.items()}
+
+
+class ClassifierFreeGuidance(_GuidedModel):
+    """
+    Classifier-free guidance (Ho & Salimans 2021): eps~ = eps(x, null) + s (eps(x, y) -
+    eps(x, null)), the conditional and null-class predictions in one batched forward pass.
+    s = 1 is plain conditional sampling (the model is called exactly as without guidance);
+    s = 0 is unconditional sampling (the null-class prediction alone, variance included).
+
+    :param model: a class-conditional model trained with label dropout (``null_label``).
+    :param scale: the guidance scale s >= 0.
+    :param active: where guidance applies (see ``ActiveFn``); elsewhere conditional.
+    :raises GuidanceError: s != 1 for a model without a null class.
+    """
+
+    def __init__(self, model: nn.Module, scale: float, active: Optional[ActiveFn] = None):
+        super().__init__(model, scale, active)
+        self.null_label = getattr(model, "null_label", None)
+        if scale < 0:
+            raise GuidanceError(f"--guidance_scale must be >= 0, got {scale}")
+        if scale != 1 and getattr(model, "num_classes", None) is None:
+            raise GuidanceError(
+                f"--guidance_scale {scale} (classifier-free guidance) needs a class-conditional "
+                "model (--class_cond True); for an unconditional one give --guide_model_path "
+                "(autoguidance) or use --guidance_scale 1"
+            )
+        if scale != 1 and self.null_label is None:
+            raise GuidanceError(
+                f"--guidance_scale {scale} needs a model trained with --class_dropout_prob > 0 "
+                "(a null-class row in its label embedding); this one has none: use "
+                "--guidance_scale 1, classifier guidance or --guide_model_path (autoguidance)"
+            )
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
+        if self.scale != 0:
+            return super().forward(x, t, **kwargs)
+        t = _per_image(t, x.shape[0])
+        inside = self._inside(t, x.device)
+        if inside is not None:
+            y = kwargs["y"]
+            kwargs = {**kwargs, "y": torch.where(inside, torch.full_like(y, self.null_label), y)}
+        return self.model(x, t, **kwargs)
+
+    def predictions(
+        self, x: torch.Tensor, t: torch.Tensor, inside: torch.Tensor, kwargs: dict
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        n = x.shape[0]
+        if kwargs.get("y") is None:
+            raise GuidanceError("classifier-free guidance needs class labels: model_kwargs['y']")
+        extra = _select(kwargs, n, inside)
+        extra["y"] = torch.full_like(extra["y"], self.null_label)
+        # one forward pass: the N conditional rows, then the M null-class rows   (N + M, ...)
+        x_both, t_both = torch.cat([x, x[inside]]), torch.cat([t, t[inside]])
+        out = self.model(x_both, t_both, **_stack(kwargs, extra, n))
+        return out[:n], out[n:]
+
+
+class AutoGuidance(_GuidedModel):
+    """
+    Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of
+    itself"): D~ = D_guide + s (D_main - D_guide), with a guide model of the same kind that
+    is smaller and/or trained shorter; it works for unconditional models too. Both models
+    get the same inputs and keyword arguments; the variance channels come from the main one.
+
+    :param model: the main model.
+    :param guide: the guide model (its prediction channels must match the main model's).
+    :param scale: the guidance scale s (1: the main model alone).
+    :param active: where guidance applies (see ``ActiveFn``); elsewhere the main model.
+    """
+
+    def __init__(
+        self, model: nn.Module, guide: nn.Module, scale: float, active: Optional[ActiveFn] = None
+    ):
+        super().__init__(model, scale, active)
+        self.guide = guide
+
+    def predictions(
+        self, x: torch.Tensor, t: torch.Tensor, inside: torch.Tensor, kwargs: dict
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        main = self.model(x, t, **kwargs)
+        guide = self.guide(x[inside], t[inside], **_select(kwargs, x.shape[0], inside))
+        if guide.shape[1] < x.shape[1]:
+            raise GuidanceError(
+                f"the guide model predicts {guide.shape[1]} channels, fewer than the "
+                f"{x.shape[1]} image channels: --guide_model_path must be a model of the same kind"
+            )
+        return main, guide
+
+
+def guided_model(
+    model: nn.Module,
+    guidance_scale: float = 1.0,
+    *,
+    guide: Optional[nn.Module] = None,
+    active: Optional[ActiveFn] = None,
+) -> nn.Module:
+    """
+    The model to sample with for ``--guidance_scale`` and ``--guide_model_path``: autoguidance
+    when a guide is given, else classifier-free guidance, else (scale 1, no guide) the model
+    itself.
+
+    :param model: the diffusion model.
+    :param guidance_scale: s; 1 means no guidance.
+    :param guide: the autoguidance guide model, or None.
+    :param active: where guidance applies (e.g. a guidance interval); None: every step.
+    :return: a module called like ``model``.
+    :raises GuidanceError: the model cannot be guided that way.
+    """
+    if guide is not None:
+        return AutoGuidance(model, guide, guidance_scale, active)
+    if guidance_scale == 1:
+        return model
+    return ClassifierFreeGuidance(model, guidance_scale, active)
