@@ -141,7 +141,7 @@ def test_any_size_with_channel_mult_and_float_multipliers():
     assert model(torch.zeros(1, 3, 48, 48), torch.tensor([5])).shape == (1, 3, 48, 48)
     with pytest.raises(ValueError, match="--channel_mult"):
         su.create_model(32, 32, 1, channel_mult="1,x")
-    with pytest.raises(ValueError, match="--attention_resolutions"):
+    with pytest.warns(UserWarning, match="--attention_resolutions"):
         su.create_model(32, 32, 1, channel_mult="1,2", attention_resolutions="12")
 
 
