@@ -1,9 +1,9 @@
 """
-The pieces every sampling script shares: command-line flags, loading the model and
-classifier checkpoints, classifier guidance, the loop over batches on every rank,
-gathering the batches, and writing the ``samples_{N}x{H}x{W}x3.npz`` file (with a PNG
-grid of the first samples beside it). Reading and writing the files themselves is
-``sample_io``'s job.
+The pieces every sampling script shares: command-line flags, the loop over batches on
+every rank, gathering the batches, and writing the ``samples_{N}x{H}x{W}x3.npz`` file
+(with a PNG grid of the first samples beside it). Reading and writing the files
+themselves is ``sample_io``'s job; loading the model and classifier is
+``model_loading``'s, guidance ``guidance``'s (their functions stay importable here).
 
 How a run divides the work: the images are numbered 0..N-1 and dealt out in rounds of
 ``batch_size * world_size``; in each round rank r draws the ``batch_size`` images that
@@ -30,10 +30,12 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import dist_util, logger, script_util
-from .checkpoint_util import CheckpointMismatchError, load_checkpoint
+from .checkpoint_util import CheckpointMismatchError
 from .dist_util import all_gather_rows  # noqa: F401  (importable here as before)
 from .gaussian_diffusion import GaussianDiffusion
 from .guidance import classifier_cond_fn, labels_to_classifier_only  # noqa: F401
+from .model_loading import load_classifier, load_model_and_diffusion  # noqa: F401 (old home)
+from .run_config import RunConfigError
 from .sample_io import (  # SamplingInputError: the scripts use sample_util's name
     BaseSamples,
     SamplingInputError,
@@ -141,100 +143,15 @@ def parse_class_labels(text: str, num_classes: int) -> Optional[list[int]]:
 
 
 def num_classes_of(args: argparse.Namespace) -> int:
-    """The ``--num_classes`` flag, or the original 1000 where a factory has none."""
+    """
+    How many classes labels are drawn from: those of the training folder when the run
+    configuration beside the checkpoint names them (``args.class_names``, set by
+    ``run_config.parse_args``), else ``--num_classes`` (the original 1000 where a factory
+    has none).
+    """
+    if getattr(args, "class_names", None):
+        return len(args.class_names)
     return int(getattr(args, "num_classes", script_util.NUM_CLASSES))
-
-
-# ---------------------------------------------------------------- checkpoints
-
-
-def _resolve_fp16(flag: str, requested: bool, device: torch.device) -> bool:
-    """float16 weights only on CUDA; on CPU fall back to float32 with a warning."""
-    if requested and device.type != "cuda":
-        message = (
-            f"--{flag} True needs a CUDA device; running in float32 on {device.type} instead "
-            "(same weights; results equal up to float16 rounding)"
-        )
-        logger.warn(f"warning: {message}")
-        return False
-    return requested
-
-
-def _load_weights(model: nn.Module, path: str, flag: str) -> None:
-    if not path:
-        raise SamplingInputError(f"--{flag} is required: the checkpoint (.pt) file to load")
-    if not bf.exists(path):
-        raise FileNotFoundError(f"--{flag}: checkpoint file not found: {path}")
-    logger.log(f"loading {path}")
-    try:
-        load_checkpoint(model, path, map_location="cpu")
-    except CheckpointMismatchError:
-        raise
-    except ValueError as err:  # not a checkpoint at all
-        raise SamplingInputError(f"--{flag}: {err}") from None
-
-
-def _build(factory: Callable, kwargs: dict):
-    try:
-        return factory(**kwargs)
-    except ValueError as err:  # flags that describe no valid network; the message names them
-        raise SamplingInputError(str(err)) from None
-
-
-def _prepare(model: nn.Module, use_fp16: bool, device: torch.device) -> nn.Module:
-    model.to(device)
-    if use_fp16:
-        model.convert_to_fp16()
-    model.eval()
-    return model
-
-
-def load_model_and_diffusion(
-    args: argparse.Namespace, super_res: bool = False
-) -> tuple[nn.Module, GaussianDiffusion]:
-    """
-    Build the diffusion model and process from the model flags and load ``--model_path``.
-
-    :param args: parsed flags holding every key of ``model_and_diffusion_defaults()``
-        (``sr_model_and_diffusion_defaults()`` when ``super_res``) and ``model_path``.
-    :param super_res: build an upsampling model.
-    :return: (model in eval mode on ``dist_util.dev()``, diffusion).
-    """
-    if super_res:
-        defaults, create = (
-            script_util.sr_model_and_diffusion_defaults(),
-            script_util.sr_create_model_and_diffusion,
-        )
-    else:
-        defaults, create = (
-            script_util.model_and_diffusion_defaults(),
-            script_util.create_model_and_diffusion,
-        )
-    kwargs = script_util.args_to_dict(args, defaults.keys())
-    device = dist_util.dev()
-    kwargs["use_fp16"] = _resolve_fp16("use_fp16", kwargs["use_fp16"], device)
-    model, diffusion = _build(create, kwargs)
-    _load_weights(model, args.model_path, "model_path")
-    return _prepare(model, kwargs["use_fp16"], device), diffusion
-
-
-def load_classifier(args: argparse.Namespace) -> nn.Module:
-    """
-    Build the noisy classifier from the classifier flags and load ``--classifier_path``.
-
-    :param args: parsed flags holding every key of ``classifier_defaults()`` and
-        ``classifier_path``.
-    :return: the classifier in eval mode on ``dist_util.dev()``, its parameters frozen.
-    """
-    kwargs = script_util.args_to_dict(args, script_util.classifier_defaults().keys())
-    device = dist_util.dev()
-    kwargs["classifier_use_fp16"] = _resolve_fp16(
-        "classifier_use_fp16", kwargs["classifier_use_fp16"], device
-    )
-    classifier = _build(script_util.create_classifier, kwargs)
-    _load_weights(classifier, args.classifier_path, "classifier_path")
-    classifier.requires_grad_(False)
-    return _prepare(classifier, kwargs["classifier_use_fp16"], device)
 
 
 # ---------------------------------------------------------------- what each image gets
@@ -542,6 +459,6 @@ def run_script(main: Callable[[], None]) -> None:
     """
     try:
         main()
-    except (SamplingInputError, FileNotFoundError, CheckpointMismatchError) as err:
+    except (SamplingInputError, RunConfigError, FileNotFoundError, CheckpointMismatchError) as err:
         print(f"{os.path.basename(sys.argv[0])}: error: {err}", file=sys.stderr)
         sys.exit(1)

@@ -51,6 +51,7 @@ from .resample import (
     UniformSampler,
     create_named_schedule_sampler,
 )
+from .run_config import make_run_config, write_run_config
 
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
@@ -85,6 +86,8 @@ class BaseTrainLoop:
         resumed from; 0 for no limit (--max_steps).
     :param seed: reseed every step from (seed, rank, step) for reproducible, resumable runs;
         None leaves the random generators alone.
+    :param run_config: the run configuration (``run_config.make_run_config``) to write
+        beside every model and EMA checkpoint as ``<name>.json``; None writes none.
     """
 
     def __init__(
@@ -107,6 +110,7 @@ class BaseTrainLoop:
         lr_anneal_steps: int = 0,
         max_steps: int = 0,
         seed: Optional[int] = None,
+        run_config: Optional[dict] = None,
     ):
         # Check every argument before anything is loaded, synced or written.
         self.microbatch = check_batch_flags(batch_size, microbatch)
@@ -132,6 +136,7 @@ class BaseTrainLoop:
         self.lr_anneal_steps = lr_anneal_steps
         self.max_steps = max_steps
         self.seed = seed
+        self.run_config = run_config
         self.step = self.resume_step
         self.global_batch = batch_size * dist_util.get_world_size()
 
@@ -389,8 +394,17 @@ class BaseTrainLoop:
             remove_stale_temp_files(logdir)
             for name, state in files.items():
                 logger.log(f"saving {name} at step {self.step}...")
-                atomic_torch_save(state, bf.join(logdir, name))
+                if name.startswith("opt"):
+                    atomic_torch_save(state, bf.join(logdir, name))
+                else:
+                    self._save_weights(state, bf.join(logdir, name))
         dist_util.barrier()
+
+    def _save_weights(self, state_dict: dict[str, torch.Tensor], path: str) -> None:
+        """Write the run configuration beside ``path`` (if any), then the weights."""
+        if self.run_config is not None:
+            write_run_config(path, self.run_config)
+        atomic_torch_save(state_dict, path)
 
 
 class TrainLoop(BaseTrainLoop):
@@ -429,6 +443,7 @@ class TrainLoop(BaseTrainLoop):
         use_bf16: bool = False,
         max_steps: int = 0,
         seed: Optional[int] = None,
+        run_config: Optional[dict] = None,
     ):
         super().__init__(
             model=model,
@@ -447,6 +462,7 @@ class TrainLoop(BaseTrainLoop):
             lr_anneal_steps=lr_anneal_steps,
             max_steps=max_steps,
             seed=seed,
+            run_config=run_config,
         )
         self.diffusion = diffusion
         self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
@@ -638,13 +654,18 @@ def check_train_args(args) -> None:
 # ---------------------------------------------------------------------------- helpers
 
 
-def train_diffusion_model(args, model: nn.Module, diffusion, data: Iterator[Batch]) -> None:
+def train_diffusion_model(
+    args, model: nn.Module, diffusion, data: Iterator[Batch], kind: str = "model"
+) -> None:
     """
     What the diffusion training scripts share once model and data exist: put the model on
     this process's device, make the timestep sampler, run the TrainLoop with the flags of
-    TRAIN_LOOP_FLAGS, and leave the process group.
+    TRAIN_LOOP_FLAGS (writing the run configuration beside every checkpoint), and leave the
+    process group.
 
-    :param args: parsed flags holding ``schedule_sampler`` and TRAIN_LOOP_FLAGS.
+    :param args: parsed flags holding ``schedule_sampler``, TRAIN_LOOP_FLAGS and the model
+        and diffusion flags.
+    :param kind: "model" or "super_res": the network being trained.
     """
     model.to(dist_util.dev())
     schedule_sampler = create_named_schedule_sampler(args.schedule_sampler, diffusion)
@@ -654,9 +675,30 @@ def train_diffusion_model(args, model: nn.Module, diffusion, data: Iterator[Batc
         diffusion=diffusion,
         data=data,
         schedule_sampler=schedule_sampler,
+        run_config=training_run_config(kind, args),
         **{name: getattr(args, name) for name in TRAIN_LOOP_FLAGS},
     ).run_loop()
     dist_util.cleanup()
+
+
+def training_run_config(kind: str, args) -> dict:
+    """
+    The run configuration of a training run (``run_config.make_run_config``); logs once
+    when the data folder has fewer classes than the network has labels for.
+
+    :param kind: "model", "super_res" or "classifier".
+    :param args: the parsed training flags.
+    """
+    config = make_run_config(kind, args)
+    data = config["data"]
+    if data is not None and data["num_classes"] < args.num_classes:
+        logger.log(
+            f"note: {args.data_dir} holds {data['num_classes']} classes but --num_classes is "
+            f"{args.num_classes}: labels {data['num_classes']}..{args.num_classes - 1} are "
+            "never trained; samplers reading the run configuration draw only the "
+            f"{data['num_classes']} trained ones"
+        )
+    return config
 
 
 def seed_for_step(seed: int, step: int, stream: int = 0) -> None:
@@ -769,8 +811,9 @@ def check_learning_rate(lr: float) -> None:
 
 
 _CHECKPOINT_FILE = re.compile(r"(model|opt)\d+\.pt|ema_[^_]+_\d+\.pt")
-# What atomic_write leaves behind when killed while writing a checkpoint: ".<name>.<random>.tmp".
-_CHECKPOINT_TEMP_FILE = re.compile(r"\.((model|opt)\d+|ema_[^_]+_\d+)\.pt\.\w+\.tmp")
+# What atomic_write leaves when killed while writing a checkpoint or its run configuration:
+# ".<name>.<random>.tmp".
+_CHECKPOINT_TEMP_FILE = re.compile(r"\.((model|opt)\d+|ema_[^_]+_\d+)\.(pt|json)\.\w+\.tmp")
 
 
 def check_fresh_log_dir(logdir: Optional[str]) -> None:

@@ -19,7 +19,7 @@ Example (the published 256x256 conditional model and classifier):
 import argparse
 from typing import Optional
 
-from guided_diffusion import dist_util, guidance, logger, sample_util
+from guided_diffusion import dist_util, guidance, logger, run_config, sample_util
 from guided_diffusion.script_util import (
     add_dict_to_argparser,
     classifier_defaults,
@@ -28,7 +28,9 @@ from guided_diffusion.script_util import (
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args = create_argparser().parse_args(argv)
+    args = run_config.parse_args(
+        create_argparser(), argv, model_path="model", classifier_path="classifier"
+    )
     sample_util.check_counts(args.num_samples, args.batch_size)
     num_classes = sample_util.num_classes_of(args)
     class_labels = sample_util.parse_class_labels(args.class_labels, num_classes)

@@ -24,7 +24,7 @@ import argparse
 import blobfile as bf
 import torch
 
-from guided_diffusion import dist_util, logger
+from guided_diffusion import dist_util, logger, run_config
 from guided_diffusion.image_datasets import list_classes, load_data
 from guided_diffusion.resample import create_named_schedule_sampler
 from guided_diffusion.script_errors import run_program
@@ -39,11 +39,12 @@ from guided_diffusion.train_util import (
     ClassifierTrainLoop,
     check_num_classes,
     check_train_args,
+    training_run_config,
 )
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = create_argparser().parse_args(argv)
+    args = run_config.parse_args(create_argparser(), argv, resume_checkpoint="classifier")
     dist_util.setup_dist()
     check_train_args(args)
     check_num_classes(args.data_dir, args.num_classes)
@@ -85,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     logger.log("training classifier model...")
     ClassifierTrainLoop(
         model=model,
+        run_config=training_run_config("classifier", args),
         diffusion=diffusion,
         data=data,
         val_data=val_data,

@@ -12,13 +12,13 @@ import argparse
 import os
 from typing import Optional
 
-from guided_diffusion import dist_util, logger, sample_io, sample_util
+from guided_diffusion import dist_util, logger, run_config, sample_io, sample_util
 from guided_diffusion.image_datasets import load_data
 from guided_diffusion.script_util import add_dict_to_argparser, model_and_diffusion_defaults
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args = create_argparser().parse_args(argv)
+    args = run_config.parse_args(create_argparser(), argv, model_path="model")
     sample_util.check_counts(args.num_samples, args.batch_size)
     if not args.data_dir:
         raise sample_util.SamplingInputError("--data_dir is required: a folder of images")

@@ -18,12 +18,12 @@ Run it under `mpiexec -n N` or `torchrun --nproc_per_node N` to share the work.
 import argparse
 from typing import Optional
 
-from guided_diffusion import dist_util, logger, sample_util
+from guided_diffusion import dist_util, logger, run_config, sample_util
 from guided_diffusion.script_util import add_dict_to_argparser, model_and_diffusion_defaults
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args = create_argparser().parse_args(argv)
+    args = run_config.parse_args(create_argparser(), argv, model_path="model")
     sample_util.check_counts(args.num_samples, args.batch_size)
     class_labels = sample_util.parse_class_labels(
         args.class_labels, sample_util.num_classes_of(args)

@@ -23,7 +23,7 @@ import argparse
 
 import torch
 
-from guided_diffusion import dist_util, logger
+from guided_diffusion import dist_util, logger, run_config
 from guided_diffusion.image_datasets import load_data
 from guided_diffusion.script_errors import run_program
 from guided_diffusion.script_util import (
@@ -41,7 +41,7 @@ from guided_diffusion.train_util import (
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = create_argparser().parse_args(argv)
+    args = run_config.parse_args(create_argparser(), argv, resume_checkpoint="model")
     dist_util.setup_dist()
     check_train_args(args)
     data = load_data(

@@ -18,12 +18,12 @@ Example (64 -> 256 with the published upsampler, on samples from image_sample.py
 import argparse
 from typing import Optional
 
-from guided_diffusion import dist_util, logger, sample_io, sample_util
+from guided_diffusion import dist_util, logger, run_config, sample_io, sample_util
 from guided_diffusion.script_util import add_dict_to_argparser, sr_model_and_diffusion_defaults
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args = create_argparser().parse_args(argv)
+    args = run_config.parse_args(create_argparser(), argv, model_path="super_res")
     sample_util.check_counts(args.num_samples, args.batch_size)
     base = sample_io.load_base_samples(
         args.base_samples, args.small_size, args.class_cond, sample_util.num_classes_of(args)

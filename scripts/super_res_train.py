@@ -21,7 +21,7 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from guided_diffusion import dist_util, logger
+from guided_diffusion import dist_util, logger, run_config
 from guided_diffusion.image_datasets import load_data
 from guided_diffusion.script_errors import run_program
 from guided_diffusion.script_util import (
@@ -39,7 +39,7 @@ from guided_diffusion.train_util import (
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = create_argparser().parse_args(argv)
+    args = run_config.parse_args(create_argparser(), argv, resume_checkpoint="super_res")
     dist_util.setup_dist()
     check_train_args(args)
     data = load_superres_data(
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     model, diffusion = sr_create_model_and_diffusion(
         **args_to_dict(args, sr_model_and_diffusion_defaults().keys())
     )
-    train_diffusion_model(args, model, diffusion, data)
+    train_diffusion_model(args, model, diffusion, data, kind="super_res")
 
 
 def load_superres_data(

@@ -119,10 +119,14 @@ def _run_and_check(command: list[str], job: dict) -> None:
     assert r0["log_outputs"] == 3 and r1["log_outputs"] == 0
     assert r0["log_dir"] == r1["log_dir"] == str(job["log_dir"])
     assert sorted(os.listdir(job["log_dir"])) == [
+        "ema_0.9_000002.json",
         "ema_0.9_000002.pt",
+        "ema_0.9_000003.json",
         "ema_0.9_000003.pt",
         "log.txt",
+        "model000002.json",
         "model000002.pt",
+        "model000003.json",
         "model000003.pt",
         "opt000002.pt",
         "opt000003.pt",

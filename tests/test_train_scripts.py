@@ -121,8 +121,10 @@ def test_image_train_runs(images, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(log_dir)) == [
+        "ema_0.9999_000002.json",
         "ema_0.9999_000002.pt",
         "log.txt",
+        "model000002.json",
         "model000002.pt",
         "opt000002.pt",
         "progress.csv",
@@ -173,6 +175,7 @@ def test_classifier_train_runs_with_validation(images, tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert sorted(os.listdir(log_dir)) == [
         "log.txt",
+        "model000002.json",
         "model000002.pt",
         "opt000002.pt",
         "progress.csv",

@@ -1,0 +1,238 @@
+"""
+The run configuration beside every checkpoint: written by the training programs, and
+enough on its own to sample, upsample, guide, evaluate bits/dim and resume (the programs
+run in this process on tiny networks).
+"""
+
+import argparse
+import importlib.util
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from guided_diffusion import dist_util, logger, run_config
+from guided_diffusion.run_config import RunConfigError
+from guided_diffusion.script_util import add_dict_to_argparser, model_and_diffusion_defaults
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DIFFUSION = ["--diffusion_steps", "10", "--noise_schedule", "cosine", "--learn_sigma", "True"]
+MODEL = [
+    "--image_size", "8", "--num_channels", "32", "--num_res_blocks", "1",
+    "--channel_mult", "1,2", "--attention_resolutions", "4", *DIFFUSION,
+]  # fmt: skip
+SUPER_RES = [
+    "--large_size", "32", "--small_size", "8", "--num_channels", "32",
+    "--num_res_blocks", "1", "--attention_resolutions", "8", *DIFFUSION,
+]  # fmt: skip
+CLASSIFIER = [
+    "--image_size", "8", "--classifier_width", "32", "--classifier_depth", "1",
+    "--classifier_channel_mult", "1,2", "--classifier_attention_resolutions", "4", *DIFFUSION,
+]  # fmt: skip
+TRAIN = ["--batch_size", "2", "--save_interval", "2"]
+SAMPLE = ["--timestep_respacing", "3", "--num_samples", "3", "--batch_size", "2", "--seed", "1"]
+
+
+def _script(name: str):
+    spec = importlib.util.spec_from_file_location(name, os.path.join(REPO, "scripts", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def run_main(monkeypatch):
+    """run_main(script, argv, log_dir): a program's main() in this process, logging to log_dir."""
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "PMI_RANK", "PMI_SIZE", "OMPI_COMM_WORLD_SIZE"):
+        monkeypatch.delenv(name, raising=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+
+    def run(script: str, argv: list[str], log_dir) -> None:
+        monkeypatch.setenv("OPENAI_LOGDIR", str(log_dir))
+        try:
+            _script(script).main([str(a) for a in argv])
+        finally:
+            logger.reset()
+            dist_util.cleanup()
+
+    yield run
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """Six 8x8 images of three classes (cat, dog, owl)."""
+    folder = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(0)
+    for i in range(2):
+        for name in ("cat", "dog", "owl"):
+            pixels = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / f"{name}_{i}.png")
+    return folder
+
+
+def _npz(path) -> dict[str, np.ndarray]:
+    with np.load(path) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+def _same_npz(a, b) -> None:
+    a, b = _npz(a), _npz(b)
+    assert a.keys() == b.keys()
+    for key in a:
+        np.testing.assert_array_equal(a[key], b[key])
+
+
+# ---------------------------------------------------------------- the file
+
+
+def test_written_beside_each_model_and_ema_checkpoint(images, run_main, tmp_path):
+    run = tmp_path / "run"
+    run_main("image_train", ["--data_dir", images, *MODEL, "--class_cond", "True", *TRAIN,
+                             "--max_steps", "2"], run)  # fmt: skip
+    files = sorted(os.listdir(run))
+    assert {"model000002.json", "ema_0.9999_000002.json"} <= set(files)
+    assert "opt000002.json" not in files
+    config = json.loads((run / "model000002.json").read_text())
+    assert config == json.loads((run / "ema_0.9999_000002.json").read_text())
+    assert config["kind"] == "model"
+    assert config["model_flags"]["num_channels"] == 32
+    assert config["model_flags"]["channel_mult"] == "1,2"
+    assert config["diffusion_flags"]["noise_schedule"] == "cosine"
+    assert "timestep_respacing" not in config["diffusion_flags"]
+    assert config["data"] == {"num_classes": 3, "class_names": ["cat", "dog", "owl"]}
+    assert config["guided_diffusion_version"]
+    # the .pt files keep the original layout: a plain state dict of tensors
+    state = torch.load(run / "model000002.pt", weights_only=True)
+    assert all(isinstance(v, torch.Tensor) for v in state.values())
+    log = (run / "log.txt").read_text()
+    assert log.count("holds 3 classes but --num_classes is 1000") == 1
+
+
+def test_config_path_and_unreadable_files(tmp_path):
+    assert run_config.config_path("run/ema_0.9999_000600.pt") == "run/ema_0.9999_000600.json"
+    assert run_config.read_run_config(str(tmp_path / "model000001.pt")) is None
+    (tmp_path / "model000001.json").write_text("{not json")
+    with pytest.raises(RunConfigError, match="model000001.json is unreadable"):
+        run_config.read_run_config(str(tmp_path / "model000001.pt"))
+    (tmp_path / "model000001.json").write_text('{"a": 1}')
+    with pytest.raises(RunConfigError, match="model000001.json is not a run configuration"):
+        run_config.read_run_config(str(tmp_path / "model000001.pt"))
+
+
+def test_given_flags_tells_explicit_values_from_defaults():
+    parser = argparse.ArgumentParser()
+    add_dict_to_argparser(parser, model_and_diffusion_defaults())
+    given = run_config.given_flags(parser, ["--num_channels", "128", "--class_cond", "False"])
+    assert given == {"num_channels", "class_cond"}  # given at their default values too
+
+
+# ---------------------------------------------------------------- using it
+
+
+@pytest.fixture(scope="module")
+def trained(images, tmp_path_factory):
+    """A class-conditional model, an upsampler and a classifier, each trained two steps."""
+    root = tmp_path_factory.mktemp("trained")
+    mp = pytest.MonkeyPatch()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    runs = {
+        "model": ("image_train", [*MODEL, "--class_cond", "True", *TRAIN, "--max_steps", "2"]),
+        "sr": ("super_res_train", [*SUPER_RES, "--class_cond", "True", *TRAIN,
+                                   "--max_steps", "2"]),
+        "classifier": ("classifier_train", [*CLASSIFIER, *TRAIN, "--iterations", "2"]),
+    }  # fmt: skip
+    try:
+        for name, (script, argv) in runs.items():
+            mp.setenv("OPENAI_LOGDIR", str(root / name))
+            _script(script).main([str(a) for a in ["--data_dir", images, *argv]])
+            logger.reset()
+            dist_util.cleanup()
+    finally:
+        mp.undo()
+        torch.set_num_threads(threads)
+    return {
+        "model": root / "model" / "ema_0.9999_000002.pt",
+        "sr": root / "sr" / "ema_0.9999_000002.pt",
+        "classifier": root / "classifier" / "model000002.pt",
+        "model_flags": [*MODEL, "--class_cond", "True", "--num_classes", "1000"],
+        "sr_flags": [*SUPER_RES, "--class_cond", "True"],
+    }
+
+
+def test_sample_upsample_and_guide_from_the_checkpoint_alone(trained, run_main, tmp_path):
+    model = ["--model_path", trained["model"]]
+    run_main("image_sample", [*trained["model_flags"], *model, *SAMPLE], tmp_path / "full")
+    run_main("image_sample", [*model, *SAMPLE], tmp_path / "alone")
+    _same_npz(tmp_path / "full/samples_3x8x8x3.npz", tmp_path / "alone/samples_3x8x8x3.npz")
+    labels = _npz(tmp_path / "alone/samples_3x8x8x3.npz")["arr_1"]
+    assert labels.max() < 3  # drawn from the 3 trained classes, not from 0..999
+
+    base = ["--base_samples", tmp_path / "alone/samples_3x8x8x3.npz"]
+    sr = ["--model_path", trained["sr"], *base, *SAMPLE]
+    run_main("super_res_sample", [*trained["sr_flags"], *sr], tmp_path / "sr_full")
+    run_main("super_res_sample", sr, tmp_path / "sr_alone")
+    _same_npz(tmp_path / "sr_full/samples_3x32x32x3.npz", tmp_path / "sr_alone/samples_3x32x32x3.npz")
+
+    guided = [*model, "--classifier_path", trained["classifier"], *SAMPLE]
+    full = [*trained["model_flags"], *CLASSIFIER]
+    run_main("classifier_sample", [*full, *guided], tmp_path / "cs_full")
+    run_main("classifier_sample", guided, tmp_path / "cs_alone")
+    _same_npz(tmp_path / "cs_full/samples_3x8x8x3.npz", tmp_path / "cs_alone/samples_3x8x8x3.npz")
+
+
+def test_bits_per_dim_from_the_checkpoint_alone(trained, images, run_main, tmp_path):
+    nll = ["--model_path", trained["model"], "--data_dir", images, "--num_samples", "2",
+           "--batch_size", "2", "--seed", "0", "--timestep_respacing", "3"]  # fmt: skip
+    run_main("image_nll", [*trained["model_flags"], *nll], tmp_path / "full")
+    run_main("image_nll", nll, tmp_path / "alone")
+    for name in ("vb", "mse", "xstart_mse"):
+        _same_npz(tmp_path / f"full/{name}_terms.npz", tmp_path / f"alone/{name}_terms.npz")
+
+
+def test_resume_from_the_checkpoint_alone(trained, images, run_main, tmp_path):
+    resume = trained["model"].parent / "model000002.pt"
+    run_main("image_train", ["--data_dir", images, "--resume_checkpoint", resume, *TRAIN,
+                             "--max_steps", "3"], tmp_path)  # fmt: skip
+    config = json.loads((tmp_path / "model000003.json").read_text())
+    assert config["model_flags"]["num_channels"] == 32 and config["model_flags"]["class_cond"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num_channels", "64"], "--num_channels 64 contradicts the run configuration "
+         ".*ema_0.9999_000002.json, which says the network was trained with --num_channels 32"),
+        (["--class_cond", "False"], "--class_cond False contradicts .* --class_cond True"),
+        (["--noise_schedule", "linear"], "--noise_schedule linear contradicts .* cosine"),
+    ],
+)  # fmt: skip
+def test_a_contradicting_flag_is_refused(trained, argv, message, run_main, tmp_path):
+    with pytest.raises(RunConfigError, match=message):
+        run_main("image_sample", ["--model_path", trained["model"], *SAMPLE, *argv], tmp_path)
+    assert not os.path.exists(tmp_path / "samples_3x8x8x3.npz")
+
+
+def test_flags_that_do_not_change_the_network_may_differ(trained, run_main, tmp_path):
+    argv = ["--model_path", trained["model"], *SAMPLE, "--dropout", "0.3", "--use_fp16", "True"]
+    run_main("image_sample", argv, tmp_path)  # float32 on the CPU, with a warning
+    assert os.path.exists(tmp_path / "samples_3x8x8x3.npz")
+
+
+def test_a_checkpoint_of_another_kind_is_refused(trained, run_main, tmp_path):
+    with pytest.raises(RunConfigError, match="holds a super-res network .* not a model network"):
+        run_main("image_sample", ["--model_path", trained["sr"], *SAMPLE], tmp_path)
+
+
+def test_without_the_file_the_flags_decide(trained, run_main, tmp_path):
+    bare = tmp_path / "bare.pt"
+    bare.write_bytes(trained["model"].read_bytes())
+    run_main("image_sample", [*trained["model_flags"], "--model_path", bare, *SAMPLE], tmp_path)
+    assert _npz(tmp_path / "samples_3x8x8x3.npz")["arr_1"].max() < 1000
+    with pytest.raises(Exception, match="does not fit"):
+        run_main("image_sample", ["--model_path", bare, *SAMPLE], tmp_path / "defaults")
