@@ -1,5 +1,6 @@
 """
-Loading model checkpoints safely, and explaining why a checkpoint does not fit a model.
+Reading checkpoint files safely (models, EMA, optimizer states, classifiers), and
+explaining why a checkpoint does not fit a model.
 
 When the keys or shapes of a checkpoint differ from the model's, the loader reads the
 architecture off both state dicts (channel counts, blocks per resolution, where attention
@@ -7,16 +8,18 @@ sits, ...) and names the flags whose values differ, e.g. "output has 6 channels 
 has 3): the checkpoint was trained with --learn_sigma True".
 """
 
+import io
 import os
 import pickle
 import re
 from collections.abc import Mapping
-from typing import Optional, Union
+from typing import Any, Optional, Union
 
+import blobfile as bf
 import torch
 import torch.nn as nn
 
-from . import dist_util
+from .io_util import is_local_path
 from .script_util import CLASSIFIER_CHANNEL_MULTS, MODEL_CHANNEL_MULTS, SR_CHANNEL_MULTS
 from .unet import EncoderUNetModel, SuperResModel
 
@@ -48,21 +51,26 @@ class CheckpointMismatchError(ValueError):
         self.hints = hints
 
 
-def read_checkpoint(path: Union[str, os.PathLike], map_location="cpu"):
+def read_checkpoint(path: Union[str, os.PathLike], map_location="cpu", **kwargs) -> Any:
     """
-    Read any ``.pt`` file safely (tensors and plain containers only: the file cannot run
-    code), e.g. an optimizer state.
+    Read any checkpoint file safely: ``torch.load`` with ``weights_only=True``, so the file
+    holds tensors and plain containers and cannot run code. The one reader of ``.pt`` files
+    (model, EMA, optimizer and classifier checkpoints alike); every error names the file.
+
+    Every rank reads the file itself; nothing is exchanged between ranks.
 
     :param path: local path or blobfile URL.
     :param map_location: where to put the tensors (``torch.load``'s argument).
+    :param kwargs: more ``torch.load`` arguments (``weights_only`` stays True).
     :return: the loaded object.
     :raises FileNotFoundError: no such file.
-    :raises ValueError: naming the file, when it is not a PyTorch file (truncated, damaged,
-        another format) or holds objects other than tensors and plain containers.
+    :raises ValueError: the file is not a PyTorch file or holds objects other than tensors
+        and plain containers.
     """
     path = os.fspath(path)
+    kwargs["weights_only"] = True
     try:
-        return dist_util.load_state_dict(path, map_location=map_location)
+        return _torch_load(path, map_location=map_location, **kwargs)
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as exc:
@@ -72,24 +80,31 @@ def read_checkpoint(path: Union[str, os.PathLike], map_location="cpu"):
             raise ValueError(
                 f"{path} holds Python objects other than tensors, so it was not loaded "
                 "(checkpoints are read with weights_only=True and cannot run code); save the "
-                "model's state_dict() instead"
+                "state_dict() instead"
             ) from exc
-        raise ValueError(f"{path} is not a PyTorch checkpoint: {_first_line(exc)}") from exc
+        raise ValueError(f"{path} is not a PyTorch checkpoint: {exc}") from exc
     except Exception as exc:  # torch.load fails on junk with many exception types
         raise ValueError(
-            f"{path} is not a PyTorch checkpoint (truncated or damaged? torch.load failed: "
-            f"{type(exc).__name__}: {_first_line(exc)})"
+            f"{path} is not a PyTorch checkpoint (torch.load failed: {type(exc).__name__}: {exc})"
         ) from exc
 
 
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
+def _torch_load(path: str, **kwargs) -> Any:
+    """``torch.load`` of a local file or a blobfile URL."""
+    if is_local_path(path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"checkpoint file not found: {path}")
+        return torch.load(path, **kwargs)
+    if not bf.exists(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    with bf.BlobFile(path, "rb") as f:
+        data = f.read()
+    return torch.load(io.BytesIO(data), **kwargs)
 
 
 def read_state_dict(path: Union[str, os.PathLike], map_location="cpu") -> dict[str, torch.Tensor]:
     """
-    Read a state dict from a ``.pt`` file safely (tensors only: the file cannot run code).
+    Read a model's state dict from a ``.pt`` file safely (see ``read_checkpoint``).
 
     :param path: local path or blobfile URL.
     :param map_location: where to put the tensors (``torch.load``'s argument).
@@ -98,10 +113,34 @@ def read_state_dict(path: Union[str, os.PathLike], map_location="cpu") -> dict[s
     :raises ValueError: the file is not a PyTorch file, holds objects other than tensors and
         plain containers, or is not a state dict.
     """
-    path = os.fspath(path)
     obj = read_checkpoint(path, map_location=map_location)
-    _check_state_dict(obj, path)
+    _check_state_dict(obj, os.fspath(path))
     return obj
+
+
+def read_optimizer_state(path: Union[str, os.PathLike], map_location="cpu") -> dict[str, Any]:
+    """
+    Read an optimizer state (``opt{N}.pt``: ``Optimizer.state_dict()``, plus
+    ``lg_loss_scale`` with fp16) safely (see ``read_checkpoint``).
+
+    :return: the state dict, with "state" and "param_groups".
+    :raises FileNotFoundError: no such file.
+    :raises ValueError: naming the file, when it is damaged, unsafe or not an optimizer state.
+    """
+    obj = read_checkpoint(path, map_location=map_location)
+    if not (
+        isinstance(obj, Mapping)
+        and isinstance(obj.get("state"), Mapping)
+        and isinstance(obj.get("param_groups"), list)
+    ):
+        found = type(obj).__name__
+        if isinstance(obj, Mapping):
+            found = f"dict with keys {', '.join(repr(k) for k in list(obj)[:_SHOWN])}"
+        raise ValueError(
+            f"{os.fspath(path)} is not an optimizer state (expected \"state\" and "
+            f"\"param_groups\", found a {found}); delete it to resume with a fresh optimizer"
+        )
+    return dict(obj)
 
 
 def _check_state_dict(obj, source: str) -> None:

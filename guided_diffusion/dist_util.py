@@ -23,18 +23,14 @@ other module uses (``all_gather_rows``, ``all_gather_ragged``, ``all_gather_obje
 """
 
 import datetime
-import io
 import os
 import socket
 import sys
 from collections.abc import Iterable
 from typing import Any, Optional
 
-import blobfile as bf
 import torch
 import torch.distributed as dist
-
-from .io_util import is_local_path
 
 # Environment variables that MPI launchers set for every process: (rank, size, local rank).
 _MPI_ENV = (
@@ -259,26 +255,18 @@ def barrier() -> None:
 
 def load_state_dict(path: str, **kwargs: Any) -> Any:
     """
-    Load a checkpoint safely: ``torch.load`` with ``weights_only=True``, so a ``.pt`` file
-    holds tensors and plain containers and cannot run code.
-
-    Every rank reads the file itself; nothing is exchanged between ranks, so this never
-    waits for other ranks (it is fine to call it on some ranks only).
+    Load a checkpoint safely (the original's name for ``checkpoint_util.read_checkpoint``):
+    ``torch.load`` with ``weights_only=True``, errors naming the file. Every rank reads the
+    file itself, so this never waits for other ranks.
 
     :param path: local path or blobfile URL.
     :param kwargs: passed to ``torch.load``, e.g. ``map_location="cpu"``.
     :return: the loaded object (usually a state dict).
     """
-    kwargs.setdefault("weights_only", True)
-    if is_local_path(path):
-        if not os.path.isfile(path):
-            raise FileNotFoundError(f"checkpoint file not found: {path}")
-        return torch.load(path, **kwargs)
-    if not bf.exists(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    with bf.BlobFile(path, "rb") as f:
-        data = f.read()
-    return torch.load(io.BytesIO(data), **kwargs)
+    from .checkpoint_util import read_checkpoint  # it imports the models, which import us
+
+    kwargs.setdefault("map_location", None)
+    return read_checkpoint(path, **kwargs)
 
 
 def sync_params(params: Iterable[torch.Tensor]) -> None:

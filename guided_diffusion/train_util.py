@@ -40,7 +40,7 @@ from torch.nn.parallel.distributed import DistributedDataParallel as DDP
 from torch.optim import AdamW
 
 from . import dist_util, logger
-from .checkpoint_util import diagnose_mismatch, read_checkpoint, read_state_dict
+from .checkpoint_util import diagnose_mismatch, read_optimizer_state, read_state_dict
 from .fp16_util import INITIAL_LOG_LOSS_SCALE, MixedPrecisionTrainer, NonFiniteLossError
 from .image_datasets import list_classes
 from .io_util import atomic_torch_save, is_local_path
@@ -230,7 +230,7 @@ class BaseTrainLoop:
             logger.log(f"no optimizer state {opt_checkpoint}; starting AdamW afresh")
             return
         logger.log(f"loading optimizer state from checkpoint: {opt_checkpoint}")
-        state_dict = dict(read_checkpoint(opt_checkpoint, map_location="cpu"))
+        state_dict = read_optimizer_state(opt_checkpoint, map_location="cpu")
         lg_loss_scale = state_dict.pop("lg_loss_scale", None)
         _check_optimizer_state(state_dict, self.mp_trainer.master_params, opt_checkpoint)
         self.opt.load_state_dict(state_dict)

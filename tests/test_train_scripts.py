@@ -353,3 +353,26 @@ def test_classifier_names_a_missing_validation_folder(images, in_process, tmp_pa
         _load_script("classifier_train").main(
             ["--data_dir", str(images), "--val_data_dir", str(tmp_path / "nowhere")]
         )
+
+
+@pytest.mark.parametrize("damage", ["junk", "code", "not_an_optimizer"])
+def test_a_damaged_optimizer_file_is_named_on_resume(damage, saved_run):
+    log_dir, _ = saved_run
+    opt = log_dir / "opt000002.pt"
+    if damage == "junk":
+        opt.write_bytes(b"\x00not a checkpoint")
+        message = "opt000002.pt is not a PyTorch checkpoint"
+    elif damage == "code":
+        torch.save({"state": {}, "param_groups": [], "x": _RunsCode()}, opt)
+        message = "opt000002.pt holds Python objects other than tensors"
+    else:
+        torch.save({"weight": torch.zeros(2)}, opt)
+        message = "opt000002.pt is not an optimizer state"
+    with pytest.raises(ValueError, match=message):
+        _image_train(log_dir.parent / "images", "--max_steps", "3",
+                     "--resume_checkpoint", str(log_dir / "model000002.pt"))  # fmt: skip
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (os.getcwd, ())

@@ -1,0 +1,484 @@
+"""
+The pieces the editing programs (``scripts/image_edit.py``, ``scripts/ddim_invert.py``)
+share: their flags and published defaults, reading input images (a ``.npz`` batch, a
+folder, or one image file) and masks, running a method over the images split across the
+ranks like the sampling programs (see ``sample_util``), and writing the ``.npz`` with a
+PNG grid of input, degraded and result side by side.
+"""
+
+import argparse
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Optional
+
+import blobfile as bf
+import numpy as np
+import torch
+
+from . import dist_util, guidance, logger, sample_util, script_util
+from .image_datasets import _list_image_files_recursively, _read_rgb, center_crop_arr
+from .io_util import atomic_write
+from .model_loading import load_classifier, load_model_and_diffusion
+from .operators import MASK_NAMES, OPERATOR_NAMES, mask_from_image, named_mask
+from .sample_io import SamplingInputError, image_grid, read_npz_images, save_png
+from .dist_util import all_gather_rows
+from .sample_util import (
+    _rank_and_world,
+    chunk_plan,
+    chunk_seeds,
+    shared_seed,
+    to_uint8_nhwc,
+)
+
+METHODS = ("repaint", "sdedit", "ilvr", "dps", "ddnm")
+
+# ---------------------------------------------------------------- flags
+
+FLAG_HELP = {
+    "method": f"editing method: {', '.join(METHODS)}",
+    "operator": f"degradation applied to the input: {', '.join(OPERATOR_NAMES)} "
+    "(repaint needs inpaint; ddnm an operator with a pseudo-inverse: none, inpaint, "
+    "sr_avgpool, colorize)",
+    "input": "the images: a .npz batch (arr_0 uint8 NHWC, arr_1 labels), a folder, or one image",
+    "mask": f"inpainting mask: an image file (white = known) or {', '.join(MASK_NAMES)}",
+    "mask_ratio": "hidden fraction of the 'random' mask (DPS: 0.92)",
+    "mask_seed": "seed of the 'random' mask",
+    "sr_factor": "super-resolution factor of sr_avgpool / sr_bicubic (DPS, DDNM: 4)",
+    "blur_kernel_size": "Gaussian blur kernel side (DPS: 61)",
+    "blur_sigma": "Gaussian blur standard deviation in pixels (DPS: 3.0)",
+    "sigma_y": "measurement noise added to A x, in [-1, 1] units (DPS: 0.05)",
+    "sdedit_strength": "SDEdit t0 / T (paper's examples: 0.5; its code's default 0.4)",
+    "sdedit_repeats": "SDEdit repeats, each from the previous output (paper's examples: 3)",
+    "repaint_jump_length": "RePaint: steps per jump back (paper: 10)",
+    "repaint_jump_n_sample": "RePaint: visits of each jump point (paper: 10)",
+    "repaint_paste": "RePaint: paste the known pixels into the result (paper: False)",
+    "ilvr_down_n": "ILVR low-pass factor N (paper: 4 to 64)",
+    "ilvr_range_t": "ILVR refines only at steps t > range_t (re-spaced indices)",
+    "ilvr_filter": "ILVR low-pass: bicubic (paper) or avgpool (exact projection)",
+    "dps_zeta": "DPS step size zeta' (paper, ImageNet: 1.0 SR x4 and inpainting, 0.4 deblur)",
+    "ddnm_eta": "DDNM share of fresh noise per step (paper: 0.85, 100 steps)",
+    "classifier_scale": "classifier guidance scale with --classifier_path (RePaint: 1.0)",
+    "classifier_path": "optional noisy classifier (.pt) for classifier guidance",
+    "class_labels": "comma-separated class ids cycled over the images; default: the "
+    "input's labels (arr_1), else random classes",
+    "num_samples": "edit the first N input images (0: all)",
+    "batch_size": "images per model call on each rank",
+    "mode": "encode: images -> noise .npz (and report the round-trip error); "
+    "decode: noise .npz -> images",
+    "report_error": "encode: decode again and report the round-trip error",
+    "clip_denoised": "clamp x0 predictions to [-1, 1]",
+}
+
+
+def image_edit_defaults() -> dict[str, object]:
+    """Flags of scripts/image_edit.py besides the model's, with the published values."""
+    return dict(
+        method="repaint",
+        operator="inpaint",
+        input="",
+        mask="half",
+        mask_ratio=0.92,
+        mask_seed=0,
+        sr_factor=4,
+        blur_kernel_size=61,
+        blur_sigma=3.0,
+        sigma_y=0.0,
+        sdedit_strength=0.5,
+        sdedit_repeats=3,
+        repaint_jump_length=10,
+        repaint_jump_n_sample=10,
+        repaint_paste=False,
+        ilvr_down_n=4,
+        ilvr_range_t=0,
+        ilvr_filter="bicubic",
+        dps_zeta=1.0,
+        ddnm_eta=0.85,
+        classifier_path="",
+        classifier_scale=1.0,
+        **common_defaults(),
+    )
+
+
+def ddim_invert_defaults() -> dict[str, object]:
+    """Flags of scripts/ddim_invert.py besides the model's."""
+    return dict(
+        mode="encode",
+        input="",
+        report_error=True,
+        classifier_path="",
+        classifier_scale=1.0,
+        **common_defaults(clip_denoised=False),
+    )
+
+
+def common_defaults(clip_denoised: bool = True) -> dict[str, object]:
+    """The flags both editing programs share."""
+    return dict(
+        clip_denoised=clip_denoised,
+        class_labels="",
+        num_samples=0,
+        batch_size=16,
+        model_path="",
+        seed=None,
+        grid=True,
+    )
+
+
+# ---------------------------------------------------------------- inputs
+
+
+def read_images(path: str, image_size: int, limit: int = 0) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """
+    The images to edit: a .npz batch (arr_0 uint8 [N x H x W x C], arr_1 labels), a
+    folder of images, or one image file; files are centre-cropped to ``image_size``.
+
+    :param limit: keep the first ``limit`` images (0: all).
+    :return: (uint8 [N x image_size x image_size x 3], int64 labels [N] or None).
+    """
+    if not path:
+        raise SamplingInputError("--input is required: a .npz batch, a folder or an image file")
+    if not bf.exists(path):
+        raise FileNotFoundError(f"--input: no such file or folder: {path}")
+    labels = None
+    if path.endswith(".npz"):
+        images, labels = read_npz_images(path)
+        if images.shape[1:3] != (image_size, image_size):
+            raise SamplingInputError(
+                f"--input {path}: images are {images.shape[1]}x{images.shape[2]}, the model "
+                f"takes {image_size}x{image_size} (--image_size)"
+            )
+        images = np.repeat(images, 3, axis=3) if images.shape[3] == 1 else images[..., :3]
+    else:
+        files = _list_image_files_recursively(path) if bf.isdir(path) else [path]
+        if not files:
+            raise SamplingInputError(f"--input {path}: the folder holds no images")
+        try:
+            images = np.stack([center_crop_arr(_read_rgb(f), image_size) for f in files])
+        except ValueError as err:
+            raise SamplingInputError(f"--input: {err}") from None
+    if limit > 0:
+        images, labels = images[:limit], None if labels is None else labels[:limit]
+    return images, labels
+
+
+def read_noise(path: str, image_size: int, limit: int) -> tuple[torch.Tensor, Optional[np.ndarray]]:
+    """
+    Read an ``inverted_*.npz`` file.
+
+    :return: (float32 noise [N x 3 x H x W], int64 labels [N] or None).
+    """
+    if not path:
+        raise SamplingInputError("--input is required: the .npz of --mode encode")
+    if not bf.exists(path):
+        raise FileNotFoundError(f"--input: no such file: {path}")
+    try:
+        with bf.BlobFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
+            noise = npz["arr_0"]
+            labels = npz["arr_1"] if "arr_1" in npz.files else None
+    except (OSError, ValueError, KeyError) as err:
+        raise SamplingInputError(
+            f"--input {path} is not a noise .npz written by --mode encode ({err})"
+        ) from None
+    expected = (3, image_size, image_size)
+    if noise.ndim != 4 or noise.shape[1:] != expected or noise.dtype.kind != "f":
+        raise SamplingInputError(
+            f"--input {path}: arr_0 must be float noise [N x 3 x {image_size} x {image_size}], "
+            f"got {noise.dtype} {list(noise.shape)}"
+        )
+    if limit > 0:
+        noise, labels = noise[:limit], None if labels is None else labels[:limit]
+    return torch.from_numpy(noise.astype(np.float32)), labels
+
+
+def load_mask(spec: str, image_size: int, ratio: float, seed: int) -> torch.Tensor:
+    """
+    ``--mask``: an image file (white = known) of the images' size, or a named mask.
+
+    :return: [1 x 1 x H x W] float of 0 / 1.
+    """
+    if spec in MASK_NAMES:
+        return named_mask(spec, image_size, ratio, seed)
+    if not bf.exists(spec):
+        raise SamplingInputError(
+            f"--mask {spec!r} is neither an image file nor one of {', '.join(MASK_NAMES)}"
+        )
+    try:
+        pixels = np.array(_read_rgb(spec))
+    except ValueError as err:
+        raise SamplingInputError(f"--mask: {err}") from None
+    if pixels.shape[:2] != (image_size, image_size):
+        raise SamplingInputError(
+            f"--mask {spec}: the mask is {pixels.shape[1]}x{pixels.shape[0]} pixels but the "
+            f"images are {image_size}x{image_size}"
+        )
+    return mask_from_image(pixels)
+
+
+def to_float(images: np.ndarray) -> torch.Tensor:
+    """uint8 [N x H x W x 3] -> float [N x 3 x H x W] in [-1, 1]."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1.0
+
+
+# ---------------------------------------------------------------- running on the ranks
+
+# (images [n x 3 x H x W] in [-1, 1], labels [n] or None) -> outputs, each [n x C x H x W]
+BatchFn = Callable[[torch.Tensor, Optional[torch.Tensor]], dict[str, torch.Tensor]]
+
+
+@dataclass
+class EditResult:
+    """Outputs gathered on rank 0 (None elsewhere), in input order, and the time taken."""
+
+    outputs: Optional[dict[str, np.ndarray]]  # name -> float32 [N x C x H x W]
+    seconds: float
+    seed: int
+
+
+def map_sharded(
+    fn: BatchFn,
+    inputs: torch.Tensor,
+    labels: Optional[np.ndarray],
+    *,
+    keys: tuple[str, ...],
+    batch_size: int,
+    seed: Optional[int] = None,
+) -> EditResult:
+    """
+    Apply ``fn`` to every input image, each rank taking its chunks as in
+    ``sample_util.chunk_plan``, and gather the outputs on rank 0 in input order. Each
+    chunk seeds torch's generator from (seed, chunk), so results do not depend on the
+    number of ranks.
+
+    :param inputs: float [N x C x H x W] (images in [-1, 1], or noise).
+    :param labels: int64 [N] passed along to fn, or None.
+    :param keys: the names of fn's outputs; each has the input's [C x H x W] per image.
+    """
+    if batch_size <= 0:
+        raise SamplingInputError(f"--batch_size must be a positive integer, got {batch_size}")
+    rank, world = _rank_and_world()
+    seed = shared_seed(seed)
+    total, item_shape = len(inputs), tuple(inputs.shape[1:])
+    gathered = {key: [] for key in keys}
+    start_time = time.time()
+    for chunk, start, count in chunk_plan(total, batch_size, rank, world):
+        local = {key: torch.zeros(batch_size, *item_shape) for key in keys}
+        if count > 0:
+            torch.manual_seed(chunk_seeds(seed, chunk)[0])
+            x = inputs[start : start + count].to(dist_util.dev())
+            y = None if labels is None else torch.from_numpy(labels[start : start + count])
+            outputs = fn(x, None if y is None else y.to(dist_util.dev()))
+            for key in keys:
+                local[key][:count] = outputs[key].float().cpu()
+        for key in keys:
+            gathered[key].append(all_gather_rows(local[key]))  # rank order = input order
+    outputs = None
+    if rank == 0:
+        outputs = {key: torch.cat(parts)[:total].numpy() for key, parts in gathered.items()}
+    return EditResult(outputs=outputs, seconds=time.time() - start_time, seed=seed)
+
+
+# ---------------------------------------------------------------- writing
+
+
+def side_by_side(*batches: np.ndarray, padding: int = 2) -> np.ndarray:
+    """
+    Join batches of images horizontally, image by image (input | degraded | result).
+
+    :param batches: each uint8 [N x H x W x C].
+    :return: uint8 [N x H x (k W + (k - 1) padding) x C].
+    """
+    n, h, _, c = batches[0].shape
+    gap = np.zeros((n, h, padding, c), np.uint8)
+    parts = [part for batch in batches for part in (gap, batch)][1:]
+    return np.concatenate(parts, axis=2)
+
+
+def write_edit_outputs(
+    out_dir: str, prefix: str, arrays: dict[str, np.ndarray], grid_of: tuple[str, ...]
+) -> list[str]:
+    """
+    Write ``{prefix}_{N}x{H}x{W}x3.npz`` (``arrays`` as named; arr_0 is the result) and,
+    when ``grid_of`` names arrays, a PNG grid of them side by side.
+
+    :param arrays: name -> array; uint8 images are [N x H x W x 3].
+    :return: the paths written.
+    """
+    shape = "x".join(str(s) for s in arrays["arr_0"].shape)
+    npz_path = bf.join(out_dir, f"{prefix}_{shape}.npz")
+    with atomic_write(npz_path, "wb") as f:
+        np.savez(f, **arrays)
+    paths = [npz_path]
+    if grid_of:
+        png_path = npz_path[: -len(".npz")] + ".png"
+        save_png(png_path, image_grid(side_by_side(*(arrays[k] for k in grid_of))))
+        paths.append(png_path)
+    logger.log("wrote " + ", ".join(paths))
+    return paths
+
+
+def to_uint8(images: np.ndarray) -> np.ndarray:
+    """float [N x 3 x H x W] in [-1, 1] -> uint8 [N x H x W x 3]."""
+    return to_uint8_nhwc(torch.from_numpy(images)).numpy()
+
+
+def create_argparser(doc: str, defaults: dict[str, object]) -> argparse.ArgumentParser:
+    """
+    An editing program's parser: its own flags (``defaults``, with help; ``--seed`` an
+    int defaulting to None), then the model, diffusion and classifier flags.
+
+    :param doc: the program's docstring, shown by --help.
+    """
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    defaults = dict(defaults)
+    seed = defaults.pop("seed", None)
+    parser.add_argument("--seed", type=int, default=seed, help=sample_util.FLAG_HELP["seed"])
+    script_util.add_dict_to_argparser(parser, defaults, helps={**sample_util.FLAG_HELP, **FLAG_HELP})
+    model_flags = script_util.model_and_diffusion_defaults()
+    model_flags.update(script_util.classifier_defaults())
+    script_util.add_dict_to_argparser(parser, model_flags)
+    return parser
+
+
+@dataclass
+class Models:
+    """What a method runs with: the model (wrapped for guidance), process, guidance, labels."""
+
+    model: Callable
+    diffusion: object
+    cond_fn: Optional[Callable]
+    labels: Optional[np.ndarray]  # int64 [N] when the model or the classifier takes labels
+
+
+def load_models(
+    args: argparse.Namespace, given_labels: Optional[np.ndarray], count: int, seed: int
+) -> Models:
+    """
+    Load ``--model_path`` and, with ``--classifier_path``, the classifier for guidance at
+    ``--classifier_scale``; choose each image's class (``image_labels``) when the model
+    or the classifier needs one.
+
+    :param given_labels: the input's labels (arr_1), or None.
+    :param count: the number of images.
+    """
+    logger.log("creating model and diffusion...")
+    model, diffusion = load_model_and_diffusion(args)
+    cond_fn = None
+    if args.classifier_path:
+        logger.log(f"loading classifier (scale {args.classifier_scale})...")
+        classifier = load_classifier(args)
+        cond_fn = guidance.classifier_cond_fn(classifier, args.classifier_scale)
+        model = model if args.class_cond else guidance.labels_to_classifier_only(model)
+    labels = None
+    if args.class_cond or cond_fn is not None:
+        num_classes = sample_util.num_classes_of(args)
+        labels = image_labels(args.class_labels, given_labels, count, num_classes, seed)
+    return Models(model=model, diffusion=diffusion, cond_fn=cond_fn, labels=labels)
+
+
+# ---------------------------------------------------------------- methods
+
+
+def check_method(method: str, operator: str) -> None:
+    """Reject an unknown ``--method`` and a method without the operator it needs."""
+    if method not in METHODS:
+        raise SamplingInputError(f"--method {method!r} is not one of {', '.join(METHODS)}")
+    if operator not in OPERATOR_NAMES:
+        raise SamplingInputError(f"--operator {operator!r} is not one of {', '.join(OPERATOR_NAMES)}")
+    if method == "repaint" and operator != "inpaint":
+        raise SamplingInputError(f"--method repaint inpaints: it needs --operator inpaint, got {operator!r}")
+
+
+def make_edit_fn(
+    args: argparse.Namespace,
+    diffusion,
+    model: Callable,
+    operator,
+    cond_fn: Optional[Callable] = None,
+) -> BatchFn:
+    """
+    The ``--method`` as a BatchFn: degrade each batch with ``operator`` (plus ``--sigma_y``
+    noise), restore it, and return {"degraded": the measurement shown as an image,
+    "result": the restored images}.
+
+    :param args: the flags of ``image_edit_defaults()``.
+    :param model: the model, wrapped for classifier guidance where needed.
+    :param cond_fn: the classifier guidance gradient, or None.
+    """
+    from . import editing, restoration
+    from .operators import low_pass_filter
+
+    mask = getattr(operator, "mask", None)
+
+    def edit(x: torch.Tensor, y: Optional[torch.Tensor]) -> dict[str, torch.Tensor]:
+        kwargs = dict(clip_denoised=args.clip_denoised, model_kwargs={} if y is None else {"y": y})
+        measured = operator.measure(x, args.sigma_y)
+        degraded = operator.visualise(measured)
+        if args.method == "repaint":
+            result = restoration.repaint(
+                diffusion, model, x, mask.to(x), jump_length=args.repaint_jump_length,
+                jump_n_sample=args.repaint_jump_n_sample, paste=args.repaint_paste,
+                cond_fn=cond_fn, **kwargs,
+            )  # fmt: skip
+        elif args.method == "sdedit":
+            result = editing.sdedit(
+                diffusion, model, degraded, strength=args.sdedit_strength,
+                repeats=args.sdedit_repeats, keep_mask=None if mask is None else mask.to(x),
+                cond_fn=cond_fn, **kwargs,
+            )  # fmt: skip
+        elif args.method == "ilvr":
+            phi = low_pass_filter(args.ilvr_down_n, operator.image_shape, args.ilvr_filter)
+            result = editing.ilvr(
+                diffusion, model, degraded, phi, range_t=args.ilvr_range_t, cond_fn=cond_fn,
+                **kwargs,
+            )  # fmt: skip
+        elif args.method == "dps":
+            result = restoration.dps(
+                diffusion, model, operator, measured, zeta=args.dps_zeta, cond_fn=cond_fn, **kwargs
+            )
+        else:
+            result = restoration.ddnm(
+                diffusion, model, operator, measured, eta=args.ddnm_eta, sigma_y=args.sigma_y,
+                **kwargs,
+            )  # fmt: skip
+        return {"degraded": degraded, "result": result}
+
+    return edit
+
+
+def image_labels(
+    text: str, given: Optional[np.ndarray], count: int, num_classes: int, seed: int
+) -> np.ndarray:
+    """
+    The class of each image: ``--class_labels`` cycled, else the input's labels, else
+    random classes drawn from ``seed``.
+
+    :return: int64 [count].
+    """
+    chosen = sample_util.parse_class_labels(text, num_classes)
+    if chosen is not None:
+        return np.array([chosen[i % len(chosen)] for i in range(count)], np.int64)
+    if given is not None:
+        if given.min() < 0 or given.max() >= num_classes:
+            raise SamplingInputError(
+                f"the input's labels (arr_1) lie in {given.min()}..{given.max()}, outside "
+                f"0..{num_classes - 1} (--num_classes {num_classes})"
+            )
+        return given.astype(np.int64)
+    return np.random.default_rng(seed).integers(0, num_classes, count).astype(np.int64)
+
+
+def psnr(result: np.ndarray, target: np.ndarray, where: Optional[np.ndarray] = None) -> float:
+    """
+    Mean PSNR (dB, images in [-1, 1], peak-to-peak 2) over images, optionally only over
+    the pixels where ``where`` is 1.
+
+    :param result: float [N x C x H x W]; target the same.
+    :param where: [1 or N x 1 or C x H x W] of 0 / 1, or None for every pixel.
+    """
+    weights = np.ones_like(result) if where is None else np.broadcast_to(where, result.shape)
+    squared = ((result - target) ** 2 * weights).reshape(len(result), -1).sum(1)
+    mse = squared / np.maximum(weights.reshape(len(result), -1).sum(1), 1)
+    return float(np.mean(10 * np.log10(4.0 / np.maximum(mse, 1e-12))))

@@ -1,0 +1,245 @@
+"""
+Samplers over a GaussianDiffusion's own (possibly respaced) timesteps: the one dispatch
+every sampling program uses (``sample``, names in ``SAMPLERS``) and DPM-Solver++, the fast
+deterministic multistep solver of the probability-flow ODE (Lu et al. 2022).
+
+Notation, for a VP process with alphas_cumprod ab: alpha_t = sqrt(ab_t), sigma_t =
+sqrt(1 - ab_t), lambda_t = log(alpha_t / sigma_t), which grows as t goes to 0. In the
+data-prediction form the exact solution of the ODE from s to t (t < s, h = lambda_t -
+lambda_s > 0) is
+
+    x_t = (sigma_t / sigma_s) x_s + sigma_t * integral_{lambda_s}^{lambda_t} e^lambda x0(lambda) dlambda.
+
+Writing x0(lambda) = m0 + u x0' + u^2 / 2 x0'' + ... with u = lambda - lambda_s and
+integrating term by term (sigma_t e^lambda_s = alpha_t e^-h):
+
+    x_t = (sigma_t / sigma_s) x_s - alpha_t phi1 m0 + alpha_t phi2 (h x0') - alpha_t phi3 (h^2 x0'')
+
+with phi1 = expm1(-h), phi2 = phi1 / h + 1, phi3 = phi2 / h - 1/2. A k-th order multistep
+solver estimates h x0' (and h^2 x0'') from the last k data predictions.
+"""
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
+
+import numpy as np
+import torch
+
+from . import guidance
+
+if TYPE_CHECKING:
+    from .gaussian_diffusion import GaussianDiffusion
+
+SAMPLERS = ("ancestral", "ddim", "dpm++2m", "dpm++3m")
+DPM_SOLVER_ORDERS = {"dpm++2m": 2, "dpm++3m": 3}
+# The weight of D2 in the third-order update: 2 is the Taylor expansion's (order 3); 1 is
+# the widely circulated "3M" form, which tests/test_samplers.py measures at order 2.
+EXACT_D2_WEIGHT = 2.0
+CIRCULATED_D2_WEIGHT = 1.0
+
+
+# ---------------------------------------------------------------- evaluation counts
+
+
+@dataclass
+class EvaluationCounts:
+    """Calls of the model and of the classifier gradient; each call covers a whole batch."""
+
+    model: int = 0
+    classifier: int = 0
+
+
+class _Counted:
+    """Calls ``fn`` and adds one to ``counts.<field>`` per call; keeps ``parameters()``."""
+
+    def __init__(self, fn: Callable, counts: EvaluationCounts, field: str):
+        self.fn, self.counts, self.field = fn, counts, field
+
+    def parameters(self):
+        return self.fn.parameters()
+
+    def __call__(self, *args, **kwargs):
+        setattr(self.counts, self.field, getattr(self.counts, self.field) + 1)
+        return self.fn(*args, **kwargs)
+
+
+# ---------------------------------------------------------------- DPM-Solver++
+
+
+def vp_log_snr(alphas_cumprod: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """
+    :param alphas_cumprod: [T] float64 ab of a VP process.
+    :return: (alpha, sigma, lambda), each [T] float64.
+    """
+    ab = np.asarray(alphas_cumprod, dtype=np.float64)
+    alpha, sigma = np.sqrt(ab), np.sqrt(1.0 - ab)
+    return alpha, sigma, np.log(alpha) - np.log(sigma)
+
+
+def dpm_solver_pp_update(
+    x: torch.Tensor,
+    x0s: Sequence[torch.Tensor],
+    lambdas: Sequence[float],
+    sigma_s: float,
+    alpha_t: float,
+    sigma_t: float,
+    lambda_t: float,
+    d2_weight: float = EXACT_D2_WEIGHT,
+) -> torch.Tensor:
+    """
+    One multistep DPM-Solver++ step in the data-prediction form (Lu et al. 2022,
+    "DPM-Solver++: Fast Solver for Guided Sampling of Diffusion Probabilistic Models"):
+    order len(x0s), first order (= DDIM, eta 0), second order (Algorithm 2, "2M") or the
+    third order of the module docstring's expansion.
+
+    :param x: [N x ...] the sample at the newest point s.
+    :param x0s: 1 to 3 data predictions [N x ...], newest (at s) first.
+    :param lambdas: their lambda values, same order (increasing towards s).
+    :param sigma_s: sigma at s.
+    :param alpha_t, sigma_t, lambda_t: the target point t (sigma_t > 0).
+    :param d2_weight: weight of D2 (~ h^2 x0'' / 2) at third order: 2 exact, 1 circulated.
+    :return: [N x ...] the sample at t.
+    """
+    m0 = x0s[0]
+    h = lambda_t - lambdas[0]
+    phi1 = math.expm1(-h)
+    x_t = (sigma_t / sigma_s) * x - (alpha_t * phi1) * m0
+    if len(x0s) == 2:
+        r = (lambdas[0] - lambdas[1]) / h
+        x_t = x_t - (alpha_t * phi1 / (2 * r)) * (m0 - x0s[1])  # D - m0 = (m0 - m1) / (2r)
+    elif len(x0s) == 3:
+        m1, m2 = x0s[1], x0s[2]
+        r0, r1 = (lambdas[0] - lambdas[1]) / h, (lambdas[1] - lambdas[2]) / h
+        d1_0, d1_1 = (m0 - m1) / r0, (m1 - m2) / r1  # divided differences, ~ h x0'
+        d1 = d1_0 + (r0 / (r0 + r1)) * (d1_0 - d1_1)  # ~ h x0'
+        d2 = (d1_0 - d1_1) / (r0 + r1)  # ~ h^2 x0'' / 2
+        phi2 = phi1 / h + 1.0
+        phi3 = phi2 / h - 0.5
+        x_t = x_t + (alpha_t * phi2) * d1 - (d2_weight * alpha_t * phi3) * d2
+    elif len(x0s) != 1:
+        raise ValueError(f"DPM-Solver++ steps have order 1, 2 or 3, got {len(x0s)} predictions")
+    return x_t
+
+
+def step_order(order: int, steps_done: int, index: int) -> int:
+    """
+    The order of the multistep step from process index ``index`` to ``index - 1``: lower
+    at the first steps for lack of history, and at the last ones as in the solver authors'
+    "lower_order_final", here at any number of steps: the step into index 0 is first order
+    and the one before at most second. Index 0 of an ADM process sits at a tiny noise level,
+    so on a grid uniform in t the last interval in lambda is several times longer than the
+    one before it and extrapolating over it costs accuracy (measured in tests/test_samplers.py).
+
+    :param steps_done: steps before this one.
+    :param index: the process index the step starts from (>= 1).
+    """
+    return max(1, min(order, steps_done + 1, index))
+
+
+def dpm_solver_stepper(
+    diffusion: "GaussianDiffusion",
+    model: Callable,
+    *,
+    order: int = 2,
+    clip_denoised: bool = True,
+    denoised_fn: Optional[Callable] = None,
+    cond_fn: Optional[Callable] = None,
+    model_kwargs: Optional[dict] = None,
+    d2_weight: float = EXACT_D2_WEIGHT,
+) -> Callable[[torch.Tensor, torch.Tensor], dict]:
+    """
+    Multistep DPM-Solver++ (Lu et al. 2022) as a step function for the diffusion's loop
+    driver: called at indices T-1, ..., 0 of the (respaced) process, it takes the data
+    prediction there and steps to the next index; from index 0 it returns that prediction
+    (sigma = 0). One model evaluation per step. With ``cond_fn``, the noise prediction is
+    shifted as in ``condition_score`` (eps - sigma_t grad log p(y | x_t)) before x0.
+
+    :param order: 1, 2 or 3.
+    :return: step(x [N x ...], t [N]) -> dict with "sample" and "pred_xstart".
+    """
+    if order not in (1, 2, 3):
+        raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3, got {order}")
+    alpha, sigma, lam = (v.tolist() for v in vp_log_snr(diffusion.alphas_cumprod))  # floats
+    num_steps = diffusion.num_timesteps
+    history: list[tuple[torch.Tensor, float]] = []  # (x0, lambda), newest first
+    next_index = num_steps - 1
+
+    def step(x: torch.Tensor, t: torch.Tensor) -> dict:
+        nonlocal next_index
+        i = int(t[0])
+        if i != next_index:
+            raise RuntimeError(f"DPM-Solver++ steps run once from index {num_steps - 1} to 0, got {i}")
+        next_index -= 1
+        out = diffusion.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)
+        if cond_fn is not None:
+            out = diffusion.condition_score(cond_fn, out, x, t, model_kwargs=model_kwargs)
+        history.insert(0, (out["pred_xstart"], lam[i]))
+        del history[order:]
+        if i == 0:  # the step to sigma = 0 is first order: the data prediction itself
+            return {"sample": out["pred_xstart"], "pred_xstart": out["pred_xstart"]}
+        k = step_order(order, num_steps - 1 - i, i)
+        x0s, lambdas = zip(*history[:k])
+        sample = dpm_solver_pp_update(
+            x, x0s, lambdas, sigma[i], alpha[i - 1], sigma[i - 1], lam[i - 1], d2_weight
+        )
+        return {"sample": sample, "pred_xstart": out["pred_xstart"]}
+
+    return step
+
+
+# ---------------------------------------------------------------- dispatch
+
+
+def sample(
+    diffusion: "GaussianDiffusion",
+    model: Callable,
+    shape: Sequence[int],
+    *,
+    sampler: str = "ancestral",
+    noise: Optional[torch.Tensor] = None,
+    clip_denoised: bool = True,
+    denoised_fn: Optional[Callable] = None,
+    cond_fn: Optional[Callable] = None,
+    model_kwargs: Optional[dict] = None,
+    device=None,
+    progress: bool = False,
+    eta: float = 0.0,
+    randn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    guidance_interval: Optional[tuple[float, float]] = None,
+    counts: Optional[EvaluationCounts] = None,
+) -> torch.Tensor:
+    """
+    Draw a batch of samples with one of ``SAMPLERS``: "ancestral" (Ho et al. 2020,
+    ``p_sample_loop``), "ddim" (Song et al. 2021, ``ddim_sample_loop`` with ``eta``),
+    "dpm++2m" / "dpm++3m" (Lu et al. 2022, ``dpm_solver_sample_loop``), each over every
+    timestep of ``diffusion`` (one model evaluation per timestep).
+
+    :param shape: (N, C, H, W).
+    :param noise: the starting noise of that shape (default: torch.randn).
+    :param cond_fn: guidance gradient of log p(y | x_t), called with the model's timesteps.
+    :param randn: source of the per-step noise of the stochastic samplers (default
+        torch.randn_like); the deterministic ones draw none.
+    :param guidance_interval: (lo, hi): call ``cond_fn`` only where sigma_t / alpha_t lies
+        in (lo, hi] (Kynkaanniemi et al. 2024); None guides at every step.
+    :param counts: if given, the model and classifier calls are added to it.
+    :return: [N x C x H x W] samples.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    if counts is not None:
+        model = _Counted(model, counts, "model")
+        cond_fn = cond_fn and _Counted(cond_fn, counts, "classifier")
+    if cond_fn is not None and guidance_interval is not None:
+        cond_fn = guidance.within_interval(cond_fn, diffusion, guidance_interval)
+    kwargs = dict(
+        noise=noise, clip_denoised=clip_denoised, denoised_fn=denoised_fn, cond_fn=cond_fn,
+        model_kwargs=model_kwargs, device=device, progress=progress,
+    )  # fmt: skip
+    if randn is not None and sampler in ("ancestral", "ddim"):
+        kwargs["randn"] = randn
+    if sampler == "ancestral":
+        return diffusion.p_sample_loop(model, shape, **kwargs)
+    if sampler == "ddim":
+        return diffusion.ddim_sample_loop(model, shape, eta=eta, **kwargs)
+    return diffusion.dpm_solver_sample_loop(model, shape, order=DPM_SOLVER_ORDERS[sampler], **kwargs)

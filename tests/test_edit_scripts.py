@@ -1,0 +1,159 @@
+"""
+Smoke runs of the editing programs (scripts/image_edit.py with every method,
+scripts/ddim_invert.py both ways) on the tiny checkpoints of test_sample_scripts, for
+two or three steps; one run on two ranks; and bad input ending with one line, exit 1 and
+nothing written.
+"""
+
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from guided_diffusion.sample_io import SamplingInputError
+
+from test_sample_scripts import MODEL, NUM_CLASSES, ckpt, flags, import_script, load, run  # noqa: F401
+
+STEPS = ["--timestep_respacing", "2"]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A .npz of 5 16x16 images with labels, and a folder of 2 PNG files."""
+    root = tmp_path_factory.mktemp("inputs")
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (5, 16, 16, 3), dtype=np.uint8)
+    np.savez(root / "images.npz", arr_0=images, arr_1=np.arange(5) % NUM_CLASSES)
+    (root / "folder").mkdir()
+    for i in range(2):
+        Image.fromarray(images[i]).save(root / "folder" / f"img{i}.png")
+    mask = np.full((16, 16), 255, np.uint8)
+    mask[:, 8:] = 0
+    Image.fromarray(mask).save(root / "mask.png")
+    Image.fromarray(mask[:8]).save(root / "small_mask.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def configured(ckpt, tmp_path_factory):
+    """The unconditional checkpoint with its run configuration beside it."""
+    import argparse
+    import shutil
+
+    from guided_diffusion import run_config, script_util
+
+    path = str(tmp_path_factory.mktemp("configured") / "model.pt")
+    shutil.copy(ckpt["uncond"], path)
+    values = {**script_util.model_and_diffusion_defaults(), **MODEL, "class_cond": False}
+    run_config.write_run_config(path, run_config.make_run_config("model", argparse.Namespace(**values)))
+    return path
+
+
+def edit_flags(ckpt, inputs, model="uncond", *extra) -> list[str]:
+    return [
+        *flags(MODEL), "--class_cond", str(model == "cond"), *STEPS, "--model_path", ckpt[model],
+        "--input", str(inputs / "images.npz"), "--batch_size", "2", "--seed", "3", *extra,
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "method,extra",
+    [
+        ("repaint", ["--operator", "inpaint", "--mask", "half", "--repaint_jump_length", "1"]),
+        ("sdedit", ["--operator", "none", "--sdedit_repeats", "2"]),
+        ("ilvr", ["--operator", "none", "--ilvr_down_n", "4"]),
+        ("dps", ["--operator", "sr_bicubic", "--sigma_y", "0.05"]),
+        ("ddnm", ["--operator", "colorize"]),
+    ],
+)
+def test_image_edit_each_method(configured, inputs, tmp_path, method, extra):
+    # the model flags come from the run configuration beside the checkpoint
+    argv = [
+        "--model_path", configured, *STEPS, "--input", str(inputs / "images.npz"),
+        "--batch_size", "2", "--seed", "3", "--method", method, *extra,
+    ]  # fmt: skip
+    result = run("image_edit.py", argv, tmp_path)
+    out = load(tmp_path / "edited_5x16x16x3.npz")
+    assert out["arr_0"].dtype == np.uint8 and out["arr_0"].shape == (5, 16, 16, 3)
+    assert np.array_equal(out["input"], load(inputs / "images.npz")["arr_0"])
+    assert out["degraded"].shape == (5, 16, 16, 3) and "arr_1" not in out
+    grid = np.asarray(Image.open(tmp_path / "edited_5x16x16x3.png"))
+    assert grid.shape == (2 * 18 + 2, 3 * (3 * 16 + 4 + 2) + 2, 3)  # 3 columns of triplets
+    assert "PSNR" in result.stdout and "s per image" in result.stdout
+
+
+def guided_repaint_flags(ckpt, inputs) -> list[str]:
+    return edit_flags(
+        ckpt, inputs, "uncond", "--method", "repaint", "--mask", str(inputs / "mask.png"),
+        "--classifier_path", ckpt["classifier"], "--classifier_scale", "1.0",
+        "--classifier_width", "32", "--classifier_depth", "1",
+        "--classifier_attention_resolutions", "8", "--classifier_channel_mult", "1,2",
+        "--repaint_paste", "True",
+    )  # fmt: skip
+
+
+def test_image_edit_mask_file_classifier_and_paste(ckpt, inputs, tmp_path):
+    run("image_edit.py", guided_repaint_flags(ckpt, inputs), tmp_path)
+    out = load(tmp_path / "edited_5x16x16x3.npz")
+    assert np.array_equal(out["arr_1"], np.arange(5) % NUM_CLASSES)  # the input's labels
+    assert np.array_equal(out["arr_0"][:, :, :8], out["input"][:, :, :8])  # pasted
+    assert not np.array_equal(out["arr_0"][:, :, 8:], out["input"][:, :, 8:])
+
+
+@pytest.mark.slow
+def test_image_edit_same_result_alone_and_on_two_ranks(ckpt, inputs, tmp_path):
+    run("image_edit.py", guided_repaint_flags(ckpt, inputs), tmp_path / "one")
+    run("image_edit.py", guided_repaint_flags(ckpt, inputs), tmp_path / "two", launcher="torchrun")
+    one = load(tmp_path / "one" / "edited_5x16x16x3.npz")
+    two = load(tmp_path / "two" / "edited_5x16x16x3.npz")
+    assert np.array_equal(one["arr_0"], two["arr_0"]) and np.array_equal(one["arr_1"], two["arr_1"])
+
+
+def test_ddim_invert_encode_then_decode(ckpt, inputs, tmp_path):
+    common = [*flags(MODEL), "--class_cond", "True", *STEPS, "--model_path", ckpt["cond"]]
+    encoded = run(
+        "ddim_invert.py", [*common, "--input", str(inputs / "folder"), "--class_labels", "2"],
+        tmp_path / "enc",
+    )  # fmt: skip
+    assert "round-trip error" in encoded.stdout
+    noise = load(tmp_path / "enc" / "inverted_2x3x16x16.npz")
+    assert noise["arr_0"].dtype == np.float32 and noise["arr_1"].tolist() == [2, 2]
+    assert os.path.exists(tmp_path / "enc" / "inverted_2x3x16x16.png")
+    run(
+        "ddim_invert.py",
+        [*common, "--mode", "decode", "--input", str(tmp_path / "enc" / "inverted_2x3x16x16.npz")],
+        tmp_path / "dec",
+    )  # fmt: skip
+    decoded = load(tmp_path / "dec" / "samples_2x16x16x3.npz")
+    assert np.array_equal(decoded["arr_0"], noise["decoded"])  # same labels, same images
+    assert decoded["arr_1"].tolist() == [2, 2]
+
+
+def test_image_edit_bad_mask_one_line_exit_1_nothing_written(ckpt, inputs, tmp_path):
+    argv = edit_flags(ckpt, inputs, "uncond", "--mask", str(inputs / "small_mask.png"))
+    result = run("image_edit.py", argv, tmp_path / "out", check=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "mask is 16x8 pixels but the images are 16x16" in lines[0], lines
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--method", "dps", "--operator", "sr_avgpool", "--sr_factor", "3"], "--sr_factor 3"),
+        (["--method", "ddnm", "--operator", "blur"], "DDNM needs an operator with a pseudo-inverse"),
+        (["--method", "repaint", "--operator", "colorize"], "it needs --operator inpaint"),
+        (["--method", "magic"], "--method 'magic' is not one of"),
+        (["--mask", "star"], "--mask 'star' is neither an image file nor one of"),
+        (["--input", "MISSING"], "no such file"),
+    ],
+)
+def test_image_edit_bad_input_fails_before_any_work(ckpt, inputs, tmp_path, monkeypatch, extra, message):
+    from guided_diffusion import dist_util
+
+    monkeypatch.setattr(dist_util, "setup_dist", lambda: pytest.fail("got past the checks"))
+    extra = [str(tmp_path / "x.npz") if a == "MISSING" else a for a in extra]
+    with pytest.raises((SamplingInputError, FileNotFoundError), match=message):
+        import_script("image_edit").main(edit_flags(ckpt, inputs, "uncond", *extra))
