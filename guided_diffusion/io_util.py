@@ -104,11 +104,13 @@ class NpzArrayReader:
         elif self.path.endswith(".npy"):
             self._stream = open(self.path, "rb")
         else:
-            raise ValueError(
-                f"{self.path}: not an .npz file (expected a zip archive written by np.savez)"
-            )
+            raise ValueError(_not_npz_message(self.path))
         try:
             self.shape, self.dtype = _read_npy_header(self._stream, f"{self.path}[{key}]")
+            if self._zip is not None:
+                size = self._zip.getinfo(member).file_size
+                name = f"{self.path}[{key}]"
+                _check_member_size(size, self._stream, self.shape, self.dtype, name)
         except Exception:
             self.close()
             raise
@@ -171,3 +173,66 @@ def _read_npy_header(stream: IO[bytes], name: str) -> tuple[tuple[int, ...], np.
     if dtype.hasobject:
         raise ValueError(f"{name}: object arrays are not supported")
     return tuple(shape), dtype
+
+
+def _not_npz_message(path: str) -> str:
+    """:return: why ``path`` (not a zip archive) is not an .npz, with what it starts with."""
+    with open(path, "rb") as f:
+        start = f.read(16)
+    kind = "empty" if not start else f"it starts with {start!r}"
+    return (
+        f"{path}: not an .npz file ({kind}; expected a zip archive of arrays, as np.savez "
+        "writes)"
+    )
+
+
+def _check_member_size(
+    size: int, stream: IO[bytes], shape: tuple[int, ...], dtype: np.dtype, name: str
+) -> None:
+    """
+    Raise a ValueError when an .npy array's header claims more or fewer bytes than it holds.
+
+    :param size: the .npy data's size in bytes (header included); ``stream`` is just past
+        the header.
+    """
+    claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    held = size - stream.tell()
+    if claimed != held:
+        raise ValueError(
+            f"{name}: its header claims an array of shape {list(shape)} ({claimed} bytes) "
+            f"but the file holds {held} bytes: the file is truncated or damaged"
+        )
+
+
+def check_npz(path: str) -> None:
+    """
+    Check an .npz file before numpy loads it: a zip archive whose ``.npy`` members hold
+    plain (not object) arrays exactly as large as their headers say (or a plain ``.npy``
+    file with the same property). Only headers are read. Blob URLs are not checked.
+
+    :raises FileNotFoundError: no such file.
+    :raises ValueError: naming the file and what is wrong (not an archive, e.g. a text file;
+        a member that is not an array; a header claiming an absurd shape).
+    """
+    if not is_local_path(path):
+        return
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no such .npz file: {path}")
+    if not zipfile.is_zipfile(path):
+        if not path.endswith(".npy"):
+            raise ValueError(_not_npz_message(path))
+        with open(path, "rb") as stream:  # a plain .npy array
+            shape, dtype = _read_npy_header(stream, path)
+            _check_member_size(os.path.getsize(path), stream, shape, dtype, path)
+        return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for info in archive.infolist():
+                if not info.filename.endswith(".npy"):
+                    continue
+                with archive.open(info) as stream:
+                    name = f"{path}[{info.filename[:-4]}]"
+                    shape, dtype = _read_npy_header(stream, name)
+                    _check_member_size(info.file_size, stream, shape, dtype, name)
+    except (zipfile.BadZipFile, OSError) as err:
+        raise ValueError(f"{path}: damaged .npz archive ({err})") from None

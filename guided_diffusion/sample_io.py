@@ -17,7 +17,7 @@ import blobfile as bf
 import numpy as np
 from PIL import Image
 
-from .io_util import NpzArrayReader, atomic_write, is_local_path
+from .io_util import NpzArrayReader, atomic_write, check_npz, is_local_path
 
 
 class SamplingInputError(ValueError):
@@ -60,6 +60,7 @@ def iter_npz_images(
     """
     if not bf.exists(path):
         raise FileNotFoundError(f"no such .npz file: {path}")
+    check_npz(path)  # a text file or an absurd header: a clear error, not numpy's
     try:
         with bf.BlobFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
             members = npz.files
@@ -149,6 +150,7 @@ def load_base_samples(
         raise SamplingInputError("--base_samples is required: a .npz file of images to upsample")
     if not bf.exists(path):
         raise FileNotFoundError(f"--base_samples: file not found: {path}")
+    check_npz(path)  # a text file or an absurd header: a clear error, not numpy's
     try:
         with bf.BlobFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
             arrays = {key: npz[key] for key in npz.files}

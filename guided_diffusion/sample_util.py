@@ -16,7 +16,6 @@ With ``--seed`` each such chunk of images gets its own random stream, derived fr
 
 import argparse
 import math
-import os
 import secrets
 import sys
 import time
@@ -30,12 +29,10 @@ import torch.nn as nn
 from tqdm.auto import tqdm
 
 from . import dist_util, logger, script_util
-from .checkpoint_util import CheckpointMismatchError
 from .dist_util import all_gather_rows  # noqa: F401  (importable here as before)
 from .gaussian_diffusion import GaussianDiffusion
 from .guidance import classifier_cond_fn, labels_to_classifier_only  # noqa: F401
 from .model_loading import load_classifier, load_model_and_diffusion  # noqa: F401 (old home)
-from .run_config import RunConfigError
 from .sample_io import (  # SamplingInputError: the scripts use sample_util's name
     BaseSamples,
     SamplingInputError,
@@ -44,6 +41,7 @@ from .sample_io import (  # SamplingInputError: the scripts use sample_util's na
     save_png,
     save_samples_npz,
 )
+from .script_errors import run_program
 
 # A function of (global image indices [n], generator) -> model_kwargs for those images.
 KwargsFn = Callable[[np.ndarray, torch.Generator], dict[str, torch.Tensor]]
@@ -453,12 +451,9 @@ def evaluate_bpd(
 
 def run_script(main: Callable[[], None]) -> None:
     """
-    Run a script's ``main``; bad flags, missing files and checkpoints that do not fit
-    the flags end the process with a one-line message and exit status 1 instead of a
-    traceback (any file being written is left out, since writes are atomic).
+    Run a script's ``main``; bad flags, missing or damaged files and checkpoints that do
+    not fit the flags end the process with a one-line message and exit status 1 instead of
+    a traceback (any file being written is left out, since writes are atomic). See
+    ``script_errors.run_program``.
     """
-    try:
-        main()
-    except (SamplingInputError, RunConfigError, FileNotFoundError, CheckpointMismatchError) as err:
-        print(f"{os.path.basename(sys.argv[0])}: error: {err}", file=sys.stderr)
-        sys.exit(1)
+    run_program(main)
