@@ -16,7 +16,7 @@ import time
 import warnings
 import zipfile
 from collections.abc import Iterator
-from typing import IO, Callable
+from typing import Callable
 
 import numpy as np
 import torch
@@ -28,7 +28,15 @@ from guided_diffusion.image_datasets import (
     center_crop_arr,
     to_rgb,
 )
-from guided_diffusion.io_util import NpzArrayReader, atomic_write, check_npz
+from guided_diffusion.io_util import atomic_write
+from guided_diffusion.npz_batch import (  # noqa: F401  (importable here as before)
+    NpyStreamWriter,
+    NpzArrayReader,
+    NpzWriter,
+    check_images,
+    check_npz,
+    npz_keys,
+)
 
 from .metrics import compute_statistics
 
@@ -43,28 +51,10 @@ STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
 
 def check_image_array(shape: tuple[int, ...], dtype: np.dtype, name: str) -> None:
     """
-    Raise ValueError unless (shape, dtype) describe uint8 images [N x H x W x 3].
-
-    :param shape: the array's shape.
-    :param dtype: the array's dtype.
-    :param name: the file (or description) named in the error.
+    Raise ValueError unless (shape, dtype) describe uint8 images [N x H x W x 3]
+    (``npz_batch.check_images``, the one rule every program applies).
     """
-    if len(shape) != 4 or shape[-1] != 3:
-        raise ValueError(
-            f"{name}: images must be an [N x H x W x 3] array (NHWC, RGB), got shape {tuple(shape)}"
-        )
-    if np.dtype(dtype) != np.uint8:
-        raise ValueError(f"{name}: images must be uint8 in [0, 255], got dtype {np.dtype(dtype)}")
-
-
-def npz_keys(path: str) -> list[str]:
-    """:return: the array names stored in an .npz (without the .npy suffix)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"batch file not found: {path}")
-    if not zipfile.is_zipfile(path):
-        return []
-    with zipfile.ZipFile(path) as archive:
-        return [name[:-4] for name in archive.namelist() if name.endswith(".npy")]
+    check_images(shape, dtype, name)
 
 
 def read_reference_statistics(
@@ -113,31 +103,6 @@ def read_reference_statistics(
             "(evaluator.py --make_ref) or remove them to let the evaluator use the images"
         )
     return stats
-
-
-class NpyStreamWriter:
-    """Write one .npy array row chunk by row chunk into an open binary stream (e.g. a zip member)."""
-
-    def __init__(self, stream: IO[bytes], shape: tuple[int, ...], dtype: np.dtype):
-        self.stream, self.shape, self.dtype = stream, tuple(shape), np.dtype(dtype)
-        header = {
-            "descr": np.lib.format.dtype_to_descr(self.dtype),
-            "fortran_order": False,
-            "shape": self.shape,
-        }
-        np.lib.format.write_array_header_2_0(stream, header)
-        self.rows_written = 0
-
-    def write(self, rows: np.ndarray) -> None:
-        """:param rows: an [n x shape[1:]] array of the writer's dtype."""
-        rows = np.ascontiguousarray(rows, dtype=self.dtype)
-        if rows.shape[1:] != self.shape[1:] or self.rows_written + len(rows) > self.shape[0]:
-            raise ValueError(
-                f"cannot append rows of shape {rows.shape} to an array of shape {self.shape} "
-                f"holding {self.rows_written} rows"
-            )
-        self.stream.write(rows.tobytes())
-        self.rows_written += len(rows)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -463,19 +428,15 @@ def write_reference_batch(
         )
     if log:
         log(f"writing {len(images)} images of {images.shape[2]}x{images.shape[1]} to {out_path}...")
-    with atomic_write(out_path, "wb") as f, zipfile.ZipFile(
-        f, "w", zipfile.ZIP_STORED, allowZip64=True
-    ) as archive:
-        with archive.open("arr_0.npy", "w", force_zip64=True) as member:
-            writer = NpyStreamWriter(member, images.shape, np.uint8)
+    with NpzWriter(out_path) as out:
+        with out.array("arr_0", images.shape, np.uint8) as writer:
             acts = compute_activations(
                 extractor, images, batch_size, progress, on_batch=writer.write
             )
         stats = dict(zip(("mu", "sigma"), compute_statistics(acts["pool"])))
         stats.update(zip(("mu_s", "sigma_s"), compute_statistics(acts["spatial"])))
         for key, value in stats.items():
-            with archive.open(f"{key}.npy", "w", force_zip64=True) as member:
-                np.lib.format.write_array(member, value)
+            out.write(key, value)
     if use_cache:
         _save_cache(cache_paths(out_path, extractor), acts)
     return {**stats, **acts}

@@ -292,6 +292,11 @@ def group_size() -> int:
     return 1
 
 
+def group_rank() -> int:
+    """:return: this process's rank in the running process group (0 without one)."""
+    return dist.get_rank() if group_size() > 1 else 0
+
+
 def comm_device() -> torch.device:
     """:return: where tensors must be for collectives: this rank's GPU under NCCL, else the CPU."""
     if group_size() > 1 and dist.get_backend() == "nccl":

@@ -91,6 +91,9 @@ class LossType(enum.Enum):
 
 
 StepFn = Callable[[torch.Tensor, torch.Tensor], dict]
+# randn(x) -> standard normal noise of x's shape, dtype and device: the source of the
+# sampling noise (default torch.randn_like); see image_seeds.ImageRandom for per-image noise.
+RandnFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 class GaussianDiffusion:
@@ -357,15 +360,18 @@ class GaussianDiffusion:
         denoised_fn: Optional[Callable] = None,
         cond_fn: Optional[Callable] = None,
         model_kwargs: Optional[dict] = None,
+        *,
+        randn: Optional[RandnFn] = None,
     ) -> dict:
         """
         One ancestral step: sample x_{t-1} from the model at x_t.
 
         :param cond_fn: optional gradient of log p(y | x_t) for classifier guidance.
+        :param randn: optional source of the step noise (default ``torch.randn_like``).
         :return: dict with "sample" (x_{t-1}) and "pred_xstart".
         """
         out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)
-        noise = torch.randn_like(x)
+        noise = (randn or torch.randn_like)(x)
         nonzero_mask = (t != 0).float().view(-1, *([1] * (x.dim() - 1)))  # no noise at t == 0
         if cond_fn is not None:
             out["mean"] = self.condition_mean(cond_fn, out, x, t, model_kwargs=model_kwargs)
@@ -382,11 +388,14 @@ class GaussianDiffusion:
         cond_fn: Optional[Callable] = None,
         model_kwargs: Optional[dict] = None,
         eta: float = 0.0,
+        *,
+        randn: Optional[RandnFn] = None,
     ) -> dict:
         """
         One DDIM step (Song et al. 2021, Eq. 12) from x_t to x_{t-1}; eta = 1 gives
         ancestral-like noise, eta = 0 is deterministic.
 
+        :param randn: optional source of the step noise (default ``torch.randn_like``).
         :return: dict with "sample" and "pred_xstart".
         """
         out = self.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)
@@ -401,7 +410,7 @@ class GaussianDiffusion:
             * torch.sqrt((1 - alpha_bar_prev) / (1 - alpha_bar))
             * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
         )
-        noise = torch.randn_like(x)
+        noise = (randn or torch.randn_like)(x)
         mean_pred = (
             out["pred_xstart"] * torch.sqrt(alpha_bar_prev)
             + torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps
@@ -451,17 +460,23 @@ class GaussianDiffusion:
         device,
         progress: bool,
         desc: str,
+        randn: Optional[RandnFn] = None,
     ) -> Iterator[dict]:
         """
         The one driver behind every sampling loop: start from ``noise`` (or fresh
-        Gaussian noise of ``shape``) and apply ``step(x, t)`` at each index in turn,
-        yielding its output dict.
+        Gaussian noise of ``shape``, from ``randn`` when given) and apply ``step(x, t)``
+        at each index in turn, yielding its output dict.
         """
         if not isinstance(shape, (tuple, list)):
             raise ValueError(f"shape must be a tuple or list such as (N, C, H, W), got {shape!r}")
         if device is None:
             device = next(model.parameters()).device
-        x = noise if noise is not None else torch.randn(*shape, device=device)
+        if noise is not None:
+            x = noise
+        elif randn is not None:
+            x = randn(torch.empty(*shape, device=device))
+        else:
+            x = torch.randn(*shape, device=device)
         if progress:
             from tqdm.auto import tqdm
 
@@ -491,6 +506,8 @@ class GaussianDiffusion:
         model_kwargs: Optional[dict] = None,
         device=None,
         progress: bool = False,
+        *,
+        randn: Optional[RandnFn] = None,
     ) -> torch.Tensor:
         """
         Ancestral sampling from the model (Ho et al. 2020, Algorithm 2).
@@ -499,12 +516,14 @@ class GaussianDiffusion:
         :param noise: optional starting noise of that shape.
         :param device: where to sample; defaults to the model's device.
         :param progress: show a tqdm progress bar.
+        :param randn: optional source of the noise, randn(x) -> noise like x; it gives the
+            starting noise too when ``noise`` is None (default: torch's global generator).
         :return: a non-differentiable batch of samples.
         """
         return self._last(
             self.p_sample_loop_progressive(
                 model, shape, noise, clip_denoised, denoised_fn, cond_fn, model_kwargs,
-                device, progress,
+                device, progress, randn=randn,
             )
         )
 
@@ -519,6 +538,8 @@ class GaussianDiffusion:
         model_kwargs: Optional[dict] = None,
         device=None,
         progress: bool = False,
+        *,
+        randn: Optional[RandnFn] = None,
     ) -> Iterator[dict]:
         """
         Like p_sample_loop, but yield the output dict of p_sample at every step.
@@ -527,11 +548,13 @@ class GaussianDiffusion:
         def step(x, t):
             return self.p_sample(
                 model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-                cond_fn=cond_fn, model_kwargs=model_kwargs,
+                cond_fn=cond_fn, model_kwargs=model_kwargs, randn=randn,
             )
 
         indices = list(range(self.num_timesteps))[::-1]
-        return self._loop_progressive(step, model, shape, indices, noise, device, progress, "sampling")
+        return self._loop_progressive(
+            step, model, shape, indices, noise, device, progress, "sampling", randn
+        )
 
     def ddim_sample_loop(
         self,
@@ -545,6 +568,8 @@ class GaussianDiffusion:
         device=None,
         progress: bool = False,
         eta: float = 0.0,
+        *,
+        randn: Optional[RandnFn] = None,
     ) -> torch.Tensor:
         """
         DDIM sampling (Song et al. 2021); same arguments as p_sample_loop plus eta.
@@ -552,7 +577,7 @@ class GaussianDiffusion:
         return self._last(
             self.ddim_sample_loop_progressive(
                 model, shape, noise, clip_denoised, denoised_fn, cond_fn, model_kwargs,
-                device, progress, eta,
+                device, progress, eta, randn=randn,
             )
         )
 
@@ -568,6 +593,8 @@ class GaussianDiffusion:
         device=None,
         progress: bool = False,
         eta: float = 0.0,
+        *,
+        randn: Optional[RandnFn] = None,
     ) -> Iterator[dict]:
         """
         Like ddim_sample_loop, but yield the output dict of ddim_sample at every step.
@@ -576,11 +603,13 @@ class GaussianDiffusion:
         def step(x, t):
             return self.ddim_sample(
                 model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-                cond_fn=cond_fn, model_kwargs=model_kwargs, eta=eta,
+                cond_fn=cond_fn, model_kwargs=model_kwargs, eta=eta, randn=randn,
             )
 
         indices = list(range(self.num_timesteps))[::-1]
-        return self._loop_progressive(step, model, shape, indices, noise, device, progress, "DDIM")
+        return self._loop_progressive(
+            step, model, shape, indices, noise, device, progress, "DDIM", randn
+        )
 
     def dpm_solver_sample_loop(
         self,
@@ -728,12 +757,19 @@ class GaussianDiffusion:
         return mean_flat(kl_prior) / math.log(2.0)
 
     def calc_bpd_loop(
-        self, model, x_start: torch.Tensor, clip_denoised: bool = True, model_kwargs=None
+        self,
+        model,
+        x_start: torch.Tensor,
+        clip_denoised: bool = True,
+        model_kwargs=None,
+        *,
+        randn: Optional[RandnFn] = None,
     ) -> dict:
         """
         The whole variational bound in bits/dim, with the terms behind it.
 
         :param x_start: the [N x C x ...] inputs.
+        :param randn: optional source of the noise of each term (default ``torch.randn_like``).
         :return: dict with "total_bpd" [N], "prior_bpd" [N], "vb" [N x T] (bound terms),
                  "xstart_mse" [N x T] and "mse" [N x T] (epsilon MSE) per timestep.
         """
@@ -741,7 +777,7 @@ class GaussianDiffusion:
         vb, xstart_mse, mse = [], [], []
         for i in list(range(self.num_timesteps))[::-1]:
             t = torch.tensor([i] * batch_size, device=x_start.device)
-            noise = torch.randn_like(x_start)
+            noise = (randn or torch.randn_like)(x_start)
             x_t = self.q_sample(x_start, t, noise=noise)
             with torch.no_grad():
                 out = self._vb_terms_bpd(

@@ -109,6 +109,24 @@ def list_classes(data_dir: str) -> dict[str, int]:
     return _class_index(_list_data_files(data_dir), data_dir)
 
 
+def indexed_images(data_dir: str, image_size: int, class_cond: bool = False) -> "ImageDataset":
+    """
+    Every image of a folder by index (sorted file order), centre-cropped and never flipped:
+    the images to evaluate, each the same whatever rank or batch reads it.
+
+    :param data_dir: folder searched recursively (local path or blobfile URL).
+    :param image_size: side of the square images.
+    :param class_cond: also give the labels ``load_data`` gives.
+    :return: a dataset whose item i is (image [3 x H x W] float32 in [-1, 1], {"y": label}).
+    """
+    files = _list_data_files(data_dir)
+    classes = None
+    if class_cond:
+        class_index = _class_index(files, data_dir)
+        classes = [class_index[_class_name(path)] for path in files]
+    return ImageDataset(image_size, files, classes=classes, random_flip=False)
+
+
 def _list_data_files(data_dir: str) -> list[str]:
     """The sorted image list of ``data_dir``, with errors that say what is wrong."""
     if not data_dir:

@@ -4,12 +4,12 @@ back from any batch), the ``--base_samples`` input of super-resolution, PNG grid
 single PNG images, and the per-timestep bits/dim terms.
 
 A sample batch is arr_0 [N x H x W x 3] uint8 images, plus arr_1 [N] int64 labels when
-the images have classes, in ``samples_{N}x{H}x{W}x3.npz``.
+the images have classes, in ``samples_{N}x{H}x{W}x3.npz``; the .npz reading and writing
+itself is ``npz_batch``'s.
 """
 
 import math
 import zipfile
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Optional
 
@@ -17,7 +17,17 @@ import blobfile as bf
 import numpy as np
 from PIL import Image
 
-from .io_util import NpzArrayReader, atomic_write, check_npz, is_local_path
+from .io_util import atomic_write
+from .npz_batch import (  # noqa: F401  (the batch readers, importable here as before)
+    BatchFileError,
+    NpzArrayReader,
+    NpzWriter,
+    check_images,
+    iter_npz_images,
+    npz_keys,
+    read_array,
+    read_npz_images,
+)
 
 
 class SamplingInputError(ValueError):
@@ -36,92 +46,10 @@ def save_samples_npz(path: str, images: np.ndarray, labels: Optional[np.ndarray]
     """
     Write a sample batch atomically: arr_0 [N x H x W x 3] uint8, arr_1 [N] int64 labels.
     """
-    arrays = {"arr_0": images}
-    if labels is not None:
-        arrays["arr_1"] = np.asarray(labels, dtype=np.int64)
-    with atomic_write(path, "wb") as f:
-        np.savez(f, **arrays)
-
-
-def iter_npz_images(
-    path: str, key: str = "arr_0", limit: int = 0, chunk_size: int = 256
-) -> Iterator[tuple[np.ndarray, Optional[np.ndarray]]]:
-    """
-    Stream the images of any .npz batch (samples or reference batch) in chunks, so that a
-    batch of any size is read in bounded memory (local files; a blob URL is read whole).
-
-    :param path: the .npz file.
-    :param key: the array holding the images: uint8 [N x H x W x C] with C = 1, 3 or 4,
-        or [N x H x W] grey.
-    :param limit: read only the first ``limit`` images (0: all).
-    :param chunk_size: images per chunk.
-    :return: an iterator of (images [n x H x W x C] uint8, labels [n] int64 from arr_1 when
-        the images are arr_0 and arr_1 holds one integer per image, else None).
-    """
-    if not bf.exists(path):
-        raise FileNotFoundError(f"no such .npz file: {path}")
-    check_npz(path)  # a text file or an absurd header: a clear error, not numpy's
-    try:
-        with bf.BlobFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
-            members = npz.files
-            arr_1 = npz["arr_1"] if key == "arr_0" and "arr_1" in members else None
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise SamplingInputError(f"{path} is not a readable .npz file ({err})") from None
-    if key not in members:
-        raise SamplingInputError(f"{path} has no array {key!r}; it holds {sorted(members)}")
-    try:
-        if is_local_path(path):
-            reader = NpzArrayReader(path, key)
-            shape, dtype = reader.shape, reader.dtype
-        else:
-            with bf.BlobFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
-                reader = None
-                whole = npz[key]
-            shape, dtype = whole.shape, whole.dtype
-        labels = _as_labels(arr_1, shape[0])
-    except (OSError, ValueError, zipfile.BadZipFile) as err:
-        raise SamplingInputError(f"{path}: cannot read {key} ({err})") from None
-    if dtype != np.uint8 or len(shape) not in (3, 4) or (len(shape) == 4 and shape[3] not in (1, 3, 4)):
-        if reader is not None:
-            reader.close()
-        raise SamplingInputError(
-            f"{path}: {key} must hold uint8 images [N x H x W x C] with C = 1, 3 or 4, "
-            f"got {dtype} {list(shape)}"
-        )
-    count = shape[0] if limit <= 0 else min(limit, shape[0])
-    try:
-        for start in range(0, count, chunk_size):
-            n = min(chunk_size, count - start)
-            images = reader.read(n) if reader is not None else whole[start : start + n]
-            if images.ndim == 3:
-                images = images[..., None]  # (n, H, W) grey -> (n, H, W, 1)
-            yield images, None if labels is None else labels[start : start + n]
-    finally:
-        if reader is not None:
-            reader.close()
-
-
-def _as_labels(arr_1: Optional[np.ndarray], num_images: int) -> Optional[np.ndarray]:
-    """arr_1 as [N] int64 labels when it holds one integer per image, else None."""
-    if arr_1 is None or arr_1.shape != (num_images,) or arr_1.dtype.kind not in "iu":
-        return None  # absent, or something else than one label per image
-    return arr_1.astype(np.int64)
-
-
-def read_npz_images(
-    path: str, key: str = "arr_0", limit: int = 0
-) -> tuple[np.ndarray, Optional[np.ndarray]]:
-    """
-    Read the images of any .npz batch whole (see iter_npz_images for the arguments).
-
-    :return: (images [N x H x W x C] uint8, labels [N] int64 or None).
-    """
-    chunks = list(iter_npz_images(path, key, limit))
-    if not chunks:
-        raise SamplingInputError(f"{path}: {key} holds no images")
-    images = np.concatenate([c[0] for c in chunks])
-    labels = None if chunks[0][1] is None else np.concatenate([c[1] for c in chunks])
-    return images, labels
+    with NpzWriter(path) as out:
+        out.write("arr_0", np.asarray(images, dtype=np.uint8))
+        if labels is not None:
+            out.write("arr_1", np.asarray(labels, dtype=np.int64))
 
 
 # ---------------------------------------------------------------- base samples
@@ -129,17 +57,32 @@ def read_npz_images(
 
 @dataclass
 class BaseSamples:
-    """Low-resolution images to upsample: [N x h x w x 3] uint8 and optional [N] labels."""
+    """
+    Low-resolution images to upsample, read from their file a chunk at a time.
 
-    images: np.ndarray
+    :param path: the .npz file; arr_0 holds [N x h x w x 3] uint8 images.
+    :param count: N.
+    :param labels: [N] int64 labels (arr_1), or None.
+    """
+
+    path: str
+    count: int
     labels: Optional[np.ndarray]
+
+    def __len__(self) -> int:
+        return self.count
+
+    def read(self, start: int, count: int) -> np.ndarray:
+        """:return: images start..start+count-1, [count x h x w x 3] uint8."""
+        with NpzArrayReader(self.path, "arr_0") as reader:
+            return reader.read_rows(start, count)
 
 
 def load_base_samples(
     path: str, small_size: int, need_labels: bool, num_classes: int
 ) -> BaseSamples:
     """
-    Read and check ``--base_samples``.
+    Check ``--base_samples`` (without reading its images).
 
     :param path: the .npz file (arr_0 uint8 NHWC images, arr_1 labels when present).
     :param small_size: the resolution the upsampler expects (``--small_size``).
@@ -150,52 +93,52 @@ def load_base_samples(
         raise SamplingInputError("--base_samples is required: a .npz file of images to upsample")
     if not bf.exists(path):
         raise FileNotFoundError(f"--base_samples: file not found: {path}")
-    check_npz(path)  # a text file or an absurd header: a clear error, not numpy's
     try:
-        with bf.BlobFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
-            arrays = {key: npz[key] for key in npz.files}
-    except (OSError, ValueError) as err:
+        keys = npz_keys(path) if zipfile.is_zipfile(path) else None
+        if keys is None:
+            raise BatchFileError("not a zip archive written by np.savez")
+        if "arr_0" not in keys:
+            raise SamplingInputError(
+                f"--base_samples {path} has no arr_0 (the images); it holds {sorted(keys)}"
+            )
+        with NpzArrayReader(path, "arr_0") as reader:
+            shape, dtype = reader.shape, reader.dtype
+        labels = read_array(path, "arr_1") if "arr_1" in keys else None
+    except (OSError, BatchFileError) as err:
+        raise SamplingInputError(f"--base_samples {path} is not a readable .npz file ({err})") from None
+    try:
+        check_images(shape, dtype, f"--base_samples {path}: arr_0")
+    except BatchFileError as err:
+        raise SamplingInputError(str(err)) from None
+    if shape[1:3] != (small_size, small_size):
         raise SamplingInputError(
-            f"--base_samples {path} is not a readable .npz file ({err})"
-        ) from None
-    if "arr_0" not in arrays:
-        raise SamplingInputError(
-            f"--base_samples {path} has no arr_0 (the images); it holds {sorted(arrays)}"
-        )
-    images = arrays["arr_0"]
-    expected = f"[N x {small_size} x {small_size} x 3] uint8"
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
-        raise SamplingInputError(
-            f"--base_samples {path}: arr_0 must be {expected} images, "
-            f"got {images.dtype} {list(images.shape)}"
-        )
-    if images.shape[1:3] != (small_size, small_size):
-        raise SamplingInputError(
-            f"--base_samples {path}: images are {images.shape[1]}x{images.shape[2]} but the "
+            f"--base_samples {path}: images are {shape[1]}x{shape[2]} but the "
             f"upsampler takes {small_size}x{small_size} (--small_size {small_size})"
         )
-    if len(images) == 0:
+    if shape[0] == 0:
         raise SamplingInputError(f"--base_samples {path} holds no images")
-    labels = arrays.get("arr_1")
+    return BaseSamples(path, shape[0], _check_labels(path, labels, shape[0], need_labels, num_classes))
+
+
+def _check_labels(path, labels, count, need_labels, num_classes) -> Optional[np.ndarray]:
     if labels is None:
         if need_labels:
             raise SamplingInputError(
                 f"--base_samples {path} has no arr_1 (labels), which the class-conditional "
                 "upsampler (--class_cond True) needs"
             )
-    else:
-        if labels.shape != (len(images),) or labels.dtype.kind not in "iu":
-            raise SamplingInputError(
-                f"--base_samples {path}: arr_1 must be {len(images)} integer labels, "
-                f"got {labels.dtype} {list(labels.shape)}"
-            )
-        if need_labels and (labels.min() < 0 or labels.max() >= num_classes):
-            raise SamplingInputError(
-                f"--base_samples {path}: labels must lie in 0..{num_classes - 1}, "
-                f"found {labels.min()}..{labels.max()}"
-            )
-        labels = labels.astype(np.int64)
-    return BaseSamples(images=images, labels=labels)
+        return None
+    if labels.shape != (count,) or labels.dtype.kind not in "iu":
+        raise SamplingInputError(
+            f"--base_samples {path}: arr_1 must be {count} integer labels, "
+            f"got {labels.dtype} {list(labels.shape)}"
+        )
+    if need_labels and (labels.min() < 0 or labels.max() >= num_classes):
+        raise SamplingInputError(
+            f"--base_samples {path}: labels must lie in 0..{num_classes - 1}, "
+            f"found {labels.min()}..{labels.max()}"
+        )
+    return labels.astype(np.int64)
 
 # ---------------------------------------------------------------- PNG
 

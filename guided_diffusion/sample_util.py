@@ -1,21 +1,19 @@
 """
-The pieces every sampling script shares: command-line flags, the loop over batches on
-every rank, gathering the batches, and writing the ``samples_{N}x{H}x{W}x3.npz`` file
-(with a PNG grid of the first samples beside it). Reading and writing the files
-themselves is ``sample_io``'s job; loading the model and classifier is
-``model_loading``'s, guidance ``guidance``'s (their functions stay importable here).
+The pieces every sampling program shares: command-line flags, what each image gets
+(labels, base images), and the two callers of the rank-sharded loop
+(``shards.run_sharded``): the sampling driver, which writes
+``samples_{N}x{H}x{W}x3.npz`` (with a PNG grid of the first samples beside it) through
+resumable shards, and the bits/dim evaluation. Loading the model and classifier is
+``model_loading``'s job, guidance ``guidance``'s (their functions stay importable here).
 
-How a run divides the work: the images are numbered 0..N-1 and dealt out in rounds of
-``batch_size * world_size``; in each round rank r draws the ``batch_size`` images that
-start at ``round * batch_size * world_size + r * batch_size``. Gathering in rank order
-therefore restores the numbering, so labels stay aligned, super-resolution keeps the
-order of its base samples, and exactly N images come out however many ranks run.
-With ``--seed`` each such chunk of images gets its own random stream, derived from
-(seed, chunk index), so a run is reproducible and does not depend on the world size.
+Image i is made from (seed, i) alone (``image_seeds.ImageRandom``): its initial noise,
+its label when labels are drawn and its step noise, so a run gives the same file for any
+``--batch_size`` and any number of ranks. Reading and writing the files is
+``npz_batch``'s and ``sample_io``'s job.
 """
 
 import argparse
-import math
+import dataclasses
 import secrets
 import sys
 import time
@@ -26,12 +24,14 @@ import blobfile as bf
 import numpy as np
 import torch
 import torch.nn as nn
-from tqdm.auto import tqdm
 
 from . import dist_util, logger, script_util
 from .dist_util import all_gather_rows  # noqa: F401  (importable here as before)
 from .gaussian_diffusion import GaussianDiffusion
 from .guidance import classifier_cond_fn, labels_to_classifier_only  # noqa: F401
+from .image_seeds import ImageRandom
+from .npz_batch import NpzWriter
+from .shards import ShardStore, file_identity, previous_seed, run_sharded
 from .model_loading import load_classifier, load_model_and_diffusion  # noqa: F401 (old home)
 from .sample_io import (  # SamplingInputError: the scripts use sample_util's name
     BaseSamples,
@@ -43,8 +43,11 @@ from .sample_io import (  # SamplingInputError: the scripts use sample_util's na
 )
 from .script_errors import run_program
 
-# A function of (global image indices [n], generator) -> model_kwargs for those images.
-KwargsFn = Callable[[np.ndarray, torch.Generator], dict[str, torch.Tensor]]
+# A function of (global image indices [n], their random streams) -> model_kwargs for them.
+KwargsFn = Callable[[np.ndarray, ImageRandom], dict[str, torch.Tensor]]
+# A sampler: called like GaussianDiffusion.p_sample_loop(model, shape, *, clip_denoised,
+# cond_fn, model_kwargs, device, randn) -> [N x C x H x W] samples.
+SampleFn = Callable[..., torch.Tensor]
 
 
 # ---------------------------------------------------------------- flags
@@ -64,6 +67,8 @@ FLAG_HELP = {
     "class_labels": "comma-separated class ids to sample, cycled over the images "
     "(e.g. '1,207,360'); default: random classes",
     "grid": "also write a PNG grid of the first samples beside the .npz",
+    "keep_shards": "keep the folder of shards (saved as each round finishes, so that "
+    "rerunning a killed command resumes) after the final .npz is written",
     "save_terms": (
         "save the per-timestep bound terms as {vb,mse,xstart_mse}_terms.npz in the log "
         "directory, as the original does (False: only print bits/dim)"
@@ -86,6 +91,7 @@ def sampling_defaults(**script_flags) -> dict[str, object]:
         model_path="",
         seed=None,
         grid=True,
+        keep_shards=False,
         **script_flags,
     )
 
@@ -158,48 +164,48 @@ def num_classes_of(args: argparse.Namespace) -> int:
 def class_label_kwargs(class_labels: Optional[list[int]], num_classes: int) -> KwargsFn:
     """
     Labels for class-conditional sampling: ``class_labels`` cycled over the image
-    indices, or uniformly random classes when it is None.
+    indices, or uniformly random classes (each image's from its own stream) when None.
 
     :return: a KwargsFn giving {"y": int64 [n]}.
     """
 
-    def make(indices: np.ndarray, generator: torch.Generator) -> dict[str, torch.Tensor]:
+    def make(indices: np.ndarray, rng: ImageRandom) -> dict[str, torch.Tensor]:
         if class_labels is None:
-            y = torch.randint(0, num_classes, (len(indices),), generator=generator)
-        else:
-            y = torch.tensor([class_labels[i % len(class_labels)] for i in indices])
-        return {"y": y.long()}
+            return {"y": rng.labels(num_classes)}
+        return {"y": torch.tensor([class_labels[i % len(class_labels)] for i in indices]).long()}
 
     return make
 
 
-def no_kwargs(indices: np.ndarray, generator: torch.Generator) -> dict[str, torch.Tensor]:
+def no_kwargs(indices: np.ndarray, rng: ImageRandom) -> dict[str, torch.Tensor]:
     """The KwargsFn of an unconditional model."""
     return {}
 
 
-def base_sample_kwargs(base: BaseSamples, class_cond: bool) -> KwargsFn:
+def base_sample_kwargs(base: BaseSamples) -> KwargsFn:
     """
     Model kwargs for upsampling: ``low_res`` (float [n x 3 x h x w] in [-1, 1]) from the
-    base images with the same indices, plus their labels ``y`` when ``class_cond``.
+    base images with the same indices (read from the file, a chunk at a time), plus their
+    labels ``y`` when the base file has labels.
     """
 
-    def make(indices: np.ndarray, generator: torch.Generator) -> dict[str, torch.Tensor]:
-        images = torch.from_numpy(base.images[indices]).float() / 127.5 - 1.0  # (n, h, w, 3)
+    def make(indices: np.ndarray, rng: ImageRandom) -> dict[str, torch.Tensor]:
+        pixels = base.read(int(indices[0]), len(indices))  # (n, h, w, 3) uint8
+        images = torch.from_numpy(pixels).float() / 127.5 - 1.0
         kwargs = {"low_res": images.permute(0, 3, 1, 2).contiguous()}  # (n, 3, h, w)
-        if class_cond:
+        if base.labels is not None:
             kwargs["y"] = torch.from_numpy(base.labels[indices])
         return kwargs
 
     return make
 
 
-# ---------------------------------------------------------------- distributed helpers
+# ---------------------------------------------------------------- seeds
 
 
 def _rank_and_world() -> tuple[int, int]:
     """Rank and size of the running process group ((0, 1) without one)."""
-    return dist_util.get_rank() if dist_util.group_size() > 1 else 0, dist_util.group_size()
+    return dist_util.group_rank(), dist_util.group_size()
 
 
 def shared_seed(seed: Optional[int]) -> int:
@@ -212,12 +218,28 @@ def shared_seed(seed: Optional[int]) -> int:
 
 
 def chunk_seeds(seed: int, chunk: int) -> tuple[int, int]:
-    """Two independent 32-bit seeds (noise, labels) for one chunk of images."""
+    """Two independent 32-bit seeds (noise, labels) for one chunk of images (editing tools)."""
     noise_seed, label_seed = np.random.SeedSequence([seed, chunk]).generate_state(2)
     return int(noise_seed), int(label_seed)
 
 
-# ---------------------------------------------------------------- the batch loop
+def chunk_plan(
+    num_samples: int, batch_size: int, rank: int, world: int
+) -> Iterator[tuple[int, int, int]]:
+    """
+    The per-round split the editing tools use: for each round of ``batch_size * world``
+    items, yield this rank's (chunk index, first item index, item count); the count is 0
+    for ranks past the end in the last round (they still join that round's gather).
+    The sampling programs use ``shards.run_sharded`` instead.
+    """
+    per_round = batch_size * world
+    for round_index in range(-(-num_samples // per_round)):
+        start = round_index * per_round + rank * batch_size
+        count = min(max(num_samples - start, 0), batch_size)
+        yield round_index * world + rank, start, count
+
+
+# ---------------------------------------------------------------- one chunk of images
 
 
 def to_uint8_nhwc(sample: torch.Tensor) -> torch.Tensor:
@@ -229,6 +251,54 @@ def to_uint8_nhwc(sample: torch.Tensor) -> torch.Tensor:
     return pixels.permute(0, 2, 3, 1).contiguous()  # (N, H, W, 3)
 
 
+def default_sample_fn(diffusion: GaussianDiffusion, use_ddim: bool = False) -> SampleFn:
+    """:return: ``diffusion.ddim_sample_loop`` or ``p_sample_loop`` as a SampleFn."""
+    return diffusion.ddim_sample_loop if use_ddim else diffusion.p_sample_loop
+
+
+@dataclass
+class ImageJob:
+    """
+    What makes the images of a run: image i is ``sample_fn`` applied to the model with
+    the noise and labels of ``ImageRandom(seed, [i])``, whatever batch it is drawn in.
+    """
+
+    model: Callable  # called as model(x, t, **model_kwargs)
+    sample_fn: SampleFn
+    image_size: int
+    seed: int
+    make_kwargs: KwargsFn = no_kwargs
+    cond_fn: Optional[Callable] = None
+    clip_denoised: bool = True
+    device: Optional[torch.device] = None
+
+    def __call__(self, start: int, count: int) -> dict[str, np.ndarray]:
+        """
+        :return: {"arr_0": uint8 [count x H x W x 3]} for images start..start+count-1,
+            plus "arr_1": int64 [count] labels when make_kwargs gives "y".
+        """
+        device = self.device or dist_util.dev()
+        indices = np.arange(start, start + count)
+        rng = ImageRandom(self.seed, indices, device)
+        kwargs = self.make_kwargs(indices, rng)
+        sample = self.sample_fn(
+            self.model,
+            (count, 3, self.image_size, self.image_size),
+            clip_denoised=self.clip_denoised,
+            cond_fn=self.cond_fn,
+            model_kwargs={k: v.to(device) for k, v in kwargs.items()},
+            device=device,
+            randn=rng.randn,
+        )
+        out = {"arr_0": to_uint8_nhwc(sample).cpu().numpy()}
+        if "y" in kwargs:
+            out["arr_1"] = kwargs["y"].cpu().numpy().astype(np.int64)
+        return out
+
+
+# ---------------------------------------------------------------- in memory
+
+
 @dataclass
 class SampleResult:
     """Gathered samples on rank 0 (None elsewhere) and how long they took."""
@@ -237,21 +307,6 @@ class SampleResult:
     labels: Optional[np.ndarray]  # [N] int64, or None without labels
     seconds: float
     seed: int
-
-
-def chunk_plan(
-    num_samples: int, batch_size: int, rank: int, world: int
-) -> Iterator[tuple[int, int, int]]:
-    """
-    How the images 0..N-1 are split: for each round of ``batch_size * world`` images,
-    yield this rank's (chunk index, first image index, image count); the count is 0 for
-    ranks past the end in the last round (they still join that round's gather).
-    """
-    per_round = batch_size * world
-    for round_index in range(math.ceil(num_samples / per_round)):
-        start = round_index * per_round + rank * batch_size
-        count = min(max(num_samples - start, 0), batch_size)
-        yield round_index * world + rank, start, count
 
 
 def sample_images(
@@ -267,9 +322,11 @@ def sample_images(
     clip_denoised: bool = True,
     seed: Optional[int] = None,
     device: Optional[torch.device] = None,
+    sample_fn: Optional[SampleFn] = None,
 ) -> SampleResult:
     """
-    Draw exactly ``num_samples`` images, split over the ranks, and gather them on rank 0.
+    Draw exactly ``num_samples`` images, split over the ranks, and gather them on rank 0
+    in memory (``sample_to_npz`` writes them to a file in bounded memory instead).
 
     :param model: the model (or a wrapper) called as model(x, t, **model_kwargs).
     :param diffusion: the (spaced) diffusion process.
@@ -277,173 +334,275 @@ def sample_images(
     :param batch_size: images per model call on each rank.
     :param image_size: H = W of the samples.
     :param make_kwargs: model_kwargs for given image indices; a "y" entry is the label
-        that is gathered with the images.
-    :param cond_fn: optional guidance gradient, see ``classifier_cond_fn``.
-    :param use_ddim: DDIM instead of ancestral sampling.
+        that is kept with the images.
+    :param cond_fn: optional guidance gradient, see ``guidance.classifier_cond_fn``.
+    :param use_ddim: DDIM instead of ancestral sampling (when ``sample_fn`` is None).
     :param clip_denoised: clamp x_0 predictions to [-1, 1].
     :param seed: base seed (None: a fresh one).
     :param device: where to sample (default ``dist_util.dev()``).
+    :param sample_fn: the sampler, called like ``diffusion.p_sample_loop`` with ``randn=``.
     :return: SampleResult with [N x H x W x 3] uint8 images and [N] int64 labels on rank 0.
     """
     check_counts(num_samples, batch_size)
-    device = device or dist_util.dev()
-    rank, world = _rank_and_world()
     seed = shared_seed(seed)
-    sample_fn = diffusion.ddim_sample_loop if use_ddim else diffusion.p_sample_loop
-    images = np.zeros((num_samples, image_size, image_size, 3), np.uint8) if rank == 0 else None
-    labels = np.zeros(num_samples, np.int64) if rank == 0 else None
-    with_labels = False  # whether make_kwargs gives labels ("y"); rank 0 always has a chunk
-    done = 0
+    job = ImageJob(
+        model, sample_fn or default_sample_fn(diffusion, use_ddim), image_size, seed,
+        make_kwargs, cond_fn, clip_denoised, device,
+    )  # fmt: skip
+    parts: dict[int, dict[str, np.ndarray]] = {}
     start_time = time.time()
-    bar = tqdm(total=num_samples, unit="img", desc="sampling", disable=rank != 0, file=sys.stderr)
-    for chunk, start, count in chunk_plan(num_samples, batch_size, rank, world):
-        local = torch.zeros(batch_size, image_size, image_size, 3, dtype=torch.uint8)
-        local_y = torch.zeros(batch_size, dtype=torch.int64)
-        if count > 0:
-            noise_seed, label_seed = chunk_seeds(seed, chunk)
-            indices = np.arange(start, start + count)
-            kwargs = make_kwargs(indices, torch.Generator().manual_seed(label_seed))
-            torch.manual_seed(noise_seed)
-            sample = sample_fn(
-                model,
-                (count, 3, image_size, image_size),
-                clip_denoised=clip_denoised,
-                cond_fn=cond_fn,
-                model_kwargs={k: v.to(device) for k, v in kwargs.items()},
-                device=device,
-            )
-            local[:count] = to_uint8_nhwc(sample).cpu()
-            if "y" in kwargs:
-                with_labels = True
-                local_y[:count] = kwargs["y"]
-        gathered = all_gather_rows(local)  # (world * batch_size, H, W, 3), valid rows first
-        gathered_y = all_gather_rows(local_y)  # (world * batch_size,)
-        valid = min(batch_size * world, num_samples - done)
-        if rank == 0:
-            images[done : done + valid] = gathered[:valid].numpy()
-            labels[done : done + valid] = gathered_y[:valid].numpy()
-        done += valid
-        bar.update(valid)
-    bar.close()
-    if not with_labels:
-        labels = None
-    return SampleResult(images=images, labels=labels, seconds=time.time() - start_time, seed=seed)
-
-
-# ---------------------------------------------------------------- writing
+    run_sharded(num_samples, batch_size, job, lambda start, arrays: parts.update({start: arrays}))
+    if dist_util.group_rank() != 0:
+        return SampleResult(None, None, time.time() - start_time, seed)
+    chunks = [parts[start] for start in sorted(parts)]
+    images = np.concatenate([c["arr_0"] for c in chunks])
+    labels = np.concatenate([c["arr_1"] for c in chunks]) if "arr_1" in chunks[0] else None
+    return SampleResult(images, labels, time.time() - start_time, seed)
 
 
 def write_outputs(
     result: SampleResult, grid: bool = True, out_dir: Optional[str] = None
 ) -> list[str]:
     """
-    On rank 0, save the gathered samples to ``out_dir`` (default: the log directory) and
-    log a summary of what went where; every rank waits until the files exist.
+    On rank 0, save samples gathered in memory to ``out_dir`` (default: the log directory)
+    and log a summary of what went where; every rank waits until the files exist.
 
     :param grid: also write a PNG grid of the first 64 samples, named like the .npz.
     :return: the paths written (empty on other ranks).
     """
-    rank, world = _rank_and_world()
     paths = []
-    if rank == 0:
+    if dist_util.group_rank() == 0:
         out_dir = out_dir or logger.get_dir() or "."
         npz_path = bf.join(out_dir, samples_file_name(result.images))
         save_samples_npz(npz_path, result.images, result.labels)
-        paths.append(npz_path)
-        if grid:
-            png_path = npz_path[: -len(".npz")] + ".png"
-            save_png(png_path, image_grid(result.images))
-            paths.append(png_path)
-        _log_summary(result, paths, world)
+        paths = [npz_path] + _write_grid(npz_path, result.images, grid)
+        _log_summary(paths, result.images.shape, result.labels, result.seconds, result.seed)
     dist_util.barrier()
     return paths
 
 
-def _log_summary(result: SampleResult, paths: list[str], world: int) -> None:
-    n = len(result.images)
-    rate = n / max(result.seconds, 1e-9)
+def _write_grid(npz_path: str, first_images: np.ndarray, grid: bool) -> list[str]:
+    if not grid:
+        return []
+    png_path = npz_path[: -len(".npz")] + ".png"
+    save_png(png_path, image_grid(first_images))
+    return [png_path]
+
+
+def _log_summary(
+    paths: list[str], shape: tuple, labels: Optional[np.ndarray], seconds: float, seed: int
+) -> None:
+    n = shape[0]
     lines = [
-        f"wrote {n} samples in {result.seconds:.1f} s ({rate:.2f} images/s, "
-        f"{world} rank(s), seed {result.seed}):"
+        f"wrote {n} samples in {seconds:.1f} s ({n / max(seconds, 1e-9):.2f} images/s, "
+        f"{dist_util.group_size()} rank(s), seed {seed}):"
     ]
     label_note = ""
-    if result.labels is not None:
-        label_note = f", arr_1 int64 labels {result.labels.min()}..{result.labels.max()}"
-    lines.append(f"  {paths[0]}  (arr_0 uint8 {list(result.images.shape)}{label_note})")
+    if labels is not None:
+        label_note = f", arr_1 int64 labels {labels.min()}..{labels.max()}"
+    lines.append(f"  {paths[0]}  (arr_0 uint8 {list(shape)}{label_note})")
     if len(paths) > 1:
         lines.append(f"  {paths[1]}  (grid of the first {min(n, 64)})")
-    lines.append(f"repeat this batch with --seed {result.seed}")
+    lines.append(f"repeat this batch with --seed {seed}")
     logger.log("\n".join(lines))
+
+
+# ---------------------------------------------------------------- to a file, resumable
+
+
+def run_identity(args: argparse.Namespace, files: dict[str, str], **extra) -> dict[str, object]:
+    """
+    Everything that determines a run's images: every flag but those that only say how
+    many, how fast or what else to write, the contents of the input files instead of their
+    paths, and ``extra`` (e.g. the program's name).
+
+    :param files: flag name -> path of each input file (checkpoints, base samples).
+    """
+    identity = {k: v for k, v in vars(args).items() if k not in _NOT_IDENTITY and k not in files}
+    identity.update(extra)
+    identity["files"] = {flag: path for flag, path in files.items() if path}
+    return identity
+
+
+# Flags that never change an image: how many, how fast, what else to write.
+_NOT_IDENTITY = {"num_samples", "batch_size", "grid", "keep_shards", "seed"}
+
+
+def _open_store(
+    npz_path: str, identity: dict, seed: Optional[int]
+) -> tuple[ShardStore, list[tuple[int, int]]]:
+    """On rank 0: hash the input files, settle the seed, open the shard folder."""
+    identity = dict(identity)
+    identity["files"] = {f: file_identity(p) for f, p in identity["files"].items()}
+    if seed is None:
+        seed = previous_seed(npz_path, identity)
+        if seed is not None:
+            logger.log(f"resuming the unseeded run found beside {npz_path}: seed {seed}")
+    identity["seed"] = secrets.randbits(31) if seed is None else int(seed)
+    store = ShardStore.beside(npz_path, identity)
+    return store, store.prepare()
+
+
+def _shared_store(npz_path: str, identity: dict, seed: Optional[int]):
+    """Every rank: the store and its finished ranges, or the one-line reason it failed."""
+    reply = None
+    if dist_util.group_rank() == 0:
+        try:
+            reply = _open_store(npz_path, identity, seed)
+        except (OSError, ValueError) as err:
+            reply = f"cannot write the samples beside {npz_path}: {err}"
+    reply = dist_util.broadcast_object(reply)
+    if isinstance(reply, str):
+        raise SamplingInputError(reply)
+    return reply
+
+
+def sample_to_npz(
+    job: ImageJob,
+    *,
+    num_samples: int,
+    batch_size: int,
+    identity: dict[str, object],
+    grid: bool = True,
+    keep_shards: bool = False,
+    out_dir: Optional[str] = None,
+) -> list[str]:
+    """
+    Draw exactly ``num_samples`` images into ``samples_{N}x{H}x{W}x3.npz`` in ``out_dir``
+    (default: the log directory), saving every round as a shard as it finishes and
+    resuming from the shards of an earlier run of the same command (``run_identity``);
+    the final file is assembled by streaming the shards, which are then removed unless
+    ``keep_shards``. Call it on every rank.
+
+    :param job: what makes the images (its seed None: the earlier run's, else a fresh one).
+    :param identity: the run's identity, from ``run_identity``.
+    :return: the paths written (empty on other ranks).
+    """
+    check_counts(num_samples, batch_size)
+    out_dir = out_dir or logger.get_dir() or "."
+    npz_path = bf.join(out_dir, f"samples_{num_samples}x{job.image_size}x{job.image_size}x3.npz")
+    store, done = _shared_store(npz_path, identity, job.seed)
+    job = dataclasses.replace(job, seed=store.identity["seed"])
+    found = sum(stop - start for start, stop in done if start < num_samples)
+    logger.log(
+        f"shards in {store.folder}: found {found} images, {num_samples - found} to sample"
+    )
+    start_time = time.time()
+    run_sharded(num_samples, batch_size, job, store.write, done)
+    dist_util.barrier()
+    paths = []
+    if dist_util.group_rank() == 0:
+        labels = _assemble(store, num_samples, npz_path)
+        first = np.concatenate(list(_first_images(store, num_samples, 64)))
+        paths = [npz_path] + _write_grid(npz_path, first, grid)
+        shape = (num_samples, job.image_size, job.image_size, 3)
+        _log_summary(paths, shape, labels, time.time() - start_time, job.seed)
+        if not keep_shards:
+            store.remove()
+    dist_util.barrier()
+    return paths
+
+
+def _assemble(store: ShardStore, num_samples: int, npz_path: str) -> Optional[np.ndarray]:
+    """Stream the shards into the final .npz; :return: the labels (None without)."""
+    with_labels = "arr_1" in store.keys()
+    with NpzWriter(npz_path) as out:
+        first = next(store.iter_chunks(num_samples, "arr_0"))
+        with out.array("arr_0", (num_samples,) + first.shape[1:], np.uint8) as rows:
+            for images in store.iter_chunks(num_samples, "arr_0"):
+                rows.write(images)
+        if not with_labels:
+            return None
+        labels = np.concatenate(list(store.iter_chunks(num_samples, "arr_1")))  # (N,) int64
+        out.write("arr_1", labels)
+    return labels
+
+
+def _first_images(store: ShardStore, num_samples: int, count: int) -> Iterator[np.ndarray]:
+    for images in store.iter_chunks(num_samples, "arr_0"):
+        yield images[:count]
+        count -= len(images)
+        if count <= 0:
+            return
 
 
 # ---------------------------------------------------------------- bits/dim
 
 
-def evaluate_bpd(
-    model: nn.Module,
-    diffusion: GaussianDiffusion,
-    data: Iterator,
-    *,
-    num_samples: int,
-    batch_size: int,
-    clip_denoised: bool = True,
-    seed: Optional[int] = None,
-    device: Optional[torch.device] = None,
-) -> dict[str, np.ndarray]:
+@dataclass
+class BpdJob:
+    """
+    The bound terms of data images: image i's from the data item i and the noise of
+    ``ImageRandom(seed, [i])``, whatever batch it is evaluated in.
+    """
+
+    model: Callable
+    diffusion: GaussianDiffusion
+    read: Callable[[int, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]
+    seed: int
+    clip_denoised: bool = True
+    device: Optional[torch.device] = None
+
+    def __call__(self, start: int, count: int) -> dict[str, np.ndarray]:
+        """:return: per image, "total_bpd", "prior_bpd" [count] and "vb", "mse", "xstart_mse" [count x T]."""
+        device = self.device or dist_util.dev()
+        batch, kwargs = self.read(start, count)
+        rng = ImageRandom(self.seed, range(start, start + count), device)
+        metrics = self.diffusion.calc_bpd_loop(
+            self.model,
+            batch.to(device),
+            clip_denoised=self.clip_denoised,
+            model_kwargs={k: v.to(device) for k, v in kwargs.items()},
+            randn=rng.randn,
+        )
+        return {k: metrics[k].double().cpu().numpy() for k in BPD_TERMS}
+
+
+BPD_TERMS = ("total_bpd", "prior_bpd", "vb", "mse", "xstart_mse")
+
+
+def dataset_reader(dataset) -> Callable[[int, int], tuple[torch.Tensor, dict[str, torch.Tensor]]]:
+    """
+    :param dataset: items (image [C x H x W] array, {name: array}) by index.
+    :return: read(start, count) -> (images [count x C x H x W], {name: [count x ...]}) for
+        items start..start+count-1, cycling past the end of the dataset.
+    """
+
+    def read(start: int, count: int):
+        items = [dataset[i % len(dataset)] for i in range(start, start + count)]
+        images = torch.stack([torch.as_tensor(np.asarray(image)) for image, _ in items])
+        kwargs = {
+            k: torch.stack([torch.as_tensor(np.asarray(c[k])) for _, c in items]) for k in items[0][1]
+        }
+        return images, kwargs
+
+    return read
+
+
+def evaluate_bpd(job: BpdJob, *, num_samples: int, batch_size: int) -> dict[str, np.ndarray]:
     """
     Bits per dimension of exactly ``num_samples`` data images, split over the ranks like
-    ``sample_images`` splits its images, logging a running mean after every round.
+    the sampling programs split their images, logging a running mean as rounds finish.
 
-    :param data: this rank's iterator of (images [B x C x H x W] in [-1, 1], model_kwargs).
-    :param seed: base seed for the noise of the bound terms (None: a fresh one).
     :return: on every rank, "total_bpd" and "prior_bpd" (scalars) and the per-timestep
         means "vb", "mse", "xstart_mse" ([T], from t = T-1 down to 0), over all images.
     """
     check_counts(num_samples, batch_size)
-    device = device or dist_util.dev()
-    rank, world = _rank_and_world()
-    seed = shared_seed(seed)
-    names = ("total_bpd", "prior_bpd", "vb", "mse", "xstart_mse")
-    sums = None
-    done = 0
-    bar = tqdm(total=num_samples, unit="img", desc="bits/dim", disable=rank != 0, file=sys.stderr)
-    for round_index, (chunk, _, count) in enumerate(
-        chunk_plan(num_samples, batch_size, rank, world)
-    ):
-        local = torch.zeros(1 + 2 + 3 * diffusion.num_timesteps, dtype=torch.float64)
-        if count > 0:
-            batch, kwargs = next(data)
-            batch = batch[:count].to(device)
-            kwargs = {k: v[:count].to(device) for k, v in kwargs.items()}
-            torch.manual_seed(chunk_seeds(seed, chunk)[0])
-            metrics = diffusion.calc_bpd_loop(
-                model, batch, clip_denoised=clip_denoised, model_kwargs=kwargs
-            )
-            # sums over this rank's images, flat: [count, total, prior, vb (T), mse (T), xstart_mse (T)]
-            local = torch.cat(
-                [torch.tensor([float(count)])]
-                + [metrics[k].double().sum(0).flatten().cpu() for k in names]
-            )
-        round_sums = all_gather_rows(local[None]).sum(0)
-        sums = round_sums if sums is None else sums + round_sums
-        done += int(round_sums[0].item())
-        if rank == 0:
-            bar.update(int(round_sums[0].item()))
-            logger.log(
-                f"round {round_index + 1}: {int(round_sums[0])} images, bits/dim "
-                f"{round_sums[1] / round_sums[0]:.4f}; running mean {sums[1] / sums[0]:.4f} "
-                f"over {done}/{num_samples}"
-            )
-    bar.close()
-    means = (sums[1:] / sums[0]).numpy()
-    steps = diffusion.num_timesteps
-    return {
-        "total_bpd": means[0],
-        "prior_bpd": means[1],
-        "vb": means[2 : 2 + steps],
-        "mse": means[2 + steps : 2 + 2 * steps],
-        "xstart_mse": means[2 + 2 * steps :],
-    }
+    sums: dict[str, np.ndarray] = {}
+    counted = [0]
+
+    def add(start: int, terms: dict[str, np.ndarray]) -> None:
+        for key, value in terms.items():
+            sums[key] = sums.get(key, 0.0) + value.sum(0)
+        counted[0] += len(terms["total_bpd"])
+        logger.log(
+            f"{counted[0]}/{num_samples} images: running mean "
+            f"{sums['total_bpd'] / counted[0]:.4f} bits/dim"
+        )
+
+    run_sharded(num_samples, batch_size, job, add, desc="bits/dim")
+    means = dist_util.broadcast_object({k: v / num_samples for k, v in sums.items()})
+    return {k: (float(v) if np.ndim(v) == 0 else v) for k, v in means.items()}
 
 
 # ---------------------------------------------------------------- running scripts

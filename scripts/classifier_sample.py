@@ -45,19 +45,24 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     model_fn = model if args.class_cond else guidance.labels_to_classifier_only(model)
     logger.log(f"sampling with classifier scale {args.classifier_scale}...")
-    result = sample_util.sample_images(
+    job = sample_util.ImageJob(
         model_fn,
-        diffusion,
+        sample_util.default_sample_fn(diffusion, args.use_ddim),
+        args.image_size,
+        args.seed,
+        sample_util.class_label_kwargs(class_labels, num_classes),
+        cond_fn=guidance.classifier_cond_fn(classifier, args.classifier_scale),
+        clip_denoised=args.clip_denoised,
+    )
+    files = {"model_path": args.model_path, "classifier_path": args.classifier_path}
+    sample_util.sample_to_npz(
+        job,
         num_samples=args.num_samples,
         batch_size=args.batch_size,
-        image_size=args.image_size,
-        make_kwargs=sample_util.class_label_kwargs(class_labels, num_classes),
-        cond_fn=guidance.classifier_cond_fn(classifier, args.classifier_scale),
-        use_ddim=args.use_ddim,
-        clip_denoised=args.clip_denoised,
-        seed=args.seed,
+        identity=sample_util.run_identity(args, files, program="classifier_sample"),
+        grid=args.grid,
+        keep_shards=args.keep_shards,
     )
-    sample_util.write_outputs(result, grid=args.grid)
     logger.log("sampling complete")
 
 

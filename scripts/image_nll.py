@@ -13,7 +13,7 @@ import os
 from typing import Optional
 
 from guided_diffusion import dist_util, logger, run_config, sample_io, sample_util
-from guided_diffusion.image_datasets import load_data
+from guided_diffusion.image_datasets import indexed_images
 from guided_diffusion.script_util import add_dict_to_argparser, model_and_diffusion_defaults
 
 
@@ -30,28 +30,22 @@ def main(argv: Optional[list[str]] = None) -> None:
     logger.log("creating model and diffusion...")
     model, diffusion = sample_util.load_model_and_diffusion(args)
 
-    logger.log("creating data loader...")
+    logger.log("reading the image list...")
     try:
-        data = load_data(
-            data_dir=args.data_dir,
-            batch_size=args.batch_size,
-            image_size=args.image_size,
-            class_cond=args.class_cond,
-            deterministic=True,
-            random_flip=False,  # evaluate the images as they are
-        )
+        images = indexed_images(args.data_dir, args.image_size, args.class_cond)
     except ValueError as err:
         raise sample_util.SamplingInputError(f"--data_dir {args.data_dir}: {err}") from None
 
     logger.log("evaluating...")
-    metrics = sample_util.evaluate_bpd(
+    job = sample_util.BpdJob(
         model,
         diffusion,
-        data,
-        num_samples=args.num_samples,
-        batch_size=args.batch_size,
+        sample_util.dataset_reader(images),
+        sample_util.shared_seed(args.seed),
         clip_denoised=args.clip_denoised,
-        seed=args.seed,
+    )
+    metrics = sample_util.evaluate_bpd(
+        job, num_samples=args.num_samples, batch_size=args.batch_size
     )
     logger.log(
         f"bits/dim: {metrics['total_bpd']:.4f} over {args.num_samples} images "

@@ -44,18 +44,24 @@ def main(argv: Optional[list[str]] = None) -> None:
     make_kwargs = sample_util.no_kwargs
     if args.class_cond:
         make_kwargs = sample_util.class_label_kwargs(class_labels, sample_util.num_classes_of(args))
-    result = sample_util.sample_images(
+    job = sample_util.ImageJob(
         model,
-        diffusion,
+        sample_util.default_sample_fn(diffusion, args.use_ddim),
+        args.image_size,
+        args.seed,
+        make_kwargs,
+        clip_denoised=args.clip_denoised,
+    )
+    sample_util.sample_to_npz(
+        job,
         num_samples=args.num_samples,
         batch_size=args.batch_size,
-        image_size=args.image_size,
-        make_kwargs=make_kwargs,
-        use_ddim=args.use_ddim,
-        clip_denoised=args.clip_denoised,
-        seed=args.seed,
+        identity=sample_util.run_identity(
+            args, {"model_path": args.model_path}, program="image_sample"
+        ),
+        grid=args.grid,
+        keep_shards=args.keep_shards,
     )
-    sample_util.write_outputs(result, grid=args.grid)
     logger.log("sampling complete")
 
 

@@ -18,7 +18,7 @@ Example (64 -> 256 with the published upsampler, on samples from image_sample.py
 import argparse
 from typing import Optional
 
-from guided_diffusion import dist_util, logger, run_config, sample_io, sample_util
+from guided_diffusion import dist_util, guidance, logger, run_config, sample_io, sample_util
 from guided_diffusion.script_util import add_dict_to_argparser, sr_model_and_diffusion_defaults
 
 
@@ -32,31 +32,36 @@ def main(argv: Optional[list[str]] = None) -> None:
     dist_util.setup_dist()
     logger.configure()
     num_samples = args.num_samples
-    if num_samples > len(base.images):
+    if num_samples > len(base):
         logger.log(
-            f"--num_samples {num_samples} is more than the {len(base.images)} images in "
-            f"{args.base_samples}: upsampling all {len(base.images)}"
+            f"--num_samples {num_samples} is more than the {len(base)} images in "
+            f"{args.base_samples}: upsampling all {len(base)}"
         )
-        num_samples = len(base.images)
+        num_samples = len(base)
 
     logger.log("creating model and diffusion...")
     model, diffusion = sample_util.load_model_and_diffusion(args, super_res=True)
 
     logger.log(f"upsampling {num_samples} images to {args.large_size}x{args.large_size}...")
-    result = sample_util.sample_images(
-        model,
-        diffusion,
+    # the base labels stay beside their images; they go to the model only when it takes them
+    model_fn = model if args.class_cond else guidance.labels_to_classifier_only(model)
+    job = sample_util.ImageJob(
+        model_fn,
+        sample_util.default_sample_fn(diffusion, args.use_ddim),
+        args.large_size,
+        args.seed,
+        sample_util.base_sample_kwargs(base),
+        clip_denoised=args.clip_denoised,
+    )
+    files = {"model_path": args.model_path, "base_samples": args.base_samples}
+    sample_util.sample_to_npz(
+        job,
         num_samples=num_samples,
         batch_size=args.batch_size,
-        image_size=args.large_size,
-        make_kwargs=sample_util.base_sample_kwargs(base, args.class_cond),
-        use_ddim=args.use_ddim,
-        clip_denoised=args.clip_denoised,
-        seed=args.seed,
+        identity=sample_util.run_identity(args, files, program="super_res_sample"),
+        grid=args.grid,
+        keep_shards=args.keep_shards,
     )
-    if result.images is not None and result.labels is None and base.labels is not None:
-        result.labels = base.labels[:num_samples]  # keep the base labels beside their images
-    sample_util.write_outputs(result, grid=args.grid)
     logger.log("sampling complete")
 
 
