@@ -249,7 +249,7 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
     except USER_ERRORS as err:  # one line and exit status 1; GUIDED_DIFFUSION_DEBUG=1: traceback
         if debugging():
             raise
-        raise SystemExit(f"error: {describe(err)}") from None
+        raise SystemExit(f"evaluator.py: error: {describe(err)}") from None
 
 
 def run(args: argparse.Namespace, extractor: torch.nn.Module | None = None) -> None:

@@ -246,7 +246,16 @@ def to_uint8_nhwc(sample: torch.Tensor) -> torch.Tensor:
     """
     :param sample: [N x 3 x H x W] images in [-1, 1].
     :return: [N x H x W x 3] uint8 (x + 1) * 127.5, rounded and clamped to 0..255.
+    :raises ValueError: when a value is NaN or infinite (it would become a black or white
+        pixel): nothing is written from such samples.
     """
+    finite = torch.isfinite(sample).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        raise ValueError(
+            f"{int((~finite).sum())} of {len(sample)} samples hold NaN or infinite values: the "
+            "model or the guidance diverged (check the checkpoint, --classifier_scale and "
+            "--timestep_respacing); nothing was written"
+        )
     pixels = ((sample.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return pixels.permute(0, 2, 3, 1).contiguous()  # (N, H, W, 3)
 

@@ -29,7 +29,10 @@ def run_main_block(monkeypatch, capsys, path: str, *argv: str) -> tuple[int, str
     finally:
         logger.reset()
         dist_util.cleanup()
-    return info.value.code, capsys.readouterr().err
+    code, err = info.value.code, capsys.readouterr().err
+    if isinstance(code, str):  # what the interpreter does with SystemExit("message")
+        code, err = 1, err + code + "\n"
+    return code, err
 
 
 def assert_one_line_error(status: int, err: str, program: str, *fragments: str) -> None:
@@ -91,3 +94,70 @@ def test_internal_errors_keep_their_traceback():
 def test_os_errors_name_the_file():
     err = OSError(28, "No space left on device", "/runs/model000004.pt")
     assert describe(err) == "no space left on device: /runs/model000004.pt"
+
+
+# ----------------------------------------------------------------------------- other programs
+
+
+def _absurd_npz(path):
+    """An .npz whose arr_0 header claims 10^13 images of 8x8x3."""
+    import io
+    import zipfile
+
+    import numpy as np
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array(buffer, np.zeros((2, 8, 8, 3), np.uint8))
+    data = buffer.getvalue().replace(b"(2, 8, 8, 3)", b"(10000000000000, 8, 8, 3)")
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("arr_0.npy", data)
+    return str(path)
+
+
+def test_npz_to_png_names_an_absurd_header(monkeypatch, capsys, tmp_path, log_dir):
+    path = _absurd_npz(tmp_path / "huge.npz")
+    status, err = run_main_block(
+        monkeypatch, capsys, "scripts/npz_to_png.py", path, "--out_dir", str(tmp_path / "png")
+    )
+    assert_one_line_error(status, err, "npz_to_png.py", "header claims an array of shape")
+
+
+def test_super_res_sample_names_an_absurd_header(monkeypatch, capsys, tmp_path, log_dir):
+    path = _absurd_npz(tmp_path / "huge.npz")
+    status, err = run_main_block(
+        monkeypatch, capsys, "scripts/super_res_sample.py", "--base_samples", path,
+        "--small_size", "8", "--large_size", "32", "--model_path", str(tmp_path / "m.pt"),
+    )  # fmt: skip
+    assert_one_line_error(status, err, "super_res_sample.py", "header claims an array of shape")
+    assert not log_dir.exists()
+
+
+def test_the_evaluator_names_a_text_file_without_numpy_advice(monkeypatch, capsys, tmp_path):
+    path = tmp_path / "notes.npz"
+    path.write_text("not a batch\n")
+    status, err = run_main_block(
+        monkeypatch, capsys, "evaluations/evaluator.py", str(path), str(path), "--device", "cpu"
+    )
+    assert_one_line_error(status, err, "evaluator.py", "notes.npz: not an .npz file")
+    assert "allow_pickle" not in err
+
+
+def test_a_nan_guidance_scale_is_refused_at_parse_time(monkeypatch, capsys, tmp_path, log_dir):
+    status, err = run_main_block(
+        monkeypatch, capsys, "scripts/classifier_sample.py", "--classifier_scale", "nan",
+        "--model_path", str(tmp_path / "m.pt"), "--classifier_path", str(tmp_path / "c.pt"),
+    )  # fmt: skip
+    expected = "--classifier_scale must be a finite"
+    assert_one_line_error(status, err, "classifier_sample.py", expected)
+    assert not log_dir.exists()
+
+
+def test_an_unwritable_output_folder_fails_before_sampling(monkeypatch, capsys, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    monkeypatch.setenv("OPENAI_LOGDIR", str(blocker / "samples"))
+    status, err = run_main_block(
+        monkeypatch, capsys, "scripts/image_sample.py", "--model_path", str(tmp_path / "m.pt")
+    )
+    assert_one_line_error(status, err, "image_sample.py", str(blocker))
+    assert "loading" not in err
