@@ -5,6 +5,7 @@ of different resolutions, NaN reference statistics, the FID of identical batches
 file or an absurd .npz header given as a batch.
 """
 
+import io
 import os
 import shutil
 import zipfile
@@ -14,7 +15,6 @@ import pytest
 from PIL import Image
 from test_evaluator import FakeExtractor, make_images
 
-from evaluations import batches
 from evaluations.batches import ImageSource
 from evaluations.evaluator import evaluate, main
 from evaluations.metrics import compute_statistics, frechet_distance
@@ -101,16 +101,15 @@ def test_the_fid_of_identical_statistics_is_zero_not_a_tiny_negative():
 # ----------------------------------------------------------------------------- .npz files
 
 
-def _absurd_npz(path):
-    """An .npz whose arr_0 header claims 10^13 images of 64x64x3."""
-    import io
-
+def absurd_npz(path, side: int = 64) -> str:
+    """Write an .npz whose arr_0 header claims 10^13 images of side x side x 3."""
     buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, np.zeros((2, 64, 64, 3), np.uint8))
-    data = buffer.getvalue().replace(b"(2, 64, 64, 3)", b"(10000000000000, 64, 64, 3)")
+    np.lib.format.write_array(buffer, np.zeros((2, side, side, 3), np.uint8))
+    shape = f"(2, {side}, {side}, 3)".encode()
+    data = buffer.getvalue().replace(shape, shape.replace(b"(2,", b"(10000000000000,"))
     with zipfile.ZipFile(path, "w") as archive:
         archive.writestr("arr_0.npy", data)
-    return path
+    return str(path)
 
 
 @pytest.mark.parametrize("kind", ["text", "absurd"])
@@ -120,7 +119,7 @@ def test_a_text_file_or_absurd_header_is_a_clear_error_everywhere(tmp_path, kind
         path.write_text("these are my notes, not images\n")
         message = r"notes.npz.*not (an .npz file|a zip archive)"
     else:
-        path = _absurd_npz(tmp_path / "huge.npz")
+        path = absurd_npz(tmp_path / "huge.npz")
         message = r"huge.npz\[arr_0\]: its header claims an array of shape \[10000000000000, 64"
     readers = [
         lambda: next(sample_io.iter_npz_images(str(path))),  # npz_to_png.py

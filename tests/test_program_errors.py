@@ -9,6 +9,7 @@ import runpy
 import sys
 
 import pytest
+from test_data_hardening import absurd_npz
 
 from guided_diffusion import dist_util, logger
 from guided_diffusion.script_errors import DEBUG_VAR, describe, run_program
@@ -99,23 +100,8 @@ def test_os_errors_name_the_file():
 # ----------------------------------------------------------------------------- other programs
 
 
-def _absurd_npz(path):
-    """An .npz whose arr_0 header claims 10^13 images of 8x8x3."""
-    import io
-    import zipfile
-
-    import numpy as np
-
-    buffer = io.BytesIO()
-    np.lib.format.write_array(buffer, np.zeros((2, 8, 8, 3), np.uint8))
-    data = buffer.getvalue().replace(b"(2, 8, 8, 3)", b"(10000000000000, 8, 8, 3)")
-    with zipfile.ZipFile(path, "w") as archive:
-        archive.writestr("arr_0.npy", data)
-    return str(path)
-
-
 def test_npz_to_png_names_an_absurd_header(monkeypatch, capsys, tmp_path, log_dir):
-    path = _absurd_npz(tmp_path / "huge.npz")
+    path = absurd_npz(tmp_path / "huge.npz", side=8)
     status, err = run_main_block(
         monkeypatch, capsys, "scripts/npz_to_png.py", path, "--out_dir", str(tmp_path / "png")
     )
@@ -123,7 +109,7 @@ def test_npz_to_png_names_an_absurd_header(monkeypatch, capsys, tmp_path, log_di
 
 
 def test_super_res_sample_names_an_absurd_header(monkeypatch, capsys, tmp_path, log_dir):
-    path = _absurd_npz(tmp_path / "huge.npz")
+    path = absurd_npz(tmp_path / "huge.npz", side=8)
     status, err = run_main_block(
         monkeypatch, capsys, "scripts/super_res_sample.py", "--base_samples", path,
         "--small_size", "8", "--large_size", "32", "--model_path", str(tmp_path / "m.pt"),

@@ -19,6 +19,7 @@ from test_train_util import (
     _HalfFriendlyNet,
     _loop,
     _model_and_diffusion,
+    learning_rates_of,
     one_thread_and_fresh_logger,  # noqa: F401 (autouse fixture)
 )
 
@@ -238,12 +239,5 @@ def test_fp16_converts_only_the_convolutions():
 
 
 def test_the_classifier_anneals_before_each_step(tmp_path):
-    loop = _classifier_loop(tmp_path, iterations=4)
-    seen = []
-    real_step = loop.opt.step
-    loop.opt.step = lambda *a, **k: (
-        seen.append(loop.opt.param_groups[0]["lr"]),
-        real_step(*a, **k),
-    )[1]
-    loop.run_loop()
+    seen = learning_rates_of(_classifier_loop(tmp_path, iterations=4))
     assert seen == pytest.approx([1e-3, 0.75e-3, 0.5e-3, 0.25e-3])

@@ -321,8 +321,8 @@ def test_ema_follows_the_formula(tmp_path):
         assert not ema.requires_grad  # no autograd graph kept alive by the EMA
 
 
-def test_learning_rate_anneals_linearly_and_stops(tmp_path):
-    loop = _loop(tmp_path, max_steps=0, lr_anneal_steps=4, save_interval=10)
+def learning_rates_of(loop) -> list[float]:
+    """Run ``loop`` and return the learning rate of every optimizer step it took."""
     seen = []
     real_step = loop.opt.step
     loop.opt.step = lambda *a, **k: (
@@ -330,6 +330,12 @@ def test_learning_rate_anneals_linearly_and_stops(tmp_path):
         real_step(*a, **k),
     )[1]
     loop.run_loop()
+    return seen
+
+
+def test_learning_rate_anneals_linearly_and_stops(tmp_path):
+    loop = _loop(tmp_path, max_steps=0, lr_anneal_steps=4, save_interval=10)
+    seen = learning_rates_of(loop)
     assert loop.step == 4
     # as the original's TrainLoop, which annealed after each step: step s (from 0) uses
     # lr * (1 - (s - 1) / N), the first two the full lr
