@@ -412,13 +412,13 @@ def test_interval_masks_images_at_different_levels():
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("", None), ("0.28,5.42", (0.28, 5.42)), ("0,inf", (0.0, math.inf))],
+    [("", None), ("0.28,5.42", (0.28, 5.42)), ("0,inf", (0.0, math.inf)), ("0.5:2", (0.5, 2.0))],
 )
 def test_parse_guidance_interval(text, expected):
     assert parse_guidance_interval(text) == expected
 
 
-@pytest.mark.parametrize("text", ["1", "2,1", "a,b", "-1,2", "1,2,3", "1,1"])
+@pytest.mark.parametrize("text", ["1", "2,1", "a,b", "-1,2", "1,2,3", "1,1", "1:2:3", "1;2"])
 def test_parse_guidance_interval_rejects_bad_values(text):
     with pytest.raises(ValueError, match="--guidance_interval must be two noise levels"):
         parse_guidance_interval(text)
