@@ -272,7 +272,9 @@ def guided_model(
 # ---------------------------------------------------------------- guidance interval
 
 
-def parse_guidance_interval(text: str, flag: str = "--guidance_interval") -> Optional[tuple[float, float]]:
+def parse_guidance_interval(
+    text: str, flag: str = "--guidance_interval"
+) -> Optional[tuple[float, float]]:
     """
     Parse ``--guidance_interval LO,HI`` (or ``LO:HI``, which fits inside comma-separated
     lists such as the demo's settings).
