@@ -41,11 +41,16 @@ def main(argv: Optional[list[str]] = None) -> None:
         model,
         diffusion,
         sample_util.dataset_reader(images),
-        sample_util.shared_seed(args.seed),
+        args.seed,
         clip_denoised=args.clip_denoised,
     )
-    metrics = sample_util.evaluate_bpd(
-        job, num_samples=args.num_samples, batch_size=args.batch_size
+    files = {"model_path": args.model_path, "data_dir": args.data_dir}
+    metrics = sample_util.evaluate_bpd_resumable(
+        job,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        identity=sample_util.run_identity(args, files, program="image_nll"),
+        keep_shards=args.keep_shards,
     )
     logger.log(
         f"bits/dim: {metrics['total_bpd']:.4f} over {args.num_samples} images "
@@ -71,6 +76,7 @@ def create_argparser() -> argparse.ArgumentParser:
             model_path="",
             seed=None,
             save_terms=True,
+            keep_shards=False,
         ),
     )
     add_dict_to_argparser(parser, model_and_diffusion_defaults())
