@@ -534,6 +534,47 @@ def sample_to_npz(
     return paths
 
 
+def sample_from_args(
+    args: argparse.Namespace,
+    model: Callable,
+    diffusion: GaussianDiffusion,
+    *,
+    files: dict[str, str],
+    image_size: Optional[int] = None,
+    make_kwargs: KwargsFn = no_kwargs,
+    cond_fn: Optional[Callable] = None,
+    num_samples: Optional[int] = None,
+    sample_fn: Optional[SampleFn] = None,
+) -> list[str]:
+    """
+    The sampling programs' last step: ``sample_to_npz`` with the sampling flags in
+    ``args`` (num_samples, batch_size, seed, use_ddim, clip_denoised, grid, keep_shards).
+
+    :param files: flag -> input file, for the run's identity (see ``run_identity``).
+    :param image_size: H = W of the samples (default ``args.image_size``).
+    :param num_samples: overrides ``args.num_samples``.
+    :param sample_fn: the sampler (default by ``--use_ddim``).
+    :return: the paths written (empty on other ranks).
+    """
+    job = ImageJob(
+        model,
+        sample_fn or default_sample_fn(diffusion, args.use_ddim),
+        image_size or args.image_size,
+        args.seed,
+        make_kwargs,
+        cond_fn=cond_fn,
+        clip_denoised=args.clip_denoised,
+    )
+    return sample_to_npz(
+        job,
+        num_samples=num_samples or args.num_samples,
+        batch_size=args.batch_size,
+        identity=run_identity(args, files),
+        grid=args.grid,
+        keep_shards=args.keep_shards,
+    )
+
+
 def _assemble(store: ShardStore, num_samples: int, npz_path: str) -> Optional[np.ndarray]:
     """Stream the shards into the final .npz; :return: the labels (None without)."""
     with_labels = "arr_1" in store.keys()

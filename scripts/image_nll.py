@@ -49,7 +49,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         job,
         num_samples=args.num_samples,
         batch_size=args.batch_size,
-        identity=sample_util.run_identity(args, files, program="image_nll"),
+        identity=sample_util.run_identity(args, files),
         keep_shards=args.keep_shards,
     )
     logger.log(

@@ -44,23 +44,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     make_kwargs = sample_util.no_kwargs
     if args.class_cond:
         make_kwargs = sample_util.class_label_kwargs(class_labels, sample_util.num_classes_of(args))
-    job = sample_util.ImageJob(
-        model,
-        sample_util.default_sample_fn(diffusion, args.use_ddim),
-        args.image_size,
-        args.seed,
-        make_kwargs,
-        clip_denoised=args.clip_denoised,
-    )
-    sample_util.sample_to_npz(
-        job,
-        num_samples=args.num_samples,
-        batch_size=args.batch_size,
-        identity=sample_util.run_identity(
-            args, {"model_path": args.model_path}, program="image_sample"
-        ),
-        grid=args.grid,
-        keep_shards=args.keep_shards,
+    sample_util.sample_from_args(
+        args, model, diffusion, files={"model_path": args.model_path}, make_kwargs=make_kwargs
     )
     logger.log("sampling complete")
 
