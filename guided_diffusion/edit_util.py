@@ -7,6 +7,7 @@ PNG grid of input, degraded and result side by side.
 """
 
 import argparse
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,20 +17,13 @@ import blobfile as bf
 import numpy as np
 import torch
 
-from . import dist_util, guidance, logger, sample_util, script_util
+from . import dist_util, guidance, logger, sample_util, script_util, shards
 from .image_datasets import _list_image_files_recursively, _read_rgb, center_crop_arr
 from .io_util import atomic_write
 from .model_loading import load_classifier, load_model_and_diffusion
 from .operators import MASK_NAMES, OPERATOR_NAMES, mask_from_image, named_mask
 from .sample_io import SamplingInputError, image_grid, read_npz_images, save_png
-from .dist_util import all_gather_rows
-from .sample_util import (
-    _rank_and_world,
-    chunk_plan,
-    chunk_seeds,
-    shared_seed,
-    to_uint8_nhwc,
-)
+from .sample_util import chunk_seeds, shared_seed, to_uint8_nhwc
 
 METHODS = ("repaint", "sdedit", "ilvr", "dps", "ddnm")
 
@@ -128,7 +122,9 @@ def common_defaults(clip_denoised: bool = True) -> dict[str, object]:
 # ---------------------------------------------------------------- inputs
 
 
-def read_images(path: str, image_size: int, limit: int = 0) -> tuple[np.ndarray, Optional[np.ndarray]]:
+def read_images(
+    path: str, image_size: int, limit: int = 0
+) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """
     The images to edit: a .npz batch (arr_0 uint8 [N x H x W x C], arr_1 labels), a
     folder of images, or one image file; files are centre-cropped to ``image_size``.
@@ -245,10 +241,9 @@ def map_sharded(
     seed: Optional[int] = None,
 ) -> EditResult:
     """
-    Apply ``fn`` to every input image, each rank taking its chunks as in
-    ``sample_util.chunk_plan``, and gather the outputs on rank 0 in input order. Each
-    chunk seeds torch's generator from (seed, chunk), so results do not depend on the
-    number of ranks.
+    Apply ``fn`` to every input, the chunks split over the ranks by ``shards.run_sharded``,
+    and collect the outputs on rank 0 in input order. Each chunk seeds torch's generator
+    from (seed, its first index), so results do not depend on the number of ranks.
 
     :param inputs: float [N x C x H x W] (images in [-1, 1], or noise).
     :param labels: int64 [N] passed along to fn, or None.
@@ -256,25 +251,25 @@ def map_sharded(
     """
     if batch_size <= 0:
         raise SamplingInputError(f"--batch_size must be a positive integer, got {batch_size}")
-    rank, world = _rank_and_world()
     seed = shared_seed(seed)
-    total, item_shape = len(inputs), tuple(inputs.shape[1:])
-    gathered = {key: [] for key in keys}
-    start_time = time.time()
-    for chunk, start, count in chunk_plan(total, batch_size, rank, world):
-        local = {key: torch.zeros(batch_size, *item_shape) for key in keys}
-        if count > 0:
-            torch.manual_seed(chunk_seeds(seed, chunk)[0])
-            x = inputs[start : start + count].to(dist_util.dev())
-            y = None if labels is None else torch.from_numpy(labels[start : start + count])
-            outputs = fn(x, None if y is None else y.to(dist_util.dev()))
-            for key in keys:
-                local[key][:count] = outputs[key].float().cpu()
-        for key in keys:
-            gathered[key].append(all_gather_rows(local[key]))  # rank order = input order
+    total = len(inputs)
     outputs = None
-    if rank == 0:
-        outputs = {key: torch.cat(parts)[:total].numpy() for key, parts in gathered.items()}
+    if dist_util.group_rank() == 0:
+        outputs = {key: np.zeros((total, *inputs.shape[1:]), np.float32) for key in keys}
+
+    def compute(start: int, count: int) -> dict[str, np.ndarray]:
+        torch.manual_seed(chunk_seeds(seed, start)[0])
+        x = inputs[start : start + count].to(dist_util.dev())
+        y = None if labels is None else torch.from_numpy(labels[start : start + count])
+        out = fn(x, None if y is None else y.to(dist_util.dev()))
+        return {key: out[key].float().cpu().numpy() for key in keys}
+
+    def sink(start: int, arrays: dict[str, np.ndarray]) -> None:
+        for key, array in arrays.items():
+            outputs[key][start : start + len(array)] = array
+
+    start_time = time.time()
+    shards.run_sharded(total, batch_size, compute, sink, desc="editing")
     return EditResult(outputs=outputs, seconds=time.time() - start_time, seed=seed)
 
 
@@ -295,11 +290,16 @@ def side_by_side(*batches: np.ndarray, padding: int = 2) -> np.ndarray:
 
 
 def write_edit_outputs(
-    out_dir: str, prefix: str, arrays: dict[str, np.ndarray], grid_of: tuple[str, ...]
+    out_dir: str,
+    prefix: str,
+    arrays: dict[str, np.ndarray],
+    grid_of: tuple[str, ...],
+    metrics: Optional[dict[str, object]] = None,
 ) -> list[str]:
     """
-    Write ``{prefix}_{N}x{H}x{W}x3.npz`` (``arrays`` as named; arr_0 is the result) and,
-    when ``grid_of`` names arrays, a PNG grid of them side by side.
+    Write ``{prefix}_{N}x{H}x{W}x3.npz`` (``arrays`` as named; arr_0 is the result),
+    when ``grid_of`` names arrays a PNG grid of them side by side, and ``metrics`` as a
+    JSON file of the same name.
 
     :param arrays: name -> array; uint8 images are [N x H x W x 3].
     :return: the paths written.
@@ -313,6 +313,11 @@ def write_edit_outputs(
         png_path = npz_path[: -len(".npz")] + ".png"
         save_png(png_path, image_grid(side_by_side(*(arrays[k] for k in grid_of))))
         paths.append(png_path)
+    if metrics is not None:
+        json_path = npz_path[: -len(".npz")] + ".json"
+        with atomic_write(json_path, "w") as f:
+            json.dump(metrics, f, indent=2)
+        paths.append(json_path)
     logger.log("wrote " + ", ".join(paths))
     return paths
 
@@ -335,7 +340,8 @@ def create_argparser(doc: str, defaults: dict[str, object]) -> argparse.Argument
     defaults = dict(defaults)
     seed = defaults.pop("seed", None)
     parser.add_argument("--seed", type=int, default=seed, help=sample_util.FLAG_HELP["seed"])
-    script_util.add_dict_to_argparser(parser, defaults, helps={**sample_util.FLAG_HELP, **FLAG_HELP})
+    helps = {**sample_util.FLAG_HELP, **FLAG_HELP}
+    script_util.add_dict_to_argparser(parser, defaults, helps=helps)
     model_flags = script_util.model_and_diffusion_defaults()
     model_flags.update(script_util.classifier_defaults())
     script_util.add_dict_to_argparser(parser, model_flags)
@@ -386,9 +392,13 @@ def check_method(method: str, operator: str) -> None:
     if method not in METHODS:
         raise SamplingInputError(f"--method {method!r} is not one of {', '.join(METHODS)}")
     if operator not in OPERATOR_NAMES:
-        raise SamplingInputError(f"--operator {operator!r} is not one of {', '.join(OPERATOR_NAMES)}")
+        raise SamplingInputError(
+            f"--operator {operator!r} is not one of {', '.join(OPERATOR_NAMES)}"
+        )
     if method == "repaint" and operator != "inpaint":
-        raise SamplingInputError(f"--method repaint inpaints: it needs --operator inpaint, got {operator!r}")
+        raise SamplingInputError(
+            f"--method repaint inpaints: it needs --operator inpaint, got {operator!r}"
+        )
 
 
 def make_edit_fn(

@@ -15,6 +15,7 @@ from typing import Callable, Optional
 
 import torch
 
+from . import samplers
 from .gaussian_diffusion import GaussianDiffusion
 
 StepFn = Callable[[torch.Tensor, int], dict]
@@ -122,9 +123,10 @@ def ddim_decode(
     :param clip_denoised: clamp x0 predictions (off for an exact round trip).
     :return: [N x C x H x W] images.
     """
-    return diffusion.ddim_sample_loop(
-        model, tuple(noise.shape), noise=noise, clip_denoised=clip_denoised, cond_fn=cond_fn,
-        model_kwargs=model_kwargs, device=noise.device, progress=progress, eta=0.0,
+    return samplers.sample(
+        diffusion, model, tuple(noise.shape), sampler="ddim", noise=noise,
+        clip_denoised=clip_denoised, cond_fn=cond_fn, model_kwargs=model_kwargs,
+        device=noise.device, progress=progress, eta=0.0,
     )  # fmt: skip
 
 
@@ -222,6 +224,8 @@ def ilvr_progressive(
     return drive(range(diffusion.num_timesteps - 1, -1, -1), x, step, progress, "ILVR")
 
 
-def ilvr(diffusion: GaussianDiffusion, model: Callable, reference: torch.Tensor, low_pass, **kwargs):
+def ilvr(
+    diffusion: GaussianDiffusion, model: Callable, reference: torch.Tensor, low_pass, **kwargs
+) -> torch.Tensor:
     """ILVR's final samples [N x C x H x W]; arguments as ``ilvr_progressive``."""
     return last(ilvr_progressive(diffusion, model, reference, low_pass, **kwargs))

@@ -168,6 +168,15 @@ def _global_norm(tensors: list[torch.Tensor]) -> float:
     return torch.linalg.vector_norm(norms).item()
 
 
+def check_precision(use_fp16: bool, use_bf16: bool, fp16_flag: str = "use_fp16") -> None:
+    """
+    :param fp16_flag: the flag that asked for float16 ("use_fp16", "classifier_use_fp16").
+    :raises ValueError: when float16 and bfloat16 are both asked for.
+    """
+    if use_fp16 and use_bf16:
+        raise ValueError(f"--{fp16_flag} and --use_bf16 cannot both be True: choose one")
+
+
 class MixedPrecisionTrainer:
     """
     Gradients, loss scaling and optimizer steps for a model in one of three precisions:
@@ -200,10 +209,7 @@ class MixedPrecisionTrainer:
         initial_lg_loss_scale: float = INITIAL_LOG_LOSS_SCALE,
         use_bf16: bool = False,
     ):
-        if use_fp16 and use_bf16:
-            raise ValueError(
-                "use_fp16 and use_bf16 (--use_fp16, --use_bf16) cannot both be set: choose one"
-            )
+        check_precision(use_fp16, use_bf16)
         self.model = model
         self.use_fp16 = use_fp16
         self.use_bf16 = use_bf16

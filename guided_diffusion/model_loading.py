@@ -6,13 +6,14 @@ them in from the run configuration saved beside the checkpoint.
 """
 
 import argparse
-from typing import Callable
+from typing import Any
 
 import blobfile as bf
+import numpy as np
 import torch
 import torch.nn as nn
 
-from . import dist_util, logger, script_util
+from . import dist_util, logger, run_config, script_util
 from .checkpoint_util import CheckpointMismatchError, load_checkpoint
 from .gaussian_diffusion import GaussianDiffusion
 from .sample_io import SamplingInputError
@@ -56,11 +57,19 @@ def load_weights(model: nn.Module, path: str, flag: str) -> None:
         raise SamplingInputError(f"--{flag}: {err}") from None
 
 
-def _build(factory: Callable, kwargs: dict):
+def _build(args: argparse.Namespace, kind: str, fp16_flag: str) -> tuple[nn.Module, Any, bool]:
+    """
+    Build a network of ``kind`` and its diffusion from the flags, in float32 on the CPU.
+
+    :return: (network, diffusion, whether to convert it to float16 on this device).
+    """
+    use_fp16 = resolve_fp16(fp16_flag, getattr(args, fp16_flag), dist_util.dev())
+    args = argparse.Namespace(**{**vars(args), fp16_flag: use_fp16})
     try:
-        return factory(**kwargs)
+        network, diffusion = script_util.create_from_flags(args, kind)
     except ValueError as err:  # flags that describe no valid network; the message names them
         raise SamplingInputError(str(err)) from None
+    return network, diffusion, use_fp16
 
 
 def _prepare(model: nn.Module, use_fp16: bool, device: torch.device) -> nn.Module:
@@ -72,7 +81,7 @@ def _prepare(model: nn.Module, use_fp16: bool, device: torch.device) -> nn.Modul
 
 
 def load_model_and_diffusion(
-    args: argparse.Namespace, super_res: bool = False
+    args: argparse.Namespace, super_res: bool = False, path_flag: str = "model_path"
 ) -> tuple[nn.Module, GaussianDiffusion]:
     """
     Build the diffusion model and process from the model flags and load ``--model_path``.
@@ -80,24 +89,63 @@ def load_model_and_diffusion(
     :param args: parsed flags holding every key of ``model_and_diffusion_defaults()``
         (``sr_model_and_diffusion_defaults()`` when ``super_res``) and ``model_path``.
     :param super_res: build an upsampling model.
+    :param path_flag: the flag naming the checkpoint (e.g. ``guide_model_path``).
     :return: (model in eval mode on ``dist_util.dev()``, diffusion).
     """
-    if super_res:
-        defaults, create = (
-            script_util.sr_model_and_diffusion_defaults(),
-            script_util.sr_create_model_and_diffusion,
+    model, diffusion, use_fp16 = _build(args, "super_res" if super_res else "model", "use_fp16")
+    load_weights(model, getattr(args, path_flag), path_flag)
+    return _prepare(model, use_fp16, dist_util.dev()), diffusion
+
+
+def load_guide_model(
+    args: argparse.Namespace, diffusion: GaussianDiffusion, super_res: bool = False
+) -> nn.Module:
+    """
+    Load the autoguidance guide of ``--guide_model_path``: built from the run configuration
+    beside it when there is one (its own model and diffusion flags; this run's
+    ``timestep_respacing`` and runtime flags such as ``use_fp16``), else from the main
+    model's flags.
+
+    :param args: the sampling program's parsed flags (the main model's flags).
+    :param diffusion: the main model's diffusion process.
+    :param super_res: the models are upsamplers.
+    :return: the guide in eval mode on ``dist_util.dev()``.
+    :raises SamplingInputError: the guide was trained for another diffusion process.
+    :raises RunConfigError: its configuration is unreadable or of another kind of network.
+    """
+    guide_args = argparse.Namespace(**vars(args))
+    path, kind = args.guide_model_path, "super_res" if super_res else "model"
+    config = run_config.read_run_config(path)
+    if config is not None:
+        if config["kind"] != kind:
+            raise run_config.RunConfigError(
+                f"--guide_model_path {path} holds a {config['kind']} network (see "
+                f"{run_config.config_path(path)}); autoguidance needs a {kind} network"
+            )
+        saved = {**config["model_flags"], **(config.get("diffusion_flags") or {})}
+        skip = run_config.RUNTIME_FLAGS | run_config.UNSAVED_FLAGS
+        for name, value in saved.items():
+            if name not in skip and hasattr(guide_args, name):
+                setattr(guide_args, name, value)
+    guide, guide_diffusion = load_model_and_diffusion(guide_args, super_res, "guide_model_path")
+    _check_same_process(diffusion, guide_diffusion)
+    return guide
+
+
+def _check_same_process(main: GaussianDiffusion, guide: GaussianDiffusion) -> None:
+    """Autoguidance mixes two predictions of the same quantity on the same noise levels."""
+    same = (
+        main.model_mean_type == guide.model_mean_type
+        and main.rescale_timesteps == guide.rescale_timesteps
+        and np.array_equal(getattr(main, "timestep_map", []), getattr(guide, "timestep_map", []))
+        and np.allclose(main.alphas_cumprod, guide.alphas_cumprod)
+    )
+    if not same:
+        raise SamplingInputError(
+            "--guide_model_path: the guide's diffusion process (steps, schedule, "
+            "predict_xstart, rescale_timesteps) differs from the main model's; autoguidance "
+            "needs a guide trained on the same process"
         )
-    else:
-        defaults, create = (
-            script_util.model_and_diffusion_defaults(),
-            script_util.create_model_and_diffusion,
-        )
-    kwargs = script_util.args_to_dict(args, defaults.keys())
-    device = dist_util.dev()
-    kwargs["use_fp16"] = resolve_fp16("use_fp16", kwargs["use_fp16"], device)
-    model, diffusion = _build(create, kwargs)
-    load_weights(model, args.model_path, "model_path")
-    return _prepare(model, kwargs["use_fp16"], device), diffusion
 
 
 def load_classifier(args: argparse.Namespace) -> nn.Module:
@@ -108,12 +156,10 @@ def load_classifier(args: argparse.Namespace) -> nn.Module:
         ``classifier_path``.
     :return: the classifier in eval mode on ``dist_util.dev()``, its parameters frozen.
     """
-    kwargs = script_util.args_to_dict(args, script_util.classifier_defaults().keys())
-    device = dist_util.dev()
-    kwargs["classifier_use_fp16"] = resolve_fp16(
-        "classifier_use_fp16", kwargs["classifier_use_fp16"], device
-    )
-    classifier = _build(script_util.create_classifier, kwargs)
+    defaults = script_util.classifier_and_diffusion_defaults()
+    # the classifier's diffusion flags are the model's: fill in what a parser left out
+    args = argparse.Namespace(**{**defaults, **vars(args)})
+    classifier, _, use_fp16 = _build(args, "classifier", "classifier_use_fp16")
     load_weights(classifier, args.classifier_path, "classifier_path")
     classifier.requires_grad_(False)
-    return _prepare(classifier, kwargs["classifier_use_fp16"], device)
+    return _prepare(classifier, use_fp16, dist_util.dev())

@@ -8,6 +8,7 @@ from typing import Iterable, Union
 import numpy as np
 import torch
 
+from .flags import parse_list
 from .gaussian_diffusion import GaussianDiffusion
 
 
@@ -46,13 +47,12 @@ def space_timesteps(num_timesteps: int, section_counts: Union[str, Iterable[int]
                 "'ddimN' with a count that some stride gives, or a plain count such as "
                 f"'{desired_count}'"
             )
-        try:
-            section_counts = [int(x) for x in spec.split(",")]
-        except ValueError:
-            raise ValueError(
-                f"invalid timestep respacing {spec!r}: expected a step count ('250'), "
-                "comma-separated counts per section ('10,15,20') or 'ddimN'"
-            ) from None
+        section_counts = parse_list(
+            spec,
+            int,
+            f"invalid timestep respacing {spec!r}: expected a step count ('250'), "
+            "comma-separated counts per section ('10,15,20') or 'ddimN'",
+        )
     section_counts = list(section_counts)
     if not section_counts or any(c < 0 for c in section_counts) or sum(section_counts) == 0:
         raise ValueError(

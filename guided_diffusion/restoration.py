@@ -210,13 +210,16 @@ def ddnm(
     require_pinv(operator)
 
     def step(x: torch.Tensor, t: int) -> dict:
-        out = diffusion.p_mean_variance(model, x, timesteps(t, x), clip_denoised, None, model_kwargs)
-        eps = diffusion._predict_eps_from_xstart(x, timesteps(t, x), out["pred_xstart"])
+        tt = timesteps(t, x)
+        out = diffusion.p_mean_variance(model, x, tt, clip_denoised, None, model_kwargs)
+        eps = diffusion._predict_eps_from_xstart(x, tt, out["pred_xstart"])
         lam = ddnm_lambda(diffusion, t, sigma_y)
         x0 = out["pred_xstart"] - lam * operator.pinv(operator.forward(out["pred_xstart"]) - y)
         ab_prev = alpha_bar(diffusion, t - 1)
         direction = eta * torch.randn_like(x) + math.sqrt(1 - eta**2) * eps
-        return {"sample": math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * direction, "pred_xstart": x0}
+        sample = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * direction
+        return {"sample": sample, "pred_xstart": x0}
 
-    x = noise if noise is not None else torch.randn((len(y), *operator.image_shape), device=y.device)
+    shape = (len(y), *operator.image_shape)
+    x = noise if noise is not None else torch.randn(shape, device=y.device)
     return last(drive(range(diffusion.num_timesteps - 1, -1, -1), x, step, progress, "DDNM"))

@@ -33,7 +33,7 @@ from typing import Any, Optional
 
 import blobfile as bf
 
-from . import __version__, script_util
+from . import __version__, flags
 from .image_datasets import list_classes
 from .io_util import atomic_write
 
@@ -66,15 +66,9 @@ def flag_groups(kind: str) -> tuple[list[str], list[str]]:
     :param kind: "model", "super_res" or "classifier".
     :return: (model flag names, diffusion flag names) that a configuration of that kind saves.
     """
-    if kind not in KINDS:
-        raise ValueError(f"unknown checkpoint kind {kind!r}: expected one of {', '.join(KINDS)}")
-    diffusion = [k for k in script_util.diffusion_defaults() if k not in UNSAVED_FLAGS]
-    all_flags = {
-        "model": script_util.model_and_diffusion_defaults,
-        "super_res": script_util.sr_model_and_diffusion_defaults,
-        "classifier": script_util.classifier_defaults,
-    }[kind]()
-    return [k for k in all_flags if k not in script_util.diffusion_defaults()], diffusion
+    diffusion = flags.diffusion_defaults()
+    model = [k for k in flags.network_defaults(kind) if k not in diffusion]
+    return model, [k for k in diffusion if k not in UNSAVED_FLAGS]
 
 
 def is_class_conditional(kind: str, model_flags: dict[str, Any]) -> bool:

@@ -29,12 +29,16 @@ import torch.nn as nn
 from . import dist_util, logger, script_util
 from .checkpoint_util import CheckpointMismatchError
 from .dist_util import all_gather_rows  # noqa: F401  (importable here as before)
+from .flags import SAMPLING_FLAG_HELP as FLAG_HELP  # noqa: F401  (importable here as before)
+from .flags import add_flags, sampling_defaults  # noqa: F401
 from .gaussian_diffusion import GaussianDiffusion
+from .guidance import GuidanceError, guided_model, interval_active, parse_guidance_interval
 from .guidance import classifier_cond_fn, labels_to_classifier_only  # noqa: F401
 from .image_seeds import ImageRandom
+from .model_loading import load_classifier, load_guide_model  # noqa: F401 (old home)
+from .model_loading import load_model_and_diffusion  # noqa: F401
 from .npz_batch import BatchFileError, NpzWriter, read_array
 from .shards import ShardStore, file_identity, previous_seed, run_sharded
-from .model_loading import load_classifier, load_model_and_diffusion  # noqa: F401 (old home)
 from .run_config import RunConfigError
 from .sample_io import (  # SamplingInputError: the scripts use sample_util's name
     BaseSamples,
@@ -44,6 +48,7 @@ from .sample_io import (  # SamplingInputError: the scripts use sample_util's na
     save_png,
     save_samples_npz,
 )
+from .shards import ShardStore, file_identity, previous_seed, run_sharded
 
 # A function of (global image indices [n], their random streams) -> model_kwargs for them.
 KwargsFn = Callable[[np.ndarray, ImageRandom], dict[str, torch.Tensor]]
@@ -54,66 +59,6 @@ SampleFn = Callable[..., torch.Tensor]
 
 
 # ---------------------------------------------------------------- flags
-
-# Help for the flags only the sampling scripts have, and sharper wording for a few that
-# script_util.FLAG_HELP describes for training as well.
-FLAG_HELP = {
-    "num_samples": "how many images to produce in total, over all ranks",
-    "batch_size": "images per model call on each rank",
-    "classifier_scale": "guidance scale: multiplies the classifier's gradient (0: no guidance)",
-    "base_samples": ".npz batch of low-resolution images to upsample (arr_0 uint8 NHWC at "
-    "--small_size; arr_1 labels, needed when --class_cond True)",
-    "data_dir": "folder of images to evaluate (searched recursively)",
-    "seed": "random seed for reproducible batches (the same seed and --batch_size give the "
-    "same file, whatever the number of ranks); default: a fresh seed, printed so the run can "
-    "be repeated",
-    "class_labels": "comma-separated class ids to sample, cycled over the images "
-    "(e.g. '1,207,360'); default: random classes",
-    "grid": "also write a PNG grid of the first samples beside the .npz",
-    "keep_shards": "keep the folder of shards (saved as each round finishes, so that "
-    "rerunning a killed command resumes) after the final .npz is written",
-    "save_terms": (
-        "save the per-timestep bound terms as {vb,mse,xstart_mse}_terms.npz in the log "
-        "directory, as the original does (False: only print bits/dim)"
-    ),
-}
-
-
-def sampling_defaults(**script_flags) -> dict[str, object]:
-    """
-    The flags every sampling program has, with the original defaults, plus the new
-    ``--seed`` and ``--grid``; ``script_flags`` adds a program's own flags.
-
-    :return: flag name -> default, for add_flags().
-    """
-    return dict(
-        clip_denoised=True,
-        num_samples=10000,
-        batch_size=16,
-        use_ddim=False,
-        model_path="",
-        seed=None,
-        grid=True,
-        keep_shards=False,
-        **script_flags,
-    )
-
-
-def add_flags(parser: argparse.ArgumentParser, defaults: dict[str, object]) -> None:
-    """
-    Add a script's own flags (not the model flags) with help text; like
-    ``script_util.add_dict_to_argparser``, except that ``--seed`` (default None) is an int.
-
-    :param parser: the parser to extend.
-    :param defaults: flag name -> default.
-    """
-    defaults = dict(defaults)
-    if "seed" in defaults:
-        default = defaults.pop("seed")
-        parser.add_argument(
-            "--seed", type=int, default=default, help=f"{FLAG_HELP['seed']} (default: {default})"
-        )
-    script_util.add_dict_to_argparser(parser, defaults, helps=FLAG_HELP)
 
 
 def check_counts(num_samples: int, batch_size: int) -> None:
@@ -159,6 +104,38 @@ def num_classes_of(args: argparse.Namespace) -> int:
     if getattr(args, "class_names", None):
         return len(args.class_names)
     return int(getattr(args, "num_classes", script_util.NUM_CLASSES))
+
+
+# ---------------------------------------------------------------- guidance
+
+
+def guided_model_fn(
+    args: argparse.Namespace, model: nn.Module, diffusion: GaussianDiffusion, super_res=False
+) -> nn.Module:
+    """
+    The model to sample with for ``--guidance_scale`` and ``--guide_model_path``
+    (``guidance.guided_model``): the model itself at scale 1 without a guide.
+
+    :param args: parsed flags with ``guidance_scale``, ``guide_model_path``, the model flags
+        (see ``model_loading.load_guide_model`` for the guide's) and optionally
+        ``guidance_interval`` ("LO,HI": guide only where sigma_t / alpha_t lies in (LO, HI]).
+    :param model: the loaded main model.
+    :param diffusion: its diffusion process.
+    :param super_res: the models are upsamplers.
+    :return: a module called like ``model``.
+    :raises SamplingInputError: the model cannot be guided that way.
+    """
+    guide, active = None, None
+    if args.guide_model_path:
+        logger.log("loading the autoguidance guide model...")
+        guide = load_guide_model(args, diffusion, super_res)
+    try:
+        interval = parse_guidance_interval(getattr(args, "guidance_interval", ""))
+        if interval is not None:
+            active = interval_active(diffusion, interval)
+        return guided_model(model, args.guidance_scale, guide=guide, active=active)
+    except (GuidanceError, ValueError) as err:
+        raise SamplingInputError(str(err)) from None
 
 
 # ---------------------------------------------------------------- what each image gets
@@ -421,8 +398,11 @@ def run_identity(args: argparse.Namespace, files: dict[str, str], **extra) -> di
     many, how fast or what else to write, the contents of the input files instead of their
     paths, and ``extra`` (e.g. the program's name).
 
-    :param files: flag name -> path of each input file (checkpoints, base samples).
+    :param files: flag name -> path of each input file (checkpoints, base samples); the
+        autoguidance guide (``--guide_model_path``) is added when given.
     """
+    if getattr(args, "guide_model_path", ""):
+        files = {**files, "guide_model_path": args.guide_model_path}
     identity = {k: v for k, v in vars(args).items() if k not in _NOT_IDENTITY and k not in files}
     identity.update(extra)
     identity["files"] = {flag: path for flag, path in files.items() if path}

@@ -1,20 +1,34 @@
 """
-Every default and command-line flag of the models and diffusion processes, and the
-factories that build them from those flags.
+The factories that build the models and diffusion processes from their flags.
 
-The flag names and defaults are those of the original guided-diffusion release, so its
-command lines and published checkpoints work unchanged. New flags (``num_classes``,
+The flags, their defaults and help live in ``flags`` (importable from here as in the
+original: ``model_and_diffusion_defaults``, ``add_dict_to_argparser``, ...). Their names
+and defaults are those of the original guided-diffusion release, so its command lines and
+published checkpoints work unchanged. New flags (``num_classes``,
 ``classifier_channel_mult``, ``class_dropout_prob``) default to the original behaviour.
 """
 
 import argparse
-from typing import Any, Optional, Sequence, Union
+import inspect
+from typing import Any, Callable, Sequence, Union
 
 from . import gaussian_diffusion as gd
+from .flags import (  # noqa: F401  (the flag helpers' original home: still importable here)
+    FLAG_HELP,
+    NUM_CLASSES,
+    add_dict_to_argparser,
+    args_to_dict,
+    classifier_and_diffusion_defaults,
+    classifier_defaults,
+    diffusion_defaults,
+    model_and_diffusion_defaults,
+    network_defaults,
+    parse_list,
+    sr_model_and_diffusion_defaults,
+    str2bool,
+)
 from .respace import SpacedDiffusion, space_timesteps
 from .unet import EncoderUNetModel, SuperResModel, UNetModel
-
-NUM_CLASSES = 1000
 
 # Default channel multipliers per image size (one entry per resolution level).
 MODEL_CHANNEL_MULTS = {
@@ -28,121 +42,8 @@ CLASSIFIER_CHANNEL_MULTS = MODEL_CHANNEL_MULTS
 # The upsamplers use the 256 multipliers at 512 as well.
 SR_CHANNEL_MULTS = {**MODEL_CHANNEL_MULTS, 512: (1, 1, 2, 2, 4, 4)}
 
-_MODEL_KEYS = (
-    "image_size",
-    "num_channels",
-    "num_res_blocks",
-    "num_heads",
-    "num_heads_upsample",
-    "num_head_channels",
-    "attention_resolutions",
-    "channel_mult",
-    "dropout",
-    "class_cond",
-    "use_checkpoint",
-    "use_scale_shift_norm",
-    "resblock_updown",
-    "use_fp16",
-    "use_new_attention_order",
-    "learn_sigma",
-    "num_classes",
-    "class_dropout_prob",
-)
-_SR_MODEL_KEYS = (
-    "large_size",
-    "small_size",
-    "num_channels",
-    "num_res_blocks",
-    "num_heads",
-    "num_heads_upsample",
-    "num_head_channels",
-    "attention_resolutions",
-    "dropout",
-    "class_cond",
-    "use_checkpoint",
-    "use_scale_shift_norm",
-    "resblock_updown",
-    "use_fp16",
-    "learn_sigma",
-    "num_classes",
-    "class_dropout_prob",
-)
 # New flags that code written against the original may leave out (they get their defaults).
 _NEW_MODEL_FLAGS = ("num_classes", "class_dropout_prob")
-
-
-def diffusion_defaults() -> dict[str, Any]:
-    """Defaults for the diffusion process flags (image and classifier training alike)."""
-    return dict(
-        learn_sigma=False,
-        diffusion_steps=1000,
-        noise_schedule="linear",
-        timestep_respacing="",
-        use_kl=False,
-        predict_xstart=False,
-        rescale_timesteps=False,
-        rescale_learned_sigmas=False,
-    )
-
-
-def classifier_defaults() -> dict[str, Any]:
-    """Defaults for the noisy classifier flags."""
-    return dict(
-        image_size=64,
-        classifier_use_fp16=False,
-        classifier_width=128,
-        classifier_depth=2,
-        classifier_attention_resolutions="32,16,8",  # 16
-        classifier_use_scale_shift_norm=True,  # False
-        classifier_resblock_updown=True,  # False
-        classifier_pool="attention",
-        classifier_channel_mult="",
-        num_classes=NUM_CLASSES,
-    )
-
-
-def model_and_diffusion_defaults() -> dict[str, Any]:
-    """Defaults for the image model and diffusion flags."""
-    res = dict(
-        image_size=64,
-        num_channels=128,
-        num_res_blocks=2,
-        num_heads=4,
-        num_heads_upsample=-1,
-        num_head_channels=-1,
-        attention_resolutions="16,8",
-        channel_mult="",
-        dropout=0.0,
-        class_cond=False,
-        use_checkpoint=False,
-        use_scale_shift_norm=True,
-        resblock_updown=False,
-        use_fp16=False,
-        use_new_attention_order=False,
-        num_classes=NUM_CLASSES,
-        class_dropout_prob=0.0,
-    )
-    res.update(diffusion_defaults())
-    return res
-
-
-def classifier_and_diffusion_defaults() -> dict[str, Any]:
-    """Defaults for the classifier and diffusion flags."""
-    res = classifier_defaults()
-    res.update(diffusion_defaults())
-    return res
-
-
-def sr_model_and_diffusion_defaults() -> dict[str, Any]:
-    """
-    Defaults for the super-resolution model and diffusion flags: the image model's, without
-    ``image_size``, ``channel_mult`` and ``use_new_attention_order``, plus ``large_size`` and
-    ``small_size``.
-    """
-    res = model_and_diffusion_defaults()
-    res["large_size"] = 256
-    res["small_size"] = 64
-    return {k: v for k, v in res.items() if k in _SR_MODEL_KEYS or k in diffusion_defaults()}
 
 
 def _check_flags(
@@ -162,6 +63,23 @@ def _check_flags(
     return {**{k: defaults[k] for k in optional}, **kwargs}
 
 
+def _with_diffusion(
+    create: Callable,
+    kwargs: dict[str, Any],
+    defaults: dict[str, Any],
+    optional: Sequence[str],
+) -> tuple[Any, SpacedDiffusion]:
+    """
+    What the ``*_and_diffusion`` factories share: check the flags, build the network with
+    ``create`` from the flags it takes, and the diffusion process from the diffusion flags
+    (``learn_sigma`` goes to both).
+    """
+    kwargs = _check_flags(kwargs, defaults, f"{create.__name__}_and_diffusion", optional)
+    takes = inspect.signature(create).parameters
+    network = create(**{k: v for k, v in kwargs.items() if k in takes})
+    return network, create_gaussian_diffusion(**_diffusion_kwargs(kwargs))
+
+
 def _diffusion_kwargs(kwargs: dict[str, Any]) -> dict[str, Any]:
     """The ``create_gaussian_diffusion`` arguments among the flags."""
     res = {k: kwargs[k] for k in diffusion_defaults() if k != "diffusion_steps"}
@@ -177,14 +95,7 @@ def create_model_and_diffusion(**kwargs) -> tuple[UNetModel, SpacedDiffusion]:
         left out: 1000; ``class_dropout_prob``: 0).
     :return: (model, diffusion).
     """
-    kwargs = _check_flags(
-        kwargs,
-        model_and_diffusion_defaults(),
-        "create_model_and_diffusion",
-        optional=_NEW_MODEL_FLAGS,
-    )
-    model = create_model(**{k: kwargs[k] for k in _MODEL_KEYS})
-    return model, create_gaussian_diffusion(**_diffusion_kwargs(kwargs))
+    return _with_diffusion(create_model, kwargs, model_and_diffusion_defaults(), _NEW_MODEL_FLAGS)
 
 
 def _channel_mult(
@@ -204,12 +115,11 @@ def _channel_mult(
                 f"only for {sizes}; give --{flag} (e.g. 1,2,2,2) for other sizes"
             )
         return table[image_size]
-    try:
-        mults = [float(m) for m in channel_mult.split(",")]
-    except ValueError:
-        raise ValueError(
-            f"invalid --{flag} {channel_mult!r}: expected comma-separated numbers such as 1,2,3,4"
-        ) from None
+    mults = parse_list(
+        channel_mult,
+        float,
+        f"invalid --{flag} {channel_mult!r}: expected comma-separated numbers such as 1,2,3,4",
+    )
     if any(m <= 0 for m in mults):
         raise ValueError(f"invalid --{flag} {channel_mult!r}: multipliers must be positive")
     return tuple(int(m) if m.is_integer() else m for m in mults)
@@ -222,13 +132,12 @@ def _attention_ds(
     Turn "32,16,8" (resolutions) into downsampling rates, e.g. (2, 4, 8) at 64x64, checking
     that each is the resolution of one of the ``num_levels`` levels of the network.
     """
-    try:
-        resolutions = [int(r) for r in attention_resolutions.split(",")]
-    except ValueError:
-        raise ValueError(
-            f"invalid --{flag} {attention_resolutions!r}: expected comma-separated "
-            "resolutions such as 32,16,8"
-        ) from None
+    resolutions = parse_list(
+        attention_resolutions,
+        int,
+        f"invalid --{flag} {attention_resolutions!r}: expected comma-separated resolutions "
+        "such as 32,16,8",
+    )
     valid = [image_size // 2**level for level in range(num_levels)]
     bad = [r for r in resolutions if r not in valid]
     if bad:
@@ -270,29 +179,7 @@ def create_model(
         null-class row to the label embedding; needs ``class_cond``).
     :return: the model, in float32 (call ``convert_to_fp16()`` for ``use_fp16``).
     """
-    mult = _channel_mult(channel_mult, image_size, MODEL_CHANNEL_MULTS, "channel_mult")
-    return UNetModel(
-        image_size=image_size,
-        in_channels=3,
-        model_channels=num_channels,
-        out_channels=6 if learn_sigma else 3,
-        num_res_blocks=num_res_blocks,
-        attention_resolutions=_attention_ds(
-            attention_resolutions, image_size, len(mult), "attention_resolutions"
-        ),
-        dropout=dropout,
-        channel_mult=mult,
-        num_classes=num_classes if class_cond else None,
-        use_checkpoint=use_checkpoint,
-        use_fp16=use_fp16,
-        num_heads=num_heads,
-        num_head_channels=num_head_channels,
-        num_heads_upsample=num_heads_upsample,
-        use_scale_shift_norm=use_scale_shift_norm,
-        resblock_updown=resblock_updown,
-        use_new_attention_order=use_new_attention_order,
-        class_dropout_prob=class_dropout_prob,
-    )
+    return _unet_from_flags(UNetModel, image_size, MODEL_CHANNEL_MULTS, locals())
 
 
 def create_classifier_and_diffusion(**kwargs) -> tuple[EncoderUNetModel, SpacedDiffusion]:
@@ -303,14 +190,12 @@ def create_classifier_and_diffusion(**kwargs) -> tuple[EncoderUNetModel, SpacedD
         ``classifier_channel_mult`` may be left out).
     :return: (classifier, diffusion).
     """
-    kwargs = _check_flags(
+    return _with_diffusion(
+        create_classifier,
         kwargs,
         classifier_and_diffusion_defaults(),
-        "create_classifier_and_diffusion",
-        optional=("num_classes", "classifier_channel_mult"),
+        ("num_classes", "classifier_channel_mult"),
     )
-    classifier = create_classifier(**{k: kwargs[k] for k in classifier_defaults()})
-    return classifier, create_gaussian_diffusion(**_diffusion_kwargs(kwargs))
 
 
 def create_classifier(
@@ -365,14 +250,9 @@ def sr_create_model_and_diffusion(**kwargs) -> tuple[SuperResModel, SpacedDiffus
         ``class_dropout_prob`` may be left out).
     :return: (model, diffusion).
     """
-    kwargs = _check_flags(
-        kwargs,
-        sr_model_and_diffusion_defaults(),
-        "sr_create_model_and_diffusion",
-        optional=_NEW_MODEL_FLAGS,
+    return _with_diffusion(
+        sr_create_model, kwargs, sr_model_and_diffusion_defaults(), _NEW_MODEL_FLAGS
     )
-    model = sr_create_model(**{k: kwargs[k] for k in _SR_MODEL_KEYS})
-    return model, create_gaussian_diffusion(**_diffusion_kwargs(kwargs))
 
 
 def sr_create_model(
@@ -404,29 +284,57 @@ def sr_create_model(
     :param class_dropout_prob: label dropout for classifier-free guidance (see create_model).
     :return: the model, in float32.
     """
-    del small_size  # the low-resolution input is resized to the output size
-    mult = _channel_mult(channel_mult, large_size, SR_CHANNEL_MULTS, "channel_mult")
-    return SuperResModel(
-        image_size=large_size,
-        in_channels=3,
-        model_channels=num_channels,
-        out_channels=6 if learn_sigma else 3,
-        num_res_blocks=num_res_blocks,
-        attention_resolutions=_attention_ds(
-            attention_resolutions, large_size, len(mult), "attention_resolutions"
-        ),
-        dropout=dropout,
-        channel_mult=mult,
-        num_classes=num_classes if class_cond else None,
-        use_checkpoint=use_checkpoint,
-        num_heads=num_heads,
-        num_head_channels=num_head_channels,
-        num_heads_upsample=num_heads_upsample,
-        use_scale_shift_norm=use_scale_shift_norm,
-        resblock_updown=resblock_updown,
-        use_fp16=use_fp16,
-        class_dropout_prob=class_dropout_prob,
+    # small_size builds nothing: the low-resolution input is resized to the output size
+    return _unet_from_flags(SuperResModel, large_size, SR_CHANNEL_MULTS, locals())
+
+
+def _unet_from_flags(
+    model_class: type, image_size: int, mults: dict[int, tuple], flags: dict[str, Any]
+) -> UNetModel:
+    """
+    Build a ``UNetModel`` or ``SuperResModel`` from the flags of ``create_model`` /
+    ``sr_create_model``.
+
+    :param image_size: the output side length.
+    :param mults: the default channel multipliers per image size.
+    :param flags: the factory's arguments by name (``use_new_attention_order`` may be absent).
+    """
+    mult = _channel_mult(flags["channel_mult"], image_size, mults, "channel_mult")
+    attention_ds = _attention_ds(
+        flags["attention_resolutions"], image_size, len(mult), "attention_resolutions"
     )
+    same_name = (
+        "dropout", "use_checkpoint", "use_fp16", "num_heads", "num_head_channels",
+        "num_heads_upsample", "use_scale_shift_norm", "resblock_updown", "class_dropout_prob",
+    )  # fmt: skip
+    return model_class(
+        image_size=image_size,
+        in_channels=3,
+        model_channels=flags["num_channels"],
+        out_channels=6 if flags["learn_sigma"] else 3,
+        num_res_blocks=flags["num_res_blocks"],
+        attention_resolutions=attention_ds,
+        channel_mult=mult,
+        num_classes=flags["num_classes"] if flags["class_cond"] else None,
+        use_new_attention_order=flags.get("use_new_attention_order", False),
+        **{name: flags[name] for name in same_name},
+    )
+
+
+def create_from_flags(args: argparse.Namespace, kind: str = "model") -> tuple[Any, SpacedDiffusion]:
+    """
+    Build a network and its diffusion process from parsed flags.
+
+    :param args: the parsed flags, holding every key of ``flags.network_defaults(kind)``.
+    :param kind: "model", "super_res" or "classifier".
+    :return: (network, diffusion).
+    """
+    create = {
+        "model": create_model_and_diffusion,
+        "super_res": sr_create_model_and_diffusion,
+        "classifier": create_classifier_and_diffusion,
+    }[kind]
+    return create(**args_to_dict(args, network_defaults(kind)))
 
 
 def create_gaussian_diffusion(
@@ -475,115 +383,3 @@ def create_gaussian_diffusion(
         loss_type=loss_type,
         rescale_timesteps=rescale_timesteps,
     )
-
-
-FLAG_HELP = {
-    # models
-    "image_size": "image side length in pixels",
-    "num_channels": "base channel count of the model",
-    "num_res_blocks": "residual blocks per resolution",
-    "num_heads": "attention heads (when --num_head_channels is -1)",
-    "num_heads_upsample": "attention heads in the upsampling path (-1: --num_heads)",
-    "num_head_channels": "channels per attention head (-1: use --num_heads)",
-    "attention_resolutions": "comma-separated resolutions with attention, e.g. 32,16,8",
-    "channel_mult": "comma-separated channel multipliers per resolution "
-    "('': the image size's default)",
-    "dropout": "dropout rate",
-    "class_cond": "condition the model on class labels",
-    "num_classes": "number of classes (label embedding rows / classifier outputs)",
-    "class_dropout_prob": "training replaces each label by a null class with this "
-    "probability, for classifier-free guidance; > 0 adds the null-class row to the label "
-    "embedding (0: the original model)",
-    "use_checkpoint": "gradient checkpointing: less memory, slower steps",
-    "use_scale_shift_norm": "AdaGN: the timestep embedding scales and shifts the normalised "
-    "features",
-    "resblock_updown": "residual blocks for up- and downsampling",
-    "use_fp16": "run the model in float16 (mixed precision)",
-    "use_new_attention_order": "split qkv before heads in attention",
-    "large_size": "output side length of the upsampler",
-    "small_size": "input side length of the upsampler",
-    # classifier
-    "classifier_use_fp16": "run the classifier in float16",
-    "classifier_width": "base channel count of the classifier",
-    "classifier_depth": "residual blocks per resolution in the classifier",
-    "classifier_attention_resolutions": "comma-separated resolutions with attention in the "
-    "classifier",
-    "classifier_use_scale_shift_norm": "AdaGN in the classifier",
-    "classifier_resblock_updown": "residual blocks for downsampling in the classifier",
-    "classifier_pool": "classifier head: adaptive, attention, spatial or spatial_v2",
-    "classifier_channel_mult": "classifier channel multipliers ('': the image size's default)",
-    "classifier_scale": "scale of the classifier gradient in guided sampling",
-    "classifier_path": "classifier checkpoint (.pt)",
-    # diffusion
-    "learn_sigma": "the model also predicts the variance (6 output channels)",
-    "diffusion_steps": "number of diffusion steps T",
-    "noise_schedule": "beta schedule: linear or cosine",
-    "timestep_respacing": "steps to keep: '' (all), '250', '10,15,20' or 'ddim50'",
-    "use_kl": "train on the variational bound",
-    "predict_xstart": "the model predicts x_0 instead of the noise",
-    "rescale_timesteps": "show the model timesteps scaled to [0, 1000)",
-    "rescale_learned_sigmas": "rescale the bound term of the loss (RESCALED_MSE)",
-    # training and sampling
-    "data_dir": "folder of training images (searched recursively)",
-    "val_data_dir": "folder of validation images",
-    "schedule_sampler": "timestep sampler: uniform or loss-second-moment",
-    "lr": "learning rate",
-    "weight_decay": "AdamW weight decay",
-    "lr_anneal_steps": "anneal the learning rate linearly to 0 over this many steps (0: off)",
-    "batch_size": "batch size per process",
-    "microbatch": "split batches into microbatches of this size (-1: off)",
-    "ema_rate": "comma-separated EMA rates",
-    "log_interval": "steps between log rows",
-    "save_interval": "steps between checkpoints",
-    "eval_interval": "steps between evaluations",
-    "resume_checkpoint": "checkpoint to resume from (model{step}.pt)",
-    "fp16_scale_growth": "log2 loss-scale growth per good fp16 step",
-    "iterations": "number of training steps",
-    "anneal_lr": "anneal the learning rate linearly to 0",
-    "noised": "train the classifier on noised images",
-    "clip_denoised": "clip the predicted x_0 to [-1, 1] while sampling",
-    "num_samples": "number of samples to draw",
-    "use_ddim": "sample with DDIM instead of ancestral steps",
-    "model_path": "model checkpoint (.pt)",
-    "base_samples": ".npz of low-resolution samples to upsample",
-}
-
-
-def add_dict_to_argparser(
-    parser: argparse.ArgumentParser,
-    default_dict: dict[str, Any],
-    helps: Optional[dict[str, str]] = None,
-) -> None:
-    """
-    Add a ``--key`` option per entry of ``default_dict``, typed by its default (booleans
-    parse with ``str2bool``, None defaults as strings).
-
-    :param parser: the parser to extend.
-    :param default_dict: flag names and defaults.
-    :param helps: help texts overriding or extending ``FLAG_HELP``.
-    """
-    helps = {**FLAG_HELP, **(helps or {})}
-    for k, v in default_dict.items():
-        v_type = type(v)
-        if v is None:
-            v_type = str
-        elif isinstance(v, bool):
-            v_type = str2bool
-        text = helps.get(k, k.replace("_", " "))
-        parser.add_argument(f"--{k}", default=v, type=v_type, help=f"{text} (default: %(default)s)")
-
-
-def args_to_dict(args: argparse.Namespace, keys) -> dict[str, Any]:
-    """The values of ``keys`` in parsed arguments, as a dict."""
-    return {k: getattr(args, k) for k in keys}
-
-
-def str2bool(v: Union[str, bool]) -> bool:
-    """Parse a boolean flag value (yes/no, true/false, t/f, y/n, 1/0)."""
-    if isinstance(v, bool):
-        return v
-    if v.lower() in ("yes", "true", "t", "y", "1"):
-        return True
-    if v.lower() in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"boolean value expected (true/false, yes/no, 1/0), got {v!r}")

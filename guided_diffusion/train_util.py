@@ -40,7 +40,12 @@ from torch.optim import AdamW
 
 from . import dist_util, logger
 from .checkpoint_util import diagnose_mismatch, read_optimizer_state, read_state_dict
-from .fp16_util import INITIAL_LOG_LOSS_SCALE, MixedPrecisionTrainer
+from .flags import (  # noqa: F401  (importable here as before)
+    TRAIN_FLAG_HELP,
+    TRAIN_LOOP_FLAGS,
+    diffusion_train_defaults,
+)
+from .fp16_util import INITIAL_LOG_LOSS_SCALE, MixedPrecisionTrainer, check_precision
 from .image_datasets import list_classes
 from .io_util import atomic_torch_save
 from .nn import update_ema
@@ -517,60 +522,6 @@ class ClassifierTrainLoop(BaseTrainLoop):
 
 # ---------------------------------------------------------------------------- flags
 
-# ``TrainLoop`` arguments that come straight from the command-line flags of the same name.
-TRAIN_LOOP_FLAGS = (
-    "batch_size",
-    "microbatch",
-    "lr",
-    "ema_rate",
-    "log_interval",
-    "save_interval",
-    "resume_checkpoint",
-    "use_fp16",
-    "fp16_scale_growth",
-    "weight_decay",
-    "lr_anneal_steps",
-    "use_bf16",
-    "max_steps",
-    "seed",
-)
-
-# Help for the training flags that script_util.FLAG_HELP does not cover.
-TRAIN_FLAG_HELP = {
-    "max_steps": "stop after this many training steps in total, counting those of a resumed "
-    "run (0: no limit)",
-    "use_bf16": "train with the forward pass in bfloat16 autocast (float32 weights, no loss "
-    "scaling; not with --use_fp16)",
-    "seed": "random seed: model initialisation, and every step's noise and timesteps "
-    "(reseeded from seed, rank and step, so a resumed run draws what an "
-    "uninterrupted one would)",
-}
-
-
-def diffusion_train_defaults() -> dict:
-    """
-    Defaults of the flags shared by the diffusion training scripts (``image_train.py``,
-    ``super_res_train.py``): the original ones plus ``max_steps``, ``use_bf16`` and ``seed``.
-    """
-    return dict(
-        data_dir="",
-        schedule_sampler="uniform",
-        lr=1e-4,
-        weight_decay=0.0,
-        lr_anneal_steps=0,
-        batch_size=1,
-        microbatch=-1,  # -1 disables microbatches
-        ema_rate="0.9999",  # comma-separated list of EMA values
-        log_interval=10,
-        save_interval=10000,
-        resume_checkpoint="",
-        use_fp16=False,
-        fp16_scale_growth=1e-3,
-        max_steps=0,
-        use_bf16=False,
-        seed=0,
-    )
-
 
 def check_train_args(args) -> None:
     """
@@ -585,8 +536,8 @@ def check_train_args(args) -> None:
     check_batch_flags(args.batch_size, args.microbatch)
     check_resume_checkpoint(args.resume_checkpoint)
     for fp16_flag in ("use_fp16", "classifier_use_fp16"):
-        if getattr(args, fp16_flag, False) and getattr(args, "use_bf16", False):
-            raise ValueError(f"--{fp16_flag} and --use_bf16 cannot both be True: choose one")
+        use_fp16, use_bf16 = getattr(args, fp16_flag, False), getattr(args, "use_bf16", False)
+        check_precision(use_fp16, use_bf16, fp16_flag)
     if getattr(args, "class_cond", False):
         check_num_classes(args.data_dir, args.num_classes)
 

@@ -10,7 +10,8 @@ formulation, which computes the same function and serves as a reference.
 
 import contextlib
 from abc import abstractmethod
-from typing import Iterator, Optional, Sequence
+from dataclasses import dataclass, fields
+from typing import Any, Iterator, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -457,54 +458,55 @@ def _convert_module_to_bf16(module: nn.Module) -> None:
             p.data = p.data.bfloat16()
 
 
-class _UNetTrunk(nn.Module):
+@dataclass(frozen=True)
+class UNetConfig:
     """
-    What the UNet and its encoder half share: hyper-parameters, the timestep embedding, the
-    downsampling path (input blocks), the middle block and the precision conversions.
+    The architecture the UNet and its encoder half share: the ``UNetModel`` arguments (see
+    there) but the class-conditioning ones.
     """
 
-    def __init__(
-        self,
-        image_size: int,
-        in_channels: int,
-        model_channels: int,
-        out_channels: int,
-        num_res_blocks: int,
-        attention_resolutions: Sequence[int],
-        dropout: float,
-        channel_mult: Sequence[float],
-        conv_resample: bool,
-        dims: int,
-        use_checkpoint: bool,
-        use_fp16: bool,
-        num_heads: int,
-        num_head_channels: int,
-        num_heads_upsample: int,
-        use_scale_shift_norm: bool,
-        resblock_updown: bool,
-        use_new_attention_order: bool,
-    ):
+    image_size: int
+    in_channels: int
+    model_channels: int
+    out_channels: int
+    num_res_blocks: int
+    attention_resolutions: Sequence[int]
+    dropout: float = 0
+    channel_mult: Sequence[float] = (1, 2, 4, 8)
+    conv_resample: bool = True
+    dims: int = 2
+    use_checkpoint: bool = False
+    use_fp16: bool = False
+    num_heads: int = 1
+    num_head_channels: int = -1
+    num_heads_upsample: int = -1
+    use_scale_shift_norm: bool = False
+    resblock_updown: bool = False
+    use_new_attention_order: bool = False
+
+    @classmethod
+    def from_arguments(cls, arguments: dict[str, Any]) -> "UNetConfig":
+        """:param arguments: a constructor's ``locals()``: the fields are picked by name."""
+        return cls(**{f.name: arguments[f.name] for f in fields(cls)})
+
+
+class _UNetTrunk(nn.Module):
+    """
+    What the UNet and its encoder half share: hyper-parameters (a ``UNetConfig``, whose
+    fields are also attributes), the timestep embedding, the downsampling path (input
+    blocks), the middle block and the precision conversions.
+    """
+
+    def __init__(self, config: UNetConfig):
         super().__init__()
-        if not channel_mult:
+        if not config.channel_mult:
             raise ValueError("channel_mult must list at least one multiplier")
-        self.image_size = image_size
-        self.in_channels = in_channels
-        self.model_channels = model_channels
-        self.out_channels = out_channels
-        self.num_res_blocks = num_res_blocks
-        self.attention_resolutions = attention_resolutions
-        self.dropout = dropout
-        self.channel_mult = channel_mult
-        self.conv_resample = conv_resample
-        self.dims = dims
-        self.use_checkpoint = use_checkpoint
-        self.dtype = torch.float16 if use_fp16 else torch.float32
-        self.num_heads = num_heads
-        self.num_head_channels = num_head_channels
-        self.num_heads_upsample = num_heads if num_heads_upsample == -1 else num_heads_upsample
-        self.use_scale_shift_norm = use_scale_shift_norm
-        self.resblock_updown = resblock_updown
-        self.use_new_attention_order = use_new_attention_order
+        self.config = config
+        for field in fields(config):
+            setattr(self, field.name, getattr(config, field.name))
+        self.dtype = torch.float16 if config.use_fp16 else torch.float32
+        if config.num_heads_upsample == -1:
+            self.num_heads_upsample = config.num_heads
 
     def _res_block(
         self,
@@ -650,26 +652,7 @@ class UNetModel(_UNetTrunk):
         use_new_attention_order: bool = False,
         class_dropout_prob: float = 0.0,
     ):
-        super().__init__(
-            image_size,
-            in_channels,
-            model_channels,
-            out_channels,
-            num_res_blocks,
-            attention_resolutions,
-            dropout,
-            channel_mult,
-            conv_resample,
-            dims,
-            use_checkpoint,
-            use_fp16,
-            num_heads,
-            num_head_channels,
-            num_heads_upsample,
-            use_scale_shift_norm,
-            resblock_updown,
-            use_new_attention_order,
-        )
+        super().__init__(UNetConfig.from_arguments(locals()))
         self.num_classes = num_classes
         self.class_dropout_prob = _check_class_dropout(class_dropout_prob, num_classes)
         # the label of "no class" (classifier-free guidance), or None without that row
@@ -825,26 +808,7 @@ class EncoderUNetModel(_UNetTrunk):
         use_new_attention_order: bool = False,
         pool: str = "adaptive",
     ):
-        super().__init__(
-            image_size,
-            in_channels,
-            model_channels,
-            out_channels,
-            num_res_blocks,
-            attention_resolutions,
-            dropout,
-            channel_mult,
-            conv_resample,
-            dims,
-            use_checkpoint,
-            use_fp16,
-            num_heads,
-            num_head_channels,
-            num_heads_upsample,
-            use_scale_shift_norm,
-            resblock_updown,
-            use_new_attention_order,
-        )
+        super().__init__(UNetConfig.from_arguments(locals()))
         if pool not in self.POOLS:
             raise ValueError(f"unknown pool {pool!r} (valid: {', '.join(self.POOLS)})")
         self.pool = pool

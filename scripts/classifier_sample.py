@@ -40,6 +40,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     logger.log("creating model and diffusion...")
     model, diffusion = sample_util.load_model_and_diffusion(args)
+    model = sample_util.guided_model_fn(args, model, diffusion)
     logger.log("loading classifier...")
     classifier = sample_util.load_classifier(args)
 

@@ -27,14 +27,16 @@ import torch
 from guided_diffusion import dist_util, logger, run_config
 from guided_diffusion.image_datasets import list_classes, load_data
 from guided_diffusion.resample import create_named_schedule_sampler
-from guided_diffusion.script_util import (
-    add_dict_to_argparser,
+from guided_diffusion.flags import (
+    CLASSIFIER_LOOP_FLAGS,
+    TRAIN_FLAG_HELP,
     args_to_dict,
     classifier_and_diffusion_defaults,
-    create_classifier_and_diffusion,
+    classifier_train_defaults,
+    create_parser,
 )
+from guided_diffusion.script_util import create_from_flags
 from guided_diffusion.train_util import (
-    TRAIN_FLAG_HELP,
     ClassifierTrainLoop,
     check_num_classes,
     check_train_args,
@@ -76,9 +78,7 @@ def main(argv: list[str] | None = None) -> None:
 
     logger.log("creating model and diffusion...")
     torch.manual_seed(args.seed)
-    model, diffusion = create_classifier_and_diffusion(
-        **args_to_dict(args, classifier_and_diffusion_defaults().keys())
-    )
+    model, diffusion = create_from_flags(args, "classifier")
     model.to(dist_util.dev())
     schedule_sampler = create_named_schedule_sampler(args.schedule_sampler, diffusion)
 
@@ -91,53 +91,18 @@ def main(argv: list[str] | None = None) -> None:
         val_data=val_data,
         schedule_sampler=schedule_sampler,
         use_fp16=args.classifier_use_fp16,
-        **args_to_dict(
-            args,
-            (
-                "noised",
-                "iterations",
-                "anneal_lr",
-                "eval_interval",
-                "batch_size",
-                "microbatch",
-                "lr",
-                "weight_decay",
-                "log_interval",
-                "save_interval",
-                "resume_checkpoint",
-                "seed",
-                "use_bf16",
-            ),
-        ),
+        **args_to_dict(args, CLASSIFIER_LOOP_FLAGS),
     ).run_loop()
     dist_util.cleanup()
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    return create_parser(
+        __doc__,
+        classifier_train_defaults(),
+        classifier_and_diffusion_defaults(),
+        helps=TRAIN_FLAG_HELP,
     )
-    defaults = dict(
-        data_dir="",
-        val_data_dir="",
-        noised=True,
-        iterations=150000,
-        lr=3e-4,
-        weight_decay=0.0,
-        anneal_lr=False,
-        batch_size=4,
-        microbatch=-1,
-        schedule_sampler="uniform",
-        resume_checkpoint="",
-        log_interval=10,
-        eval_interval=5,
-        save_interval=10000,
-        seed=0,
-        use_bf16=False,
-    )
-    defaults.update(classifier_and_diffusion_defaults())
-    add_dict_to_argparser(parser, defaults, helps=TRAIN_FLAG_HELP)
-    return parser
 
 
 if __name__ == "__main__":

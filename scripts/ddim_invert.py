@@ -56,7 +56,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         run, inputs, models.labels, keys=keys, batch_size=args.batch_size, seed=seed
     )
     if dist_util.is_main_process():
-        (_write_encoded if args.mode == "encode" else _write_decoded)(args, inputs, models.labels, result)
+        write = _write_encoded if args.mode == "encode" else _write_decoded
+        write(args, inputs, models.labels, result)
     dist_util.barrier()
 
 

@@ -3,8 +3,9 @@ Edit or restore images with a diffusion model: inpainting with RePaint, guided e
 with SDEdit or ILVR, and solving inverse problems (inpainting, super-resolution,
 deblurring, colourisation) with DPS or DDNM. Writes ``edited_{N}x{H}x{W}x3.npz`` in the
 log directory ($OPENAI_LOGDIR): arr_0 the results (uint8 NHWC), ``input`` and
-``degraded`` beside them, arr_1 the labels where the model or classifier used them; and
-a PNG grid with input, degraded and result side by side.
+``degraded`` beside them, arr_1 the labels where the model or classifier used them; a
+PNG grid with input, degraded and result side by side; and a .json of the same name with
+the PSNR (over the hidden pixels when inpainting) and the seconds per image.
 
 Every method's hyper-parameters default to its paper's values. Examples with the 256x256
 unconditional ImageNet model (MODEL_FLAGS as in the README):
@@ -74,13 +75,20 @@ def _report(args, images, labels, result, hidden: Optional[np.ndarray]) -> None:
     }
     if labels is not None:
         arrays["arr_1"] = labels
+    metrics = {
+        "method": args.method,
+        "operator": args.operator,
+        "images": len(images),
+        "psnr": edit_util.psnr(outputs["result"], edit_util.to_float(images).numpy(), hidden),
+        "psnr_region": "hidden pixels" if hidden is not None else "all pixels",
+        "seconds_per_image": result.seconds / len(images),
+        "seed": result.seed,
+    }
     grid = ("input", "degraded", "arr_0") if args.grid else ()
-    edit_util.write_edit_outputs(logger.get_dir() or ".", "edited", arrays, grid)
-    target = edit_util.to_float(images).numpy()
-    region = "hidden pixels" if hidden is not None else "all pixels"
+    edit_util.write_edit_outputs(logger.get_dir() or ".", "edited", arrays, grid, metrics)
     logger.log(
-        f"PSNR {edit_util.psnr(outputs['result'], target, hidden):.2f} dB over the {region}; "
-        f"{result.seconds / len(images):.2f} s per image; seed {result.seed}"
+        f"PSNR {metrics['psnr']:.2f} dB over the {metrics['psnr_region']}; "
+        f"{metrics['seconds_per_image']:.2f} s per image; seed {result.seed}"
     )
 
 

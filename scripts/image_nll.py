@@ -12,7 +12,7 @@ import argparse
 import os
 from typing import Optional
 
-from guided_diffusion import dist_util, logger, run_config, sample_io, sample_util
+from guided_diffusion import dist_util, flags, logger, run_config, sample_io, sample_util
 from guided_diffusion.image_datasets import indexed_images
 from guided_diffusion.script_util import add_dict_to_argparser, model_and_diffusion_defaults
 
@@ -66,19 +66,7 @@ def create_argparser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    sample_util.add_flags(
-        parser,
-        dict(
-            data_dir="",
-            clip_denoised=True,
-            num_samples=1000,
-            batch_size=1,
-            model_path="",
-            seed=None,
-            save_terms=True,
-            keep_shards=False,
-        ),
-    )
+    sample_util.add_flags(parser, flags.nll_defaults())
     add_dict_to_argparser(parser, model_and_diffusion_defaults())
     return parser
 

@@ -23,20 +23,10 @@ import argparse
 
 import torch
 
-from guided_diffusion import dist_util, logger, run_config
+from guided_diffusion import dist_util, flags, logger, run_config
 from guided_diffusion.image_datasets import load_data
-from guided_diffusion.script_util import (
-    add_dict_to_argparser,
-    args_to_dict,
-    create_model_and_diffusion,
-    model_and_diffusion_defaults,
-)
-from guided_diffusion.train_util import (
-    TRAIN_FLAG_HELP,
-    check_train_args,
-    diffusion_train_defaults,
-    train_diffusion_model,
-)
+from guided_diffusion.script_util import create_from_flags
+from guided_diffusion.train_util import check_train_args, train_diffusion_model
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -53,20 +43,17 @@ def main(argv: list[str] | None = None) -> None:
 
     logger.log("creating model and diffusion...")
     torch.manual_seed(args.seed)
-    model, diffusion = create_model_and_diffusion(
-        **args_to_dict(args, model_and_diffusion_defaults().keys())
-    )
+    model, diffusion = create_from_flags(args, "model")
     train_diffusion_model(args, model, diffusion, data)
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    return flags.create_parser(
+        __doc__,
+        flags.diffusion_train_defaults(),
+        flags.model_and_diffusion_defaults(),
+        helps=flags.TRAIN_FLAG_HELP,
     )
-    defaults = diffusion_train_defaults()
-    defaults.update(model_and_diffusion_defaults())
-    add_dict_to_argparser(parser, defaults, helps=TRAIN_FLAG_HELP)
-    return parser
 
 
 if __name__ == "__main__":

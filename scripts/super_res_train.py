@@ -21,20 +21,10 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from guided_diffusion import dist_util, logger, run_config
+from guided_diffusion import dist_util, flags, logger, run_config
 from guided_diffusion.image_datasets import load_data
-from guided_diffusion.script_util import (
-    add_dict_to_argparser,
-    args_to_dict,
-    sr_create_model_and_diffusion,
-    sr_model_and_diffusion_defaults,
-)
-from guided_diffusion.train_util import (
-    TRAIN_FLAG_HELP,
-    check_train_args,
-    diffusion_train_defaults,
-    train_diffusion_model,
-)
+from guided_diffusion.script_util import create_from_flags
+from guided_diffusion.train_util import check_train_args, train_diffusion_model
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -52,9 +42,7 @@ def main(argv: list[str] | None = None) -> None:
 
     logger.log("creating model...")
     torch.manual_seed(args.seed)
-    model, diffusion = sr_create_model_and_diffusion(
-        **args_to_dict(args, sr_model_and_diffusion_defaults().keys())
-    )
+    model, diffusion = create_from_flags(args, "super_res")
     train_diffusion_model(args, model, diffusion, data, kind="super_res")
 
 
@@ -81,13 +69,12 @@ def _add_low_res(data, small_size: int):
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    return flags.create_parser(
+        __doc__,
+        flags.diffusion_train_defaults(),
+        flags.sr_model_and_diffusion_defaults(),
+        helps=flags.TRAIN_FLAG_HELP,
     )
-    defaults = diffusion_train_defaults()
-    defaults.update(sr_model_and_diffusion_defaults())
-    add_dict_to_argparser(parser, defaults, helps=TRAIN_FLAG_HELP)
-    return parser
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ two or three steps; one run on two ranks; and bad input ending with one line, ex
 nothing written.
 """
 
+import json
 import os
 
 import numpy as np
@@ -81,6 +82,10 @@ def test_image_edit_each_method(configured, inputs, tmp_path, method, extra):
     grid = np.asarray(Image.open(tmp_path / "edited_5x16x16x3.png"))
     assert grid.shape == (2 * 18 + 2, 3 * (3 * 16 + 4 + 2) + 2, 3)  # 3 columns of triplets
     assert "PSNR" in result.stdout and "s per image" in result.stdout
+    with open(tmp_path / "edited_5x16x16x3.json") as f:
+        metrics = json.load(f)
+    assert metrics["method"] == method and metrics["images"] == 5
+    assert 0 < metrics["psnr"] < 60 and metrics["seconds_per_image"] > 0
 
 
 def guided_repaint_flags(ckpt, inputs) -> list[str]:
@@ -157,3 +162,28 @@ def test_image_edit_bad_input_fails_before_any_work(ckpt, inputs, tmp_path, monk
     extra = [str(tmp_path / "x.npz") if a == "MISSING" else a for a in extra]
     with pytest.raises((SamplingInputError, FileNotFoundError), match=message):
         import_script("image_edit").main(edit_flags(ckpt, inputs, "uncond", *extra))
+
+
+def test_psnr_over_a_region():
+    from guided_diffusion.edit_util import psnr
+
+    target = np.zeros((2, 3, 4, 4))
+    result = target.copy()
+    result[:, :, 2:] = 0.2  # errors only in the lower half
+    hidden = np.zeros((1, 1, 4, 4))
+    hidden[..., 2:, :] = 1
+    assert psnr(result, target, hidden) == pytest.approx(10 * np.log10(4 / 0.04))
+    assert psnr(result, target) == pytest.approx(10 * np.log10(4 / 0.02))
+
+
+def test_read_images_from_npz_folder_and_file(inputs):
+    from guided_diffusion.edit_util import read_images
+
+    images, labels = read_images(str(inputs / "images.npz"), 16, limit=3)
+    assert images.shape == (3, 16, 16, 3) and labels.tolist() == [0, 1, 2]
+    folder, none = read_images(str(inputs / "folder"), 16)
+    assert none is None and np.array_equal(folder, images[:2])
+    one, _ = read_images(str(inputs / "folder" / "img1.png"), 8)
+    assert one.shape == (1, 8, 8, 3)
+    with pytest.raises(SamplingInputError, match="the model takes 8x8"):
+        read_images(str(inputs / "images.npz"), 8)

@@ -17,8 +17,12 @@ from guided_diffusion.guidance import (
     ClassifierFreeGuidance,
     GuidanceError,
     guided_model,
+    interval_active,
+    noise_level_lookup,
 )
 from guided_diffusion.respace import SpacedDiffusion, space_timesteps
+from guided_diffusion.samplers import SAMPLERS
+from guided_diffusion.samplers import sample as sample_with
 
 NUM_CLASSES = 3
 
@@ -89,6 +93,36 @@ def test_classifier_free_guidance_moves_samples_as_the_combined_model(ddim):
     torch.testing.assert_close(guided, expected)
     plain = sample(diffusion, AffineModel(0.4, C_TABLE), LABELS, ddim=ddim)
     assert (guided - plain).abs().max() > 0.1  # guidance did move them
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
+def test_both_wrappers_work_with_every_sampler(sampler):
+    diffusion = make_diffusion(steps=10)
+    noise = arange_images(4)
+    kwargs = dict(noise=noise, model_kwargs={"y": LABELS}, sampler=sampler)
+    c, scale = torch.tensor(C_TABLE), 3.0
+    cfg = ClassifierFreeGuidance(AffineModel(0.4, C_TABLE), scale)
+    combined = AffineModel(0.4, c[-1] + scale * (c - c[-1]))
+    torch.manual_seed(0)
+    guided = sample_with(diffusion, cfg, noise.shape, **kwargs)
+    torch.manual_seed(0)
+    torch.testing.assert_close(guided, sample_with(diffusion, combined, noise.shape, **kwargs))
+    main, guide = AffineModel(0.4, C_TABLE), AffineModel(0.7, [0.0, 0.1, 0.4, 0.0])
+    combined = AffineModel(0.7 + scale * (0.4 - 0.7), guide.c + scale * (main.c - guide.c))
+    torch.manual_seed(0)
+    guided = sample_with(diffusion, AutoGuidance(main, guide, scale), noise.shape, **kwargs)
+    torch.manual_seed(0)
+    torch.testing.assert_close(guided, sample_with(diffusion, combined, noise.shape, **kwargs))
+
+
+def test_the_guidance_interval_skips_the_null_branch_outside():
+    diffusion = make_diffusion(steps=10)
+    levels = noise_level_lookup(diffusion)(torch.arange(10))  # increasing with t
+    active = interval_active(diffusion, (float(levels[2]), float(levels[6])))  # t in 3..6
+    model = AffineModel(0.4, C_TABLE)
+    sample(diffusion, ClassifierFreeGuidance(model, 2.0, active=active), LABELS)
+    # one call per step from t = 9 down to 0: 8 rows (with the null class) only for t in 3..6
+    assert model.batch_sizes == [4, 4, 4, 8, 8, 8, 8, 4, 4, 4]
 
 
 def test_scale_one_is_the_model_itself():
