@@ -32,6 +32,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         create_argparser(), argv, model_path="model", classifier_path="classifier"
     )
     sample_util.check_counts(args.num_samples, args.batch_size)
+    sampler = sample_util.sampler_setting(args)
     num_classes = sample_util.num_classes_of(args)
     class_labels = sample_util.parse_class_labels(args.class_labels, num_classes)
 
@@ -52,8 +53,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         diffusion,
         files={"model_path": args.model_path, "classifier_path": args.classifier_path},
         make_kwargs=sample_util.class_label_kwargs(class_labels, num_classes),
+        sample_fn=sampler.sample_fn(diffusion),
         cond_fn=guidance.classifier_cond_fn(classifier, args.classifier_scale),
     )
+    logger.log(sampler.counts.per_image())
     logger.log("sampling complete")
 
 

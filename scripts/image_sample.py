@@ -25,6 +25,7 @@ from guided_diffusion.script_util import add_dict_to_argparser, model_and_diffus
 def main(argv: Optional[list[str]] = None) -> None:
     args = run_config.parse_args(create_argparser(), argv, model_path="model")
     sample_util.check_counts(args.num_samples, args.batch_size)
+    sampler = sample_util.sampler_setting(args)
     class_labels = sample_util.parse_class_labels(
         args.class_labels, sample_util.num_classes_of(args)
     )
@@ -46,8 +47,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.class_cond:
         make_kwargs = sample_util.class_label_kwargs(class_labels, sample_util.num_classes_of(args))
     sample_util.sample_from_args(
-        args, model, diffusion, files={"model_path": args.model_path}, make_kwargs=make_kwargs
+        args,
+        model,
+        diffusion,
+        files={"model_path": args.model_path},
+        make_kwargs=make_kwargs,
+        sample_fn=sampler.sample_fn(diffusion),
     )
+    logger.log(sampler.counts.per_image())
     logger.log("sampling complete")
 
 

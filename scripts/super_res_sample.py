@@ -25,6 +25,7 @@ from guided_diffusion.script_util import add_dict_to_argparser, sr_model_and_dif
 def main(argv: Optional[list[str]] = None) -> None:
     args = run_config.parse_args(create_argparser(), argv, model_path="super_res")
     sample_util.check_counts(args.num_samples, args.batch_size)
+    sampler = sample_util.sampler_setting(args)
     base = sample_io.load_base_samples(
         args.base_samples, args.small_size, args.class_cond, sample_util.num_classes_of(args)
     )
@@ -53,8 +54,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         files={"model_path": args.model_path, "base_samples": args.base_samples},
         image_size=args.large_size,
         make_kwargs=sample_util.base_sample_kwargs(base),
+        sample_fn=sampler.sample_fn(diffusion),
         num_samples=num_samples,
     )
+    logger.log(sampler.counts.per_image())
     logger.log("sampling complete")
 
 
