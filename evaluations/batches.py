@@ -24,8 +24,8 @@ from PIL import Image
 
 from guided_diffusion.image_datasets import (
     IMAGE_EXTENSIONS,
-    _list_image_files_recursively,
     center_crop_arr,
+    list_image_files,
     to_rgb,
 )
 from guided_diffusion.io_util import atomic_write
@@ -131,7 +131,7 @@ class ImageSource:
             self._files, shape = None, source.shape
         elif os.path.isdir(source):
             self.name = str(source)
-            self._files = _list_image_files_recursively(source)
+            self._files = list_image_files(source)
             if not self._files:
                 raise ValueError(
                     f"{source}: no {'/'.join(IMAGE_EXTENSIONS)} images found in this folder"
