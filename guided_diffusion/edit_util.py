@@ -17,7 +17,7 @@ import blobfile as bf
 import numpy as np
 import torch
 
-from . import dist_util, guidance, logger, sample_util, script_util, shards
+from . import dist_util, flags, guidance, logger, sample_util, shards
 from .image_datasets import _list_image_files_recursively, _read_rgb, center_crop_arr
 from .io_util import atomic_write
 from .model_loading import load_classifier, load_model_and_diffusion
@@ -29,94 +29,10 @@ METHODS = ("repaint", "sdedit", "ilvr", "dps", "ddnm")
 
 # ---------------------------------------------------------------- flags
 
-FLAG_HELP = {
-    "method": f"editing method: {', '.join(METHODS)}",
-    "operator": f"degradation applied to the input: {', '.join(OPERATOR_NAMES)} "
-    "(repaint needs inpaint; ddnm an operator with a pseudo-inverse: none, inpaint, "
-    "sr_avgpool, colorize)",
-    "input": "the images: a .npz batch (arr_0 uint8 NHWC, arr_1 labels), a folder, or one image",
-    "mask": f"inpainting mask: an image file (white = known) or {', '.join(MASK_NAMES)}",
-    "mask_ratio": "hidden fraction of the 'random' mask (DPS: 0.92)",
-    "mask_seed": "seed of the 'random' mask",
-    "sr_factor": "super-resolution factor of sr_avgpool / sr_bicubic (DPS, DDNM: 4)",
-    "blur_kernel_size": "Gaussian blur kernel side (DPS: 61)",
-    "blur_sigma": "Gaussian blur standard deviation in pixels (DPS: 3.0)",
-    "sigma_y": "measurement noise added to A x, in [-1, 1] units (DPS: 0.05)",
-    "sdedit_strength": "SDEdit t0 / T (paper's examples: 0.5; its code's default 0.4)",
-    "sdedit_repeats": "SDEdit repeats, each from the previous output (paper's examples: 3)",
-    "repaint_jump_length": "RePaint: steps per jump back (paper: 10)",
-    "repaint_jump_n_sample": "RePaint: visits of each jump point (paper: 10)",
-    "repaint_paste": "RePaint: paste the known pixels into the result (paper: False)",
-    "ilvr_down_n": "ILVR low-pass factor N (paper: 4 to 64)",
-    "ilvr_range_t": "ILVR refines only at steps t > range_t (re-spaced indices)",
-    "ilvr_filter": "ILVR low-pass: bicubic (paper) or avgpool (exact projection)",
-    "dps_zeta": "DPS step size zeta' (paper, ImageNet: 1.0 SR x4 and inpainting, 0.4 deblur)",
-    "ddnm_eta": "DDNM share of fresh noise per step (paper: 0.85, 100 steps)",
-    "classifier_scale": "classifier guidance scale with --classifier_path (RePaint: 1.0)",
-    "classifier_path": "optional noisy classifier (.pt) for classifier guidance",
-    "class_labels": "comma-separated class ids cycled over the images; default: the "
-    "input's labels (arr_1), else random classes",
-    "num_samples": "edit the first N input images (0: all)",
-    "batch_size": "images per model call on each rank",
-    "mode": "encode: images -> noise .npz (and report the round-trip error); "
-    "decode: noise .npz -> images",
-    "report_error": "encode: decode again and report the round-trip error",
-    "clip_denoised": "clamp x0 predictions to [-1, 1]",
-}
-
-
-def image_edit_defaults() -> dict[str, object]:
-    """Flags of scripts/image_edit.py besides the model's, with the published values."""
-    return dict(
-        method="repaint",
-        operator="inpaint",
-        input="",
-        mask="half",
-        mask_ratio=0.92,
-        mask_seed=0,
-        sr_factor=4,
-        blur_kernel_size=61,
-        blur_sigma=3.0,
-        sigma_y=0.0,
-        sdedit_strength=0.5,
-        sdedit_repeats=3,
-        repaint_jump_length=10,
-        repaint_jump_n_sample=10,
-        repaint_paste=False,
-        ilvr_down_n=4,
-        ilvr_range_t=0,
-        ilvr_filter="bicubic",
-        dps_zeta=1.0,
-        ddnm_eta=0.85,
-        classifier_path="",
-        classifier_scale=1.0,
-        **common_defaults(),
-    )
-
-
-def ddim_invert_defaults() -> dict[str, object]:
-    """Flags of scripts/ddim_invert.py besides the model's."""
-    return dict(
-        mode="encode",
-        input="",
-        report_error=True,
-        classifier_path="",
-        classifier_scale=1.0,
-        **common_defaults(clip_denoised=False),
-    )
-
-
-def common_defaults(clip_denoised: bool = True) -> dict[str, object]:
-    """The flags both editing programs share."""
-    return dict(
-        clip_denoised=clip_denoised,
-        class_labels="",
-        num_samples=0,
-        batch_size=16,
-        model_path="",
-        seed=None,
-        grid=True,
-    )
+# the flags live in flags.py with every other program's; these names stay importable here
+FLAG_HELP = flags.EDIT_FLAG_HELP
+image_edit_defaults = flags.image_edit_defaults
+ddim_invert_defaults = flags.ddim_invert_defaults
 
 
 # ---------------------------------------------------------------- inputs
@@ -337,14 +253,10 @@ def create_argparser(doc: str, defaults: dict[str, object]) -> argparse.Argument
     parser = argparse.ArgumentParser(
         description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    defaults = dict(defaults)
-    seed = defaults.pop("seed", None)
-    parser.add_argument("--seed", type=int, default=seed, help=sample_util.FLAG_HELP["seed"])
-    helps = {**sample_util.FLAG_HELP, **FLAG_HELP}
-    script_util.add_dict_to_argparser(parser, defaults, helps=helps)
-    model_flags = script_util.model_and_diffusion_defaults()
-    model_flags.update(script_util.classifier_defaults())
-    script_util.add_dict_to_argparser(parser, model_flags)
+    flags.add_flags(parser, defaults, helps=FLAG_HELP)
+    model_flags = flags.model_and_diffusion_defaults()
+    model_flags.update(flags.classifier_defaults())
+    flags.add_dict_to_argparser(parser, model_flags)
     return parser
 
 
