@@ -221,8 +221,8 @@ CLASSIFIER_LOOP_FLAGS = (
 def sampling_defaults(**script_flags) -> dict[str, object]:
     """
     The flags every sampling program has, with the original defaults, plus the new
-    ``--seed``, ``--grid``, ``--guidance_scale``, ``--guide_model_path`` and
-    ``--keep_shards``; ``script_flags`` adds a program's own flags.
+    ``--seed``, ``--grid``, ``--guidance_scale``, ``--guide_model_path``, ``--keep_shards``,
+    ``--sampler`` and ``--guidance_interval``; ``script_flags`` adds a program's own flags.
 
     :return: flag name -> default, for add_flags().
     """
@@ -237,6 +237,8 @@ def sampling_defaults(**script_flags) -> dict[str, object]:
         guidance_scale=1.0,
         guide_model_path="",
         keep_shards=False,
+        sampler="ancestral",
+        guidance_interval="",
         **script_flags,
     )
 
@@ -350,6 +352,12 @@ SAMPLING_FLAG_HELP = {
     "(.pt; built from the run configuration beside it, else from the main model's flags); "
     "the prediction becomes "
     "guide + s (main - guide) with s = --guidance_scale",
+    "sampler": "ancestral (the original), ddim (also --use_ddim True), dpm++2m, dpm++3m "
+    "(DPM-Solver++, Lu et al. 2022) or unipc (Zhao et al. 2023); one model evaluation per "
+    "step of --timestep_respacing",
+    "guidance_interval": "'LO,HI': guide only where the noise level sigma_t / alpha_t lies in "
+    "(LO, HI], skipping the guidance evaluations elsewhere (Kynkaanniemi et al. 2024; e.g. "
+    "'0.28,5.42'); empty: guide at every step",
     "keep_shards": "keep the folder of shards (saved as each round finishes, so that "
     "rerunning a killed command resumes) after the final .npz is written",
     "save_terms": (

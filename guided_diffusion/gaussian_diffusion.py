@@ -1,7 +1,8 @@
 """
 The Gaussian diffusion process of Ho et al. (2020) with the learned variances of
-Nichol & Dhariwal (2021), DDIM sampling (Song et al. 2021) and classifier guidance
-(Dhariwal & Nichol 2021).
+Nichol & Dhariwal (2021), DDIM sampling (Song et al. 2021), classifier guidance
+(Dhariwal & Nichol 2021) and DPM-Solver++ sampling (Lu et al. 2022; the solver itself is in
+samplers.py).
 
 Schedules are float64 numpy arrays; values gathered per timestep become float32
 tensors. The order in which random numbers are drawn matches the original
@@ -623,17 +624,24 @@ class GaussianDiffusion:
         device=None,
         progress: bool = False,
         order: int = 2,
+        solver: str = "dpm++",
+        randn: Optional[RandnFn] = None,
     ) -> torch.Tensor:
         """
         Deterministic multistep DPM-Solver++ sampling (Lu et al. 2022) of order 1 (= DDIM
         with eta 0), 2 ("2M") or 3 ("3M"), one model evaluation per timestep; same
         arguments as p_sample_loop. With cond_fn, guidance shifts the noise prediction as
         in condition_score.
+
+        :param order: the solver's order (UniPC: its predictor's).
+        :param solver: "dpm++", or "unipc" for UniPC's predictor-corrector (Zhao et al. 2023).
+        :param randn: optional source of the starting noise when ``noise`` is None (the
+            solvers draw no other noise).
         """
         return self._last(
             self.dpm_solver_sample_loop_progressive(
                 model, shape, noise, clip_denoised, denoised_fn, cond_fn, model_kwargs,
-                device, progress, order,
+                device, progress, order, solver, randn,
             )
         )
 
@@ -649,18 +657,20 @@ class GaussianDiffusion:
         device=None,
         progress: bool = False,
         order: int = 2,
+        solver: str = "dpm++",
+        randn: Optional[RandnFn] = None,
     ) -> Iterator[dict]:
         """
         Like dpm_solver_sample_loop, but yield a dict with "sample" and "pred_xstart" at
         every step.
         """
         step = samplers.dpm_solver_stepper(
-            self, model, order=order, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-            cond_fn=cond_fn, model_kwargs=model_kwargs,
+            self, model, order=order, solver=solver, clip_denoised=clip_denoised,
+            denoised_fn=denoised_fn, cond_fn=cond_fn, model_kwargs=model_kwargs,
         )
         indices = list(range(self.num_timesteps))[::-1]
         return self._loop_progressive(
-            step, model, shape, indices, noise, device, progress, f"DPM-Solver++({order}M)"
+            step, model, shape, indices, noise, device, progress, f"{solver} order {order}", randn
         )
 
     # ------------------------------------------------------------------ likelihood

@@ -26,7 +26,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import dist_util, logger, script_util
+from . import dist_util, logger, samplers, script_util
 from .checkpoint_util import CheckpointMismatchError
 from .dist_util import all_gather_rows  # noqa: F401  (importable here as before)
 from .flags import SAMPLING_FLAG_HELP as FLAG_HELP  # noqa: F401  (importable here as before)
@@ -227,6 +227,21 @@ def to_uint8_nhwc(sample: torch.Tensor) -> torch.Tensor:
     """
     pixels = ((sample.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return pixels.permute(0, 2, 3, 1).contiguous()  # (N, H, W, 3)
+
+
+def sampler_setting(args: argparse.Namespace) -> samplers.SamplerSetting:
+    """
+    The run's sampler from ``--sampler``, ``--use_ddim`` and ``--guidance_interval``;
+    ``.sample_fn(diffusion)`` makes its SampleFn and ``.counts`` counts the evaluations.
+
+    :raises SamplingInputError: a bad value, named with its flag.
+    """
+    try:
+        return samplers.SamplerSetting.from_flags(
+            args.sampler, args.use_ddim, args.guidance_interval
+        )
+    except ValueError as err:
+        raise SamplingInputError(str(err)) from None
 
 
 def default_sample_fn(diffusion: GaussianDiffusion, use_ddim: bool = False) -> SampleFn:

@@ -1,7 +1,8 @@
 """
 Samplers over a GaussianDiffusion's own (possibly respaced) timesteps: the one dispatch
-every sampling program uses (``sample``, names in ``SAMPLERS``) and DPM-Solver++, the fast
-deterministic multistep solver of the probability-flow ODE (Lu et al. 2022).
+every sampling program uses (``sample``, names in ``SAMPLERS``) and two fast deterministic
+multistep solvers of the probability-flow ODE: DPM-Solver++ (Lu et al. 2022) and UniPC
+(Zhao et al. 2023).
 
 Notation, for a VP process with alphas_cumprod ab: alpha_t = sqrt(ab_t), sigma_t =
 sqrt(1 - ab_t), lambda_t = log(alpha_t / sigma_t), which grows as t goes to 0. In the
@@ -17,10 +18,16 @@ integrating term by term (sigma_t e^lambda_s = alpha_t e^-h):
 
 with phi1 = expm1(-h), phi2 = phi1 / h + 1, phi3 = phi2 / h - 1/2. A k-th order multistep
 solver estimates h x0' (and h^2 x0'') from the last k data predictions.
+
+More generally the remainder is alpha_t * sum_k x0^(k) h^k psi_k / k!, with psi_k =
+h * integral_0^1 e^(h (v - 1)) v^k dv (psi_1 = phi2). Given predictions m_j at
+lambda_s + r_j h, the combination sum_j a_j (m_j - m0) / r_j matches it up to x0^(p) when
+sum_j a_j r_j^(k-1) = psi_k for k = 1..p: UniPC's predictor uses earlier points (r_j < 0), its
+corrector adds the prediction at the new point (r = 1), raising the order by one at no cost.
 """
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
 
 import numpy as np
@@ -31,8 +38,9 @@ from . import guidance
 if TYPE_CHECKING:
     from .gaussian_diffusion import GaussianDiffusion
 
-SAMPLERS = ("ancestral", "ddim", "dpm++2m", "dpm++3m")
-DPM_SOLVER_ORDERS = {"dpm++2m": 2, "dpm++3m": 3}
+SAMPLERS = ("ancestral", "ddim", "dpm++2m", "dpm++3m", "unipc")
+# multistep samplers: name -> (solver, order) for dpm_solver_sample_loop
+MULTISTEP = {"dpm++2m": ("dpm++", 2), "dpm++3m": ("dpm++", 3), "unipc": ("unipc", 2)}
 # The weight of D2 in the third-order update: 2 is the Taylor expansion's (order 3); 1 is
 # the widely circulated "3M" form, which tests/test_samplers.py measures at order 2.
 EXACT_D2_WEIGHT = 2.0
@@ -48,6 +56,15 @@ class EvaluationCounts:
 
     model: int = 0
     classifier: int = 0
+    batches: int = 0  # sampling loops run (counted by ``sampler_fn``)
+
+    def per_image(self) -> str:
+        """One line for the log: evaluations per image (the calls of one batch)."""
+        batches = max(self.batches, 1)
+        return (
+            f"model evaluations / classifier evaluations per image: "
+            f"{self.model / batches:g} / {self.classifier / batches:g}"
+        )
 
 
 class _Counted:
@@ -122,6 +139,51 @@ def dpm_solver_pp_update(
     return x_t
 
 
+def _matching_weights(rs: Sequence[float], h: float) -> np.ndarray:
+    """
+    Solve sum_j a_j r_j^(k-1) = psi_k (k = 1..len(rs)) for the weights a (module docstring),
+    with psi_k = h J_k from J_0 = (1 - e^-h) / h and J_k = (1 - k J_{k-1}) / h.
+    """
+    if not rs:
+        return np.zeros(0)
+    j, psi = -math.expm1(-h) / h, []
+    for k in range(1, len(rs) + 1):
+        j = (1.0 - k * j) / h
+        psi.append(h * j)
+    vandermonde = np.array([[r ** (k - 1) for r in rs] for k in range(1, len(rs) + 1)])
+    return np.linalg.solve(vandermonde, np.array(psi))
+
+
+def unipc_update(
+    x: torch.Tensor,
+    x0s: Sequence[torch.Tensor],
+    lambdas: Sequence[float],
+    sigma_s: float,
+    alpha_t: float,
+    sigma_t: float,
+    lambda_t: float,
+) -> torch.Tensor:
+    """
+    One UniPC step in the data-prediction form (Zhao et al. 2023, "UniPC: A Unified
+    Predictor-Corrector Framework for Fast Sampling of Diffusion Models"), with weights from
+    the exact order conditions (the module docstring; no B(h) choice is then needed). As the
+    predictor, ``x0s`` holds the prediction at s and earlier ones; as the corrector it also
+    holds the prediction at t, and the result replaces the predicted x_t.
+
+    :param x: [N x ...] the sample at s.
+    :param x0s: data predictions [N x ...], the one at s first, the others in any order.
+    :param lambdas: their lambda values.
+    :param sigma_s, alpha_t, sigma_t, lambda_t: as for dpm_solver_pp_update.
+    :return: [N x ...] the sample at t.
+    """
+    m0, h = x0s[0], lambda_t - lambdas[0]
+    x_t = (sigma_t / sigma_s) * x - (alpha_t * math.expm1(-h)) * m0
+    rs = [(lam - lambdas[0]) / h for lam in lambdas[1:]]
+    for a, r, m in zip(_matching_weights(rs, h), rs, x0s[1:]):
+        x_t = x_t + (alpha_t * a / r) * (m - m0)
+    return x_t
+
+
 def step_order(order: int, steps_done: int, index: int) -> int:
     """
     The order of the multistep step from process index ``index`` to ``index - 1``: lower
@@ -142,6 +204,7 @@ def dpm_solver_stepper(
     model: Callable,
     *,
     order: int = 2,
+    solver: str = "dpm++",
     clip_denoised: bool = True,
     denoised_fn: Optional[Callable] = None,
     cond_fn: Optional[Callable] = None,
@@ -149,46 +212,63 @@ def dpm_solver_stepper(
     d2_weight: float = EXACT_D2_WEIGHT,
 ) -> Callable[[torch.Tensor, torch.Tensor], dict]:
     """
-    Multistep DPM-Solver++ (Lu et al. 2022) as a step function for the diffusion's loop
-    driver: called at indices T-1, ..., 0 of the (respaced) process, it takes the data
-    prediction there and steps to the next index; from index 0 it returns that prediction
-    (sigma = 0). One model evaluation per step. With ``cond_fn``, the noise prediction is
-    shifted as in ``condition_score`` (eps - sigma_t grad log p(y | x_t)) before x0.
+    A multistep solver as a step function for the diffusion's loop driver: called at
+    indices T-1, ..., 0 of the (respaced) process, it takes the data prediction there and
+    steps to the next index; from index 0 it returns that prediction (sigma = 0). One model
+    evaluation per step. With ``cond_fn``, the noise prediction is shifted as in
+    ``condition_score`` (eps - sigma_t grad log p(y | x_t)) before x0.
 
-    :param order: 1, 2 or 3.
+    :param order: 1, 2 or 3: DPM-Solver++'s order, UniPC's predictor order (its corrector
+        adds one).
+    :param solver: "dpm++" (Lu et al. 2022) or "unipc" (Zhao et al. 2023).
+    :param d2_weight: see dpm_solver_pp_update.
     :return: step(x [N x ...], t [N]) -> dict with "sample" and "pred_xstart".
     """
-    if order not in (1, 2, 3):
-        raise ValueError(f"DPM-Solver++ order must be 1, 2 or 3, got {order}")
+    if order not in (1, 2, 3) or solver not in ("dpm++", "unipc"):
+        raise ValueError(f"expected solver 'dpm++' or 'unipc' of order 1, 2 or 3, got {solver!r}, {order}")
     alpha, sigma, lam = (v.tolist() for v in vp_log_snr(diffusion.alphas_cumprod))  # floats
     num_steps = diffusion.num_timesteps
     history: list[tuple[torch.Tensor, float]] = []  # (x0, lambda), newest first
+    last_step: Optional[tuple[torch.Tensor, int]] = None  # (x at s, order) for the corrector
     next_index = num_steps - 1
 
     def step(x: torch.Tensor, t: torch.Tensor) -> dict:
-        nonlocal next_index
+        nonlocal next_index, last_step
         i = int(t[0])
         if i != next_index:
-            raise RuntimeError(f"DPM-Solver++ steps run once from index {num_steps - 1} to 0, got {i}")
+            raise RuntimeError(f"solver steps run once from index {num_steps - 1} to 0, got {i}")
         next_index -= 1
         out = diffusion.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)
         if cond_fn is not None:
             out = diffusion.condition_score(cond_fn, out, x, t, model_kwargs=model_kwargs)
-        history.insert(0, (out["pred_xstart"], lam[i]))
+        x0 = out["pred_xstart"]
+        if solver == "unipc" and last_step is not None and i > 0:  # UniC: correct x_t
+            x_s, k = last_step
+            x0s, lambdas = zip(history[0], (x0, lam[i]), *history[1:k])
+            x = unipc_update(x_s, x0s, lambdas, sigma[i + 1], alpha[i], sigma[i], lam[i])
+        history.insert(0, (x0, lam[i]))
         del history[order:]
         if i == 0:  # the step to sigma = 0 is first order: the data prediction itself
-            return {"sample": out["pred_xstart"], "pred_xstart": out["pred_xstart"]}
+            return {"sample": x0, "pred_xstart": x0}
         k = step_order(order, num_steps - 1 - i, i)
+        last_step = (x, k)
         x0s, lambdas = zip(*history[:k])
-        sample = dpm_solver_pp_update(
-            x, x0s, lambdas, sigma[i], alpha[i - 1], sigma[i - 1], lam[i - 1], d2_weight
-        )
-        return {"sample": sample, "pred_xstart": out["pred_xstart"]}
+        target = (sigma[i], alpha[i - 1], sigma[i - 1], lam[i - 1])
+        if solver == "unipc":
+            sample = unipc_update(x, x0s, lambdas, *target)
+        else:
+            sample = dpm_solver_pp_update(x, x0s, lambdas, *target, d2_weight)
+        return {"sample": sample, "pred_xstart": x0}
 
     return step
 
 
 # ---------------------------------------------------------------- dispatch
+
+
+def _check_sampler(sampler: str) -> None:
+    if sampler not in SAMPLERS:
+        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
 
 
 def sample(
@@ -212,21 +292,22 @@ def sample(
     """
     Draw a batch of samples with one of ``SAMPLERS``: "ancestral" (Ho et al. 2020,
     ``p_sample_loop``), "ddim" (Song et al. 2021, ``ddim_sample_loop`` with ``eta``),
-    "dpm++2m" / "dpm++3m" (Lu et al. 2022, ``dpm_solver_sample_loop``), each over every
+    "dpm++2m" / "dpm++3m" (Lu et al. 2022) and "unipc" (Zhao et al. 2023, order 3: a
+    second-order predictor with its corrector), the last three through
+    ``dpm_solver_sample_loop``, each over every
     timestep of ``diffusion`` (one model evaluation per timestep).
 
     :param shape: (N, C, H, W).
     :param noise: the starting noise of that shape (default: torch.randn).
     :param cond_fn: guidance gradient of log p(y | x_t), called with the model's timesteps.
-    :param randn: source of the per-step noise of the stochastic samplers (default
-        torch.randn_like); the deterministic ones draw none.
+    :param randn: randn(x) -> noise like x, the source of the starting noise (when ``noise``
+        is None) and of the stochastic samplers' step noise (default torch.randn).
     :param guidance_interval: (lo, hi): call ``cond_fn`` only where sigma_t / alpha_t lies
         in (lo, hi] (Kynkaanniemi et al. 2024); None guides at every step.
     :param counts: if given, the model and classifier calls are added to it.
     :return: [N x C x H x W] samples.
     """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
+    _check_sampler(sampler)
     if counts is not None:
         model = _Counted(model, counts, "model")
         cond_fn = cond_fn and _Counted(cond_fn, counts, "classifier")
@@ -236,10 +317,76 @@ def sample(
         noise=noise, clip_denoised=clip_denoised, denoised_fn=denoised_fn, cond_fn=cond_fn,
         model_kwargs=model_kwargs, device=device, progress=progress,
     )  # fmt: skip
-    if randn is not None and sampler in ("ancestral", "ddim"):
+    if randn is not None:
         kwargs["randn"] = randn
     if sampler == "ancestral":
         return diffusion.p_sample_loop(model, shape, **kwargs)
     if sampler == "ddim":
         return diffusion.ddim_sample_loop(model, shape, eta=eta, **kwargs)
-    return diffusion.dpm_solver_sample_loop(model, shape, order=DPM_SOLVER_ORDERS[sampler], **kwargs)
+    solver, order = MULTISTEP[sampler]
+    return diffusion.dpm_solver_sample_loop(model, shape, order=order, solver=solver, **kwargs)
+
+
+def sampler_fn(
+    diffusion: "GaussianDiffusion",
+    sampler: str = "ancestral",
+    *,
+    eta: float = 0.0,
+    guidance_interval: Optional[tuple[float, float]] = None,
+    counts: Optional[EvaluationCounts] = None,
+) -> Callable[..., torch.Tensor]:
+    """
+    ``sample`` with the sampler fixed, called like ``diffusion.p_sample_loop``.
+
+    :return: sample_fn(model, shape, **loop_kwargs) -> [N x C x H x W] samples; each call
+        adds one to ``counts.batches``.
+    """
+    _check_sampler(sampler)
+
+    def sample_fn(model: Callable, shape: Sequence[int], **kwargs) -> torch.Tensor:
+        if counts is not None:
+            counts.batches += 1
+        return sample(
+            diffusion, model, shape, sampler=sampler, eta=eta,
+            guidance_interval=guidance_interval, counts=counts, **kwargs,
+        )  # fmt: skip
+
+    return sample_fn
+
+
+def sampler_from_flags(sampler: str, use_ddim: bool) -> str:
+    """
+    The sampler that ``--sampler`` and the original ``--use_ddim`` select together:
+    ``--use_ddim True`` means "ddim" unless another sampler is named.
+
+    :raises ValueError: an unknown name, or ``--use_ddim True`` with a non-DDIM sampler.
+    """
+    if sampler not in SAMPLERS:
+        raise ValueError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+    if use_ddim and sampler not in ("ancestral", "ddim"):
+        raise ValueError(f"--use_ddim True selects DDIM and conflicts with --sampler {sampler}")
+    return "ddim" if use_ddim else sampler
+
+
+@dataclass
+class SamplerSetting:
+    """
+    The sampler of a run, as ``--sampler``, ``--use_ddim`` and ``--guidance_interval`` set
+    it, with the evaluation counts of every sample_fn it makes.
+    """
+
+    name: str = "ancestral"
+    guidance_interval: Optional[tuple[float, float]] = None
+    counts: EvaluationCounts = field(default_factory=EvaluationCounts)
+
+    @classmethod
+    def from_flags(cls, sampler: str, use_ddim: bool, guidance_interval: str) -> "SamplerSetting":
+        """:raises ValueError: a bad flag value; the message names the flag."""
+        name = sampler_from_flags(sampler, use_ddim)
+        return cls(name, guidance.parse_guidance_interval(guidance_interval))
+
+    def sample_fn(self, diffusion: "GaussianDiffusion") -> Callable[..., torch.Tensor]:
+        """:return: ``sampler_fn`` for this setting, counting into ``self.counts``."""
+        return sampler_fn(
+            diffusion, self.name, guidance_interval=self.guidance_interval, counts=self.counts
+        )

@@ -32,6 +32,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         create_argparser(), argv, model_path="model", classifier_path="classifier"
     )
     sample_util.check_counts(args.num_samples, args.batch_size)
+    sampler = sample_util.sampler_setting(args)
     num_classes = sample_util.num_classes_of(args)
     class_labels = sample_util.parse_class_labels(args.class_labels, num_classes)
 
@@ -48,7 +49,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     logger.log(f"sampling with classifier scale {args.classifier_scale}...")
     job = sample_util.ImageJob(
         model_fn,
-        sample_util.default_sample_fn(diffusion, args.use_ddim),
+        sampler.sample_fn(diffusion),
         args.image_size,
         args.seed,
         sample_util.class_label_kwargs(class_labels, num_classes),
@@ -64,6 +65,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         grid=args.grid,
         keep_shards=args.keep_shards,
     )
+    logger.log(sampler.counts.per_image())
     logger.log("sampling complete")
 
 

@@ -25,6 +25,7 @@ from guided_diffusion.script_util import add_dict_to_argparser, model_and_diffus
 def main(argv: Optional[list[str]] = None) -> None:
     args = run_config.parse_args(create_argparser(), argv, model_path="model")
     sample_util.check_counts(args.num_samples, args.batch_size)
+    sampler = sample_util.sampler_setting(args)
     class_labels = sample_util.parse_class_labels(
         args.class_labels, sample_util.num_classes_of(args)
     )
@@ -47,7 +48,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         make_kwargs = sample_util.class_label_kwargs(class_labels, sample_util.num_classes_of(args))
     job = sample_util.ImageJob(
         model,
-        sample_util.default_sample_fn(diffusion, args.use_ddim),
+        sampler.sample_fn(diffusion),
         args.image_size,
         args.seed,
         make_kwargs,
@@ -63,6 +64,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         grid=args.grid,
         keep_shards=args.keep_shards,
     )
+    logger.log(sampler.counts.per_image())
     logger.log("sampling complete")
 
 

@@ -25,6 +25,7 @@ from guided_diffusion.script_util import add_dict_to_argparser, sr_model_and_dif
 def main(argv: Optional[list[str]] = None) -> None:
     args = run_config.parse_args(create_argparser(), argv, model_path="super_res")
     sample_util.check_counts(args.num_samples, args.batch_size)
+    sampler = sample_util.sampler_setting(args)
     base = sample_io.load_base_samples(
         args.base_samples, args.small_size, args.class_cond, sample_util.num_classes_of(args)
     )
@@ -48,7 +49,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     model_fn = model if args.class_cond else guidance.labels_to_classifier_only(model)
     job = sample_util.ImageJob(
         model_fn,
-        sample_util.default_sample_fn(diffusion, args.use_ddim),
+        sampler.sample_fn(diffusion),
         args.large_size,
         args.seed,
         sample_util.base_sample_kwargs(base),
@@ -63,6 +64,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         grid=args.grid,
         keep_shards=args.keep_shards,
     )
+    logger.log(sampler.counts.per_image())
     logger.log("sampling complete")
 
 
