@@ -23,16 +23,21 @@ from .io_util import atomic_write
 from .model_loading import load_classifier, load_model_and_diffusion
 from .operators import MASK_NAMES, OPERATOR_NAMES, mask_from_image, named_mask
 from .sample_io import SamplingInputError, image_grid, read_npz_images, save_png
+from .flags import (  # noqa: F401  (importable here as before)
+    EDIT_FLAG_HELP,
+    EDIT_METHODS,
+    ddim_invert_defaults,
+    edit_common_defaults,
+    image_edit_defaults,
+)
 from .sample_util import chunk_seeds, shared_seed, to_uint8_nhwc
-
-METHODS = ("repaint", "sdedit", "ilvr", "dps", "ddnm")
 
 # ---------------------------------------------------------------- flags
 
-# the flags live in flags.py with every other program's; these names stay importable here
-FLAG_HELP = flags.EDIT_FLAG_HELP
-image_edit_defaults = flags.image_edit_defaults
-ddim_invert_defaults = flags.ddim_invert_defaults
+# The editing programs' flags live in flags.py; the names stay importable here.
+FLAG_HELP = EDIT_FLAG_HELP
+METHODS = EDIT_METHODS
+common_defaults = edit_common_defaults
 
 
 # ---------------------------------------------------------------- inputs
@@ -250,13 +255,11 @@ def create_argparser(doc: str, defaults: dict[str, object]) -> argparse.Argument
 
     :param doc: the program's docstring, shown by --help.
     """
-    parser = argparse.ArgumentParser(
-        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    parser = flags.create_parser(doc)
+    flags.add_flags(parser, defaults, helps=EDIT_FLAG_HELP)
+    flags.add_dict_to_argparser(
+        parser, {**flags.model_and_diffusion_defaults(), **flags.classifier_defaults()}
     )
-    flags.add_flags(parser, defaults, helps=FLAG_HELP)
-    model_flags = flags.model_and_diffusion_defaults()
-    model_flags.update(flags.classifier_defaults())
-    flags.add_dict_to_argparser(parser, model_flags)
     return parser
 
 

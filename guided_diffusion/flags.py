@@ -9,8 +9,9 @@ and values, plus the new flags), the help texts, and adding them to a parser.
   ``classifier_train_defaults`` (classifier_train.py), ``TRAIN_LOOP_FLAGS``;
 - sampling: ``sampling_defaults`` (image_sample.py, classifier_sample.py,
   super_res_sample.py) and ``nll_defaults`` (image_nll.py);
+- editing: ``image_edit_defaults``, ``ddim_invert_defaults`` (``EDIT_FLAG_HELP``);
 - help: ``FLAG_HELP`` (every flag), with ``TRAIN_FLAG_HELP`` and ``SAMPLING_FLAG_HELP``
-  wording the flags the way the training and sampling programs use them.
+  (and ``EDIT_FLAG_HELP``) wording the flags the way those programs use them.
 
 A new flag goes into a defaults function here first, so that it reaches the programs and,
 for model flags, the run configuration saved beside every checkpoint (``run_config``).
@@ -20,6 +21,8 @@ The original modules keep these names importable (``script_util``, ``train_util`
 
 import argparse
 from typing import Any, Callable, Optional, Union
+
+from .operators import MASK_NAMES, OPERATOR_NAMES
 
 NUM_CLASSES = 1000
 
@@ -257,6 +260,100 @@ def nll_defaults() -> dict[str, object]:
     )
 
 
+# ---------------------------------------------------------------- editing (image_edit.py, ddim_invert.py)
+
+EDIT_METHODS = ("repaint", "sdedit", "ilvr", "dps", "ddnm")
+
+EDIT_FLAG_HELP = {
+    "method": f"editing method: {', '.join(EDIT_METHODS)}",
+    "operator": f"degradation applied to the input: {', '.join(OPERATOR_NAMES)} "
+    "(repaint needs inpaint; ddnm an operator with a pseudo-inverse: none, inpaint, "
+    "sr_avgpool, colorize)",
+    "input": "the images: a .npz batch (arr_0 uint8 NHWC, arr_1 labels), a folder, or one image",
+    "mask": f"inpainting mask: an image file (white = known) or {', '.join(MASK_NAMES)}",
+    "mask_ratio": "hidden fraction of the 'random' mask (DPS: 0.92)",
+    "mask_seed": "seed of the 'random' mask",
+    "sr_factor": "super-resolution factor of sr_avgpool / sr_bicubic (DPS, DDNM: 4)",
+    "blur_kernel_size": "Gaussian blur kernel side (DPS: 61)",
+    "blur_sigma": "Gaussian blur standard deviation in pixels (DPS: 3.0)",
+    "sigma_y": "measurement noise added to A x, in [-1, 1] units (DPS: 0.05)",
+    "sdedit_strength": "SDEdit t0 / T (paper's examples: 0.5; its code's default 0.4)",
+    "sdedit_repeats": "SDEdit repeats, each from the previous output (paper's examples: 3)",
+    "repaint_jump_length": "RePaint: steps per jump back (paper: 10)",
+    "repaint_jump_n_sample": "RePaint: visits of each jump point (paper: 10)",
+    "repaint_paste": "RePaint: paste the known pixels into the result (paper: False)",
+    "ilvr_down_n": "ILVR low-pass factor N (paper: 4 to 64)",
+    "ilvr_range_t": "ILVR refines only at steps t > range_t (re-spaced indices)",
+    "ilvr_filter": "ILVR low-pass: bicubic (paper) or avgpool (exact projection)",
+    "dps_zeta": "DPS step size zeta' (paper, ImageNet: 1.0 SR x4 and inpainting, 0.4 deblur)",
+    "ddnm_eta": "DDNM share of fresh noise per step (paper: 0.85, 100 steps)",
+    "classifier_scale": "classifier guidance scale with --classifier_path (RePaint: 1.0)",
+    "classifier_path": "optional noisy classifier (.pt) for classifier guidance",
+    "class_labels": "comma-separated class ids cycled over the images; default: the "
+    "input's labels (arr_1), else random classes",
+    "num_samples": "edit the first N input images (0: all)",
+    "batch_size": "images per model call on each rank",
+    "mode": "encode: images -> noise .npz (and report the round-trip error); "
+    "decode: noise .npz -> images",
+    "report_error": "encode: decode again and report the round-trip error",
+    "clip_denoised": "clamp x0 predictions to [-1, 1]",
+}
+
+
+def image_edit_defaults() -> dict[str, object]:
+    """Flags of scripts/image_edit.py besides the model's, with the published values."""
+    return dict(
+        method="repaint",
+        operator="inpaint",
+        input="",
+        mask="half",
+        mask_ratio=0.92,
+        mask_seed=0,
+        sr_factor=4,
+        blur_kernel_size=61,
+        blur_sigma=3.0,
+        sigma_y=0.0,
+        sdedit_strength=0.5,
+        sdedit_repeats=3,
+        repaint_jump_length=10,
+        repaint_jump_n_sample=10,
+        repaint_paste=False,
+        ilvr_down_n=4,
+        ilvr_range_t=0,
+        ilvr_filter="bicubic",
+        dps_zeta=1.0,
+        ddnm_eta=0.85,
+        classifier_path="",
+        classifier_scale=1.0,
+        **edit_common_defaults(),
+    )
+
+
+def ddim_invert_defaults() -> dict[str, object]:
+    """Flags of scripts/ddim_invert.py besides the model's."""
+    return dict(
+        mode="encode",
+        input="",
+        report_error=True,
+        classifier_path="",
+        classifier_scale=1.0,
+        **edit_common_defaults(clip_denoised=False),
+    )
+
+
+def edit_common_defaults(clip_denoised: bool = True) -> dict[str, object]:
+    """The flags both editing programs share."""
+    return dict(
+        clip_denoised=clip_denoised,
+        class_labels="",
+        num_samples=0,
+        batch_size=16,
+        model_path="",
+        seed=None,
+        grid=True,
+    )
+
+
 # ---------------------------------------------------------------- help and parsers
 
 FLAG_HELP = {
@@ -367,101 +464,6 @@ SAMPLING_FLAG_HELP = {
 }
 
 
-# ---------------------------------------------------------------- editing
-
-# Help for the editing programs' flags (image_edit.py, ddim_invert.py); each method's
-# defaults are its paper's values.
-EDIT_FLAG_HELP = {
-    "method": "editing method: repaint, sdedit, ilvr, dps, ddnm",
-    "operator": "degradation applied to the input: none, inpaint, sr_avgpool, sr_bicubic, "
-    "blur, colorize "
-    "(repaint needs inpaint; ddnm an operator with a pseudo-inverse: none, inpaint, "
-    "sr_avgpool, colorize)",
-    "input": "the images: a .npz batch (arr_0 uint8 NHWC, arr_1 labels), a folder, or one image",
-    "mask": "inpainting mask: an image file (white = known) or box, half, random, lines",
-    "mask_ratio": "hidden fraction of the 'random' mask (DPS: 0.92)",
-    "mask_seed": "seed of the 'random' mask",
-    "sr_factor": "super-resolution factor of sr_avgpool / sr_bicubic (DPS, DDNM: 4)",
-    "blur_kernel_size": "Gaussian blur kernel side (DPS: 61)",
-    "blur_sigma": "Gaussian blur standard deviation in pixels (DPS: 3.0)",
-    "sigma_y": "measurement noise added to A x, in [-1, 1] units (DPS: 0.05)",
-    "sdedit_strength": "SDEdit t0 / T (paper's examples: 0.5; its code's default 0.4)",
-    "sdedit_repeats": "SDEdit repeats, each from the previous output (paper's examples: 3)",
-    "repaint_jump_length": "RePaint: steps per jump back (paper: 10)",
-    "repaint_jump_n_sample": "RePaint: visits of each jump point (paper: 10)",
-    "repaint_paste": "RePaint: paste the known pixels into the result (paper: False)",
-    "ilvr_down_n": "ILVR low-pass factor N (paper: 4 to 64)",
-    "ilvr_range_t": "ILVR refines only at steps t > range_t (re-spaced indices)",
-    "ilvr_filter": "ILVR low-pass: bicubic (paper) or avgpool (exact projection)",
-    "dps_zeta": "DPS step size zeta' (paper, ImageNet: 1.0 SR x4 and inpainting, 0.4 deblur)",
-    "ddnm_eta": "DDNM share of fresh noise per step (paper: 0.85, 100 steps)",
-    "classifier_scale": "classifier guidance scale with --classifier_path (RePaint: 1.0)",
-    "classifier_path": "optional noisy classifier (.pt) for classifier guidance",
-    "class_labels": "comma-separated class ids cycled over the images; default: the "
-    "input's labels (arr_1), else random classes",
-    "num_samples": "edit the first N input images (0: all)",
-    "batch_size": "images per model call on each rank",
-    "mode": "encode: images -> noise .npz (and report the round-trip error); "
-    "decode: noise .npz -> images",
-    "report_error": "encode: decode again and report the round-trip error",
-    "clip_denoised": "clamp x0 predictions to [-1, 1]",
-}
-
-
-def image_edit_defaults() -> dict[str, object]:
-    """Flags of scripts/image_edit.py besides the model's, with the published values."""
-    return dict(
-        method="repaint",
-        operator="inpaint",
-        input="",
-        mask="half",
-        mask_ratio=0.92,
-        mask_seed=0,
-        sr_factor=4,
-        blur_kernel_size=61,
-        blur_sigma=3.0,
-        sigma_y=0.0,
-        sdedit_strength=0.5,
-        sdedit_repeats=3,
-        repaint_jump_length=10,
-        repaint_jump_n_sample=10,
-        repaint_paste=False,
-        ilvr_down_n=4,
-        ilvr_range_t=0,
-        ilvr_filter="bicubic",
-        dps_zeta=1.0,
-        ddnm_eta=0.85,
-        classifier_path="",
-        classifier_scale=1.0,
-        **_edit_common_defaults(),
-    )
-
-
-def ddim_invert_defaults() -> dict[str, object]:
-    """Flags of scripts/ddim_invert.py besides the model's."""
-    return dict(
-        mode="encode",
-        input="",
-        report_error=True,
-        classifier_path="",
-        classifier_scale=1.0,
-        **_edit_common_defaults(clip_denoised=False),
-    )
-
-
-def _edit_common_defaults(clip_denoised: bool = True) -> dict[str, object]:
-    """The flags both editing programs share."""
-    return dict(
-        clip_denoised=clip_denoised,
-        class_labels="",
-        num_samples=0,
-        batch_size=16,
-        model_path="",
-        seed=None,
-        grid=True,
-    )
-
-
 def create_parser(
     description: str, *defaults: dict[str, Any], helps: Optional[dict[str, str]] = None
 ) -> argparse.ArgumentParser:
@@ -506,19 +508,21 @@ def add_flags(
     helps: Optional[dict[str, str]] = None,
 ) -> None:
     """
-    Add a sampling program's own flags (not the model flags) with their sampling help;
-    like ``add_dict_to_argparser``, except that ``--seed`` (default None) is an int.
+    Add a sampling (or editing) program's own flags (not the model flags) with their
+    sampling help; like ``add_dict_to_argparser``, except that ``--seed`` (default None) is
+    an int.
 
     :param parser: the parser to extend.
     :param defaults: flag name -> default.
-    :param helps: help texts overriding the sampling ones (e.g. ``EDIT_FLAG_HELP``).
+    :param helps: help texts overriding ``SAMPLING_FLAG_HELP`` (e.g. ``EDIT_FLAG_HELP``).
     """
+    helps = {**SAMPLING_FLAG_HELP, **(helps or {})}
     defaults = dict(defaults)
     if "seed" in defaults:
         default = defaults.pop("seed")
-        text = SAMPLING_FLAG_HELP["seed"]
+        text = helps["seed"]
         parser.add_argument("--seed", type=int, default=default, help=f"{text} (default: {default})")
-    add_dict_to_argparser(parser, defaults, helps={**SAMPLING_FLAG_HELP, **(helps or {})})
+    add_dict_to_argparser(parser, defaults, helps=helps)
 
 
 def args_to_dict(args: argparse.Namespace, keys) -> dict[str, Any]:

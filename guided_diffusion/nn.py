@@ -22,6 +22,13 @@ class GroupNorm32(nn.GroupNorm):
         return super().forward(x.float()).type(x.dtype)
 
 
+def _of_dims(layers: tuple[type, type, type], dims: int) -> type:
+    """:return: the 1D, 2D or 3D layer class of ``layers`` for ``dims``."""
+    if dims not in (1, 2, 3):
+        raise ValueError(f"unsupported dimensions: {dims} (valid: 1, 2, 3)")
+    return layers[dims - 1]
+
+
 def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
     """
     A 1D, 2D or 3D convolution.
@@ -29,10 +36,7 @@ def conv_nd(dims: int, *args, **kwargs) -> nn.Module:
     :param dims: number of spatial dimensions (1, 2 or 3).
     :return: the ``nn.Conv{dims}d`` built from the remaining arguments.
     """
-    layers = {1: nn.Conv1d, 2: nn.Conv2d, 3: nn.Conv3d}
-    if dims not in layers:
-        raise ValueError(f"unsupported dimensions: {dims} (valid: 1, 2, 3)")
-    return layers[dims](*args, **kwargs)
+    return _of_dims((nn.Conv1d, nn.Conv2d, nn.Conv3d), dims)(*args, **kwargs)
 
 
 def linear(*args, **kwargs) -> nn.Linear:
@@ -47,10 +51,7 @@ def avg_pool_nd(dims: int, *args, **kwargs) -> nn.Module:
     :param dims: number of spatial dimensions (1, 2 or 3).
     :return: the ``nn.AvgPool{dims}d`` built from the remaining arguments.
     """
-    layers = {1: nn.AvgPool1d, 2: nn.AvgPool2d, 3: nn.AvgPool3d}
-    if dims not in layers:
-        raise ValueError(f"unsupported dimensions: {dims} (valid: 1, 2, 3)")
-    return layers[dims](*args, **kwargs)
+    return _of_dims((nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d), dims)(*args, **kwargs)
 
 
 def normalization(channels: int) -> nn.Module:

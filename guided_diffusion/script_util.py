@@ -363,18 +363,14 @@ def create_gaussian_diffusion(
     :param timestep_respacing: the steps to keep ("" keeps all; see ``space_timesteps``).
     :return: the diffusion process.
     """
-    if use_kl:
-        loss_type = gd.LossType.RESCALED_KL
-    elif rescale_learned_sigmas:
-        loss_type = gd.LossType.RESCALED_MSE
-    else:
-        loss_type = gd.LossType.MSE
-    if learn_sigma:
-        model_var_type = gd.ModelVarType.LEARNED_RANGE
-    elif sigma_small:
-        model_var_type = gd.ModelVarType.FIXED_SMALL
-    else:
-        model_var_type = gd.ModelVarType.FIXED_LARGE
+    loss_type = _first_set(
+        [(use_kl, gd.LossType.RESCALED_KL), (rescale_learned_sigmas, gd.LossType.RESCALED_MSE)],
+        gd.LossType.MSE,
+    )
+    model_var_type = _first_set(
+        [(learn_sigma, gd.ModelVarType.LEARNED_RANGE), (sigma_small, gd.ModelVarType.FIXED_SMALL)],
+        gd.ModelVarType.FIXED_LARGE,
+    )
     return SpacedDiffusion(
         use_timesteps=space_timesteps(steps, timestep_respacing or [steps]),
         betas=gd.get_named_beta_schedule(noise_schedule, steps),
@@ -383,3 +379,8 @@ def create_gaussian_diffusion(
         loss_type=loss_type,
         rescale_timesteps=rescale_timesteps,
     )
+
+
+def _first_set(choices: Sequence[tuple[bool, Any]], default: Any) -> Any:
+    """:return: the value of the first (flag, value) pair whose flag is set, else ``default``."""
+    return next((value for flag, value in choices if flag), default)
