@@ -25,27 +25,37 @@ def main(argv: Optional[list[str]] = None) -> None:
     if not os.path.isdir(args.data_dir):
         raise FileNotFoundError(f"--data_dir: no such folder: {args.data_dir}")
 
-    dist_util.setup_dist()
-    logger.configure()
-    logger.log("creating model and diffusion...")
-    model, diffusion = sample_util.load_model_and_diffusion(args)
-
-    logger.log("reading the image list...")
     try:
         images = indexed_images(args.data_dir, args.image_size, args.class_cond)
     except ValueError as err:
         raise sample_util.SamplingInputError(f"--data_dir {args.data_dir}: {err}") from None
+    if args.num_samples > len(images):
+        raise sample_util.SamplingInputError(
+            f"--num_samples {args.num_samples} is more than the {len(images)} images in "
+            f"--data_dir {args.data_dir} (each image is counted once): use --num_samples "
+            f"{len(images)} or fewer"
+        )
+
+    dist_util.setup_dist()
+    logger.configure()
+    logger.log("creating model and diffusion...")
+    model, diffusion = sample_util.load_model_and_diffusion(args)
 
     logger.log("evaluating...")
     job = sample_util.BpdJob(
         model,
         diffusion,
         sample_util.dataset_reader(images),
-        sample_util.shared_seed(args.seed),
+        args.seed,
         clip_denoised=args.clip_denoised,
     )
-    metrics = sample_util.evaluate_bpd(
-        job, num_samples=args.num_samples, batch_size=args.batch_size
+    files = {"model_path": args.model_path, "data_dir": args.data_dir}
+    metrics = sample_util.evaluate_bpd_resumable(
+        job,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        identity=sample_util.run_identity(args, files),
+        keep_shards=args.keep_shards,
     )
     logger.log(
         f"bits/dim: {metrics['total_bpd']:.4f} over {args.num_samples} images "
