@@ -46,13 +46,14 @@ from tqdm import tqdm  # noqa: E402
 
 from guided_diffusion import demo_settings as ds  # noqa: E402
 from guided_diffusion import digits_data  # noqa: E402
+from guided_diffusion.script_errors import run_program  # noqa: E402
 
 
 # progress bars: redrawn often on a terminal, every 30 s into a log file
 BAR = dict(dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
 
 
-class DemoError(Exception):
+class DemoError(ValueError):
     """A failure the demo reports as one line (exit status 1)."""
 
 
@@ -258,9 +259,22 @@ def train(args, runner: Runner, split: digits_data.DigitsSplit) -> tuple[str, st
         if os.path.exists(checkpoint):
             print(f"{title}: reusing {checkpoint}")
             continue
+        earlier = latest_model_checkpoint(logdir)
+        if earlier:  # a shorter (or interrupted) earlier run: continue it up to `steps`
+            print(f"{title}: continuing {earlier}")
+            argv = [*argv, "--resume_checkpoint", earlier]
         with tqdm(total=steps, desc=title, unit="step", **BAR) as bar:
             runner.run(name, [sys.executable, *argv], logdir, bar, trained_steps(logdir))
     return model, classifier
+
+
+def latest_model_checkpoint(logdir: str) -> Optional[str]:
+    """:return: the ``model{N}.pt`` of the largest N in ``logdir``, or None."""
+    if not os.path.isdir(logdir):
+        return None
+    steps = {int(m.group(1)): name for name in os.listdir(logdir)
+             if (m := re.fullmatch(r"model(\d+)\.pt", name))}
+    return os.path.join(logdir, steps[max(steps)]) if steps else None
 
 
 def sample(args, runner: Runner, setting: ds.Setting, model: str, classifier: str,
@@ -458,8 +472,6 @@ def report(rows: list[dict], grids: list[str], csv_path: str, md_path: str, runn
 
 if __name__ == "__main__":
     try:
-        main()
-    except (DemoError, ValueError) as err:
-        raise SystemExit(f"demo: error: {err}") from None
+        run_program(main, prog="demo")
     except KeyboardInterrupt:
         raise SystemExit("demo: interrupted") from None

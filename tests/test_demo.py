@@ -154,3 +154,18 @@ def test_bad_flag_is_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("demo: error: --extra_setting: setting 'a b")
     assert not (tmp_path / "x").exists()
+
+
+def test_latest_model_checkpoint_continues_an_earlier_run(demo, tmp_path):
+    # A folder left by a shorter run is continued (--resume_checkpoint), never refused or mixed.
+    assert demo.latest_model_checkpoint(str(tmp_path / "missing")) is None
+    assert demo.latest_model_checkpoint(str(tmp_path)) is None
+    for name in ("model000010.pt", "model000200.pt", "ema_0.9999_000200.pt", "opt000200.pt",
+                 "model000030.json"):
+        (tmp_path / name).write_bytes(b"")
+    assert demo.latest_model_checkpoint(str(tmp_path)) == str(tmp_path / "model000200.pt")
+
+
+def test_program_failure_is_a_user_error(demo):
+    # run_program turns it into one line and exit status 1, like the other programs.
+    assert issubclass(demo.DemoError, ValueError)
