@@ -21,11 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from guided_diffusion.image_datasets import (
-    IMAGE_EXTENSIONS,
-    _list_image_files_recursively,
-    center_crop_arr,
-)
+from guided_diffusion.image_datasets import IMAGE_EXTENSIONS, center_crop_arr, list_image_files
 from guided_diffusion.io_util import atomic_write
 from guided_diffusion.npz_batch import (  # noqa: F401  (importable here as before)
     NpyStreamWriter,
@@ -119,7 +115,7 @@ class ImageSource:
             self._files, shape = None, source.shape
         elif os.path.isdir(source):
             self.name = str(source)
-            self._files = _list_image_files_recursively(source)
+            self._files = list_image_files(source)
             if not self._files:
                 raise ValueError(
                     f"{source}: no {'/'.join(IMAGE_EXTENSIONS)} images found in this folder"

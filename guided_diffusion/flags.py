@@ -247,8 +247,8 @@ def sampling_defaults(**script_flags) -> dict[str, object]:
 
 
 def nll_defaults() -> dict[str, object]:
-    """Defaults of image_nll.py's own flags (the original's, plus ``seed`` and
-    ``save_terms``)."""
+    """Defaults of image_nll.py's own flags (the original's, plus ``seed``, ``save_terms``
+    and ``keep_shards``)."""
     return dict(
         data_dir="",
         clip_denoised=True,
@@ -257,6 +257,7 @@ def nll_defaults() -> dict[str, object]:
         model_path="",
         seed=None,
         save_terms=True,
+        keep_shards=False,
     )
 
 

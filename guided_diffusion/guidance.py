@@ -278,9 +278,12 @@ def guided_model(
 # ---------------------------------------------------------------- guidance interval
 
 
-def parse_guidance_interval(text: str, flag: str = "--guidance_interval") -> Optional[tuple[float, float]]:
+def parse_guidance_interval(
+    text: str, flag: str = "--guidance_interval"
+) -> Optional[tuple[float, float]]:
     """
-    Parse ``--guidance_interval LO,HI``.
+    Parse ``--guidance_interval LO,HI`` (or ``LO:HI``, which fits inside comma-separated
+    lists such as the demo's settings).
 
     :param text: "LO,HI" with 0 <= LO < HI (HI may be "inf"), or "" for guidance at every step.
     :return: (lo, hi), or None for no interval.
@@ -288,7 +291,7 @@ def parse_guidance_interval(text: str, flag: str = "--guidance_interval") -> Opt
     """
     if not text.strip():
         return None
-    parts = text.split(",")
+    parts = text.replace(":", ",").split(",")
     try:
         lo, hi = (float(p) for p in parts)
     except ValueError:
@@ -296,7 +299,7 @@ def parse_guidance_interval(text: str, flag: str = "--guidance_interval") -> Opt
     if len(parts) != 2 or not 0 <= lo < hi:
         raise ValueError(
             f"{flag} must be two noise levels sigma/alpha 'LO,HI' with 0 <= LO < HI "
-            f"(e.g. '0.28,5.42'; HI may be 'inf'), got {text!r}"
+            f"(e.g. '0.28,5.42' or '0.28:5.42'; HI may be 'inf'), got {text!r}"
         )
     return lo, hi
 

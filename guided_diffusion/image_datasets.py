@@ -161,6 +161,14 @@ def _class_index(files: Sequence[str], data_dir: str) -> dict[str, int]:
     return {name: index for index, name in enumerate(names)}
 
 
+def list_image_files(data_dir: str) -> list[str]:
+    """
+    :param data_dir: folder (local path or blobfile URL).
+    :return: the images below it, in the order training and evaluation read them.
+    """
+    return _list_image_files_recursively(data_dir)
+
+
 def _list_image_files_recursively(data_dir: str) -> list[str]:
     """
     :param data_dir: folder (local path or blobfile URL).

@@ -37,7 +37,8 @@ from .guidance import classifier_cond_fn, labels_to_classifier_only  # noqa: F40
 from .image_seeds import ImageRandom
 from .model_loading import load_classifier, load_guide_model  # noqa: F401 (old home)
 from .model_loading import load_model_and_diffusion  # noqa: F401
-from .npz_batch import BatchFileError, NpzWriter
+from .npz_batch import BatchFileError, NpzWriter, read_array
+from .shards import ShardStore, file_identity, previous_seed, run_sharded
 from .run_config import RunConfigError
 from .sample_io import (  # SamplingInputError: the scripts use sample_util's name
     BaseSamples,
@@ -51,8 +52,9 @@ from .shards import ShardStore, file_identity, previous_seed, run_sharded
 
 # A function of (global image indices [n], their random streams) -> model_kwargs for them.
 KwargsFn = Callable[[np.ndarray, ImageRandom], dict[str, torch.Tensor]]
-# A sampler: called like GaussianDiffusion.p_sample_loop(model, shape, *, clip_denoised,
-# cond_fn, model_kwargs, device, randn) -> [N x C x H x W] samples.
+# A sampler: called like GaussianDiffusion.p_sample_loop(model, shape, *, noise,
+# clip_denoised, cond_fn, model_kwargs, device, randn) -> [N x C x H x W] samples; e.g.
+# functools.partial(samplers.sample, diffusion, sampler=name).
 SampleFn = Callable[..., torch.Tensor]
 
 
@@ -283,9 +285,11 @@ class ImageJob:
         indices = np.arange(start, start + count)
         rng = ImageRandom(self.seed, indices, device)
         kwargs = self.make_kwargs(indices, rng)
+        shape = (count, 3, self.image_size, self.image_size)
         sample = self.sample_fn(
             self.model,
-            (count, 3, self.image_size, self.image_size),
+            shape,
+            noise=rng.noise(shape),  # x_T: the first draw of each image's stream
             clip_denoised=self.clip_denoised,
             cond_fn=self.cond_fn,
             model_kwargs={k: v.to(device) for k, v in kwargs.items()},
@@ -462,6 +466,39 @@ def _shared_store(npz_path: str, identity: dict, seed: Optional[int]):
     return reply
 
 
+def run_resumable(
+    final_path: str,
+    identity: dict[str, object],
+    job: "ImageJob | BpdJob",
+    num_items: int,
+    batch_size: int,
+    desc: str = "sample",
+    on_chunk: Optional[Callable[[int, dict[str, np.ndarray]], None]] = None,
+) -> ShardStore:
+    """
+    Compute items 0..N-1 with ``job`` into the shard folder of ``final_path`` for this
+    ``identity``, skipping the shards an earlier run of the same command left there; on
+    return (on every rank) every shard is written.
+
+    :param job: computes a chunk; its ``seed`` None means the earlier run's, else fresh.
+    :param on_chunk: also called with every chunk computed now, on rank 0.
+    :return: the store, whose identity holds the seed used.
+    """
+    store, done = _shared_store(final_path, identity, job.seed)
+    job = dataclasses.replace(job, seed=store.identity["seed"])
+    found = sum(stop - start for start, stop in done if start < num_items)
+    logger.log(f"shards in {store.folder}: found {found} images, {num_items - found} to {desc}")
+
+    def sink(start: int, arrays: dict[str, np.ndarray]) -> None:
+        store.write(start, arrays)
+        if on_chunk is not None:
+            on_chunk(start, arrays)
+
+    run_sharded(num_items, batch_size, job, sink, done, desc=desc)
+    dist_util.barrier()
+    return store
+
+
 def sample_to_npz(
     job: ImageJob,
     *,
@@ -486,26 +523,60 @@ def sample_to_npz(
     check_counts(num_samples, batch_size)
     out_dir = out_dir or logger.get_dir() or "."
     npz_path = bf.join(out_dir, f"samples_{num_samples}x{job.image_size}x{job.image_size}x3.npz")
-    store, done = _shared_store(npz_path, identity, job.seed)
-    job = dataclasses.replace(job, seed=store.identity["seed"])
-    found = sum(stop - start for start, stop in done if start < num_samples)
-    logger.log(
-        f"shards in {store.folder}: found {found} images, {num_samples - found} to sample"
-    )
     start_time = time.time()
-    run_sharded(num_samples, batch_size, job, store.write, done)
-    dist_util.barrier()
+    store = run_resumable(npz_path, identity, job, num_samples, batch_size)
     paths = []
     if dist_util.group_rank() == 0:
         labels = _assemble(store, num_samples, npz_path)
         first = np.concatenate(list(_first_images(store, num_samples, 64)))
         paths = [npz_path] + _write_grid(npz_path, first, grid)
         shape = (num_samples, job.image_size, job.image_size, 3)
-        _log_summary(paths, shape, labels, time.time() - start_time, job.seed)
+        _log_summary(paths, shape, labels, time.time() - start_time, store.identity["seed"])
         if not keep_shards:
             store.remove()
     dist_util.barrier()
     return paths
+
+
+def sample_from_args(
+    args: argparse.Namespace,
+    model: Callable,
+    diffusion: GaussianDiffusion,
+    *,
+    files: dict[str, str],
+    image_size: Optional[int] = None,
+    make_kwargs: KwargsFn = no_kwargs,
+    cond_fn: Optional[Callable] = None,
+    num_samples: Optional[int] = None,
+    sample_fn: Optional[SampleFn] = None,
+) -> list[str]:
+    """
+    The sampling programs' last step: ``sample_to_npz`` with the sampling flags in
+    ``args`` (num_samples, batch_size, seed, use_ddim, clip_denoised, grid, keep_shards).
+
+    :param files: flag -> input file, for the run's identity (see ``run_identity``).
+    :param image_size: H = W of the samples (default ``args.image_size``).
+    :param num_samples: overrides ``args.num_samples``.
+    :param sample_fn: the sampler (default by ``--use_ddim``).
+    :return: the paths written (empty on other ranks).
+    """
+    job = ImageJob(
+        model,
+        sample_fn or default_sample_fn(diffusion, args.use_ddim),
+        image_size or args.image_size,
+        args.seed,
+        make_kwargs,
+        cond_fn=cond_fn,
+        clip_denoised=args.clip_denoised,
+    )
+    return sample_to_npz(
+        job,
+        num_samples=num_samples or args.num_samples,
+        batch_size=args.batch_size,
+        identity=run_identity(args, files),
+        grid=args.grid,
+        keep_shards=args.keep_shards,
+    )
 
 
 def _assemble(store: ShardStore, num_samples: int, npz_path: str) -> Optional[np.ndarray]:
@@ -584,6 +655,31 @@ def dataset_reader(dataset) -> Callable[[int, int], tuple[torch.Tensor, dict[str
     return read
 
 
+class BpdMeans:
+    """Running means of per-image bound terms, logged as chunks come in."""
+
+    def __init__(self, num_samples: int, log: bool = True):
+        self.num_samples, self.log = num_samples, log
+        self.sums: dict[str, np.ndarray] = {}
+        self.count = 0
+
+    def add(self, start: int, terms: dict[str, np.ndarray]) -> None:
+        """:param terms: the BPD_TERMS of one chunk, each [n] or [n x T]."""
+        for key in BPD_TERMS:
+            self.sums[key] = self.sums.get(key, 0.0) + terms[key].sum(0)
+        self.count += len(terms["total_bpd"])
+        if self.log:
+            logger.log(
+                f"{self.count}/{self.num_samples} images: running mean "
+                f"{self.sums['total_bpd'] / self.count:.4f} bits/dim"
+            )
+
+    def means(self) -> dict[str, np.ndarray]:
+        """:return: rank 0's means, on every rank (scalars as floats, terms as [T])."""
+        means = dist_util.broadcast_object({k: v / max(self.count, 1) for k, v in self.sums.items()})
+        return {k: (float(v) if np.ndim(v) == 0 else v) for k, v in means.items()}
+
+
 def evaluate_bpd(job: BpdJob, *, num_samples: int, batch_size: int) -> dict[str, np.ndarray]:
     """
     Bits per dimension of exactly ``num_samples`` data images, split over the ranks like
@@ -593,21 +689,40 @@ def evaluate_bpd(job: BpdJob, *, num_samples: int, batch_size: int) -> dict[str,
         means "vb", "mse", "xstart_mse" ([T], from t = T-1 down to 0), over all images.
     """
     check_counts(num_samples, batch_size)
-    sums: dict[str, np.ndarray] = {}
-    counted = [0]
+    job = dataclasses.replace(job, seed=shared_seed(job.seed))
+    means = BpdMeans(num_samples)
+    run_sharded(num_samples, batch_size, job, means.add, desc="bits/dim")
+    return means.means()
 
-    def add(start: int, terms: dict[str, np.ndarray]) -> None:
-        for key, value in terms.items():
-            sums[key] = sums.get(key, 0.0) + value.sum(0)
-        counted[0] += len(terms["total_bpd"])
-        logger.log(
-            f"{counted[0]}/{num_samples} images: running mean "
-            f"{sums['total_bpd'] / counted[0]:.4f} bits/dim"
-        )
 
-    run_sharded(num_samples, batch_size, job, add, desc="bits/dim")
-    means = dist_util.broadcast_object({k: v / num_samples for k, v in sums.items()})
-    return {k: (float(v) if np.ndim(v) == 0 else v) for k, v in means.items()}
+def evaluate_bpd_resumable(
+    job: BpdJob,
+    *,
+    num_samples: int,
+    batch_size: int,
+    identity: dict[str, object],
+    keep_shards: bool = False,
+    out_dir: Optional[str] = None,
+) -> dict[str, np.ndarray]:
+    """
+    ``evaluate_bpd`` through shards of per-image terms in ``out_dir`` (default: the log
+    directory), so that rerunning a killed command evaluates only the missing images;
+    the shards are removed at the end unless ``keep_shards``.
+    """
+    check_counts(num_samples, batch_size)
+    out_dir = out_dir or logger.get_dir() or "."
+    store = run_resumable(
+        bf.join(out_dir, f"bpd_{num_samples}.npz"), identity, job, num_samples, batch_size,
+        desc="evaluate", on_chunk=BpdMeans(num_samples).add,
+    )  # fmt: skip
+    means = BpdMeans(num_samples, log=False)
+    if dist_util.group_rank() == 0:
+        for start, stop in store.done():
+            if stop <= num_samples:
+                means.add(start, {k: read_array(store.path(start, stop), k) for k in BPD_TERMS})
+        if not keep_shards:
+            store.remove()
+    return means.means()
 
 
 # ---------------------------------------------------------------- running scripts

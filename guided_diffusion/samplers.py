@@ -9,7 +9,7 @@ sqrt(1 - ab_t), lambda_t = log(alpha_t / sigma_t), which grows as t goes to 0. I
 data-prediction form the exact solution of the ODE from s to t (t < s, h = lambda_t -
 lambda_s > 0) is
 
-    x_t = (sigma_t / sigma_s) x_s + sigma_t * integral_{lambda_s}^{lambda_t} e^lambda x0(lambda) dlambda.
+    x_t = (sigma_t / sigma_s) x_s + sigma_t * int_{lambda_s}^{lambda_t} e^lambda x0(lambda) dlambda.
 
 Writing x0(lambda) = m0 + u x0' + u^2 / 2 x0'' + ... with u = lambda - lambda_s and
 integrating term by term (sigma_t e^lambda_s = alpha_t e^-h):
@@ -68,20 +68,20 @@ class EvaluationCounts:
 
 
 class _Counted:
-    """Calls ``fn`` and adds one to ``counts.<field>`` per call; keeps ``parameters()``."""
+    """Calls ``fn`` and adds one to ``counts.<name>`` per call; keeps ``parameters()``."""
 
-    def __init__(self, fn: Callable, counts: EvaluationCounts, field: str):
-        self.fn, self.counts, self.field = fn, counts, field
+    def __init__(self, fn: Callable, counts: EvaluationCounts, name: str):
+        self.fn, self.counts, self.name = fn, counts, name
 
     def parameters(self):
         return self.fn.parameters()
 
     def __call__(self, *args, **kwargs):
-        setattr(self.counts, self.field, getattr(self.counts, self.field) + 1)
+        setattr(self.counts, self.name, getattr(self.counts, self.name) + 1)
         return self.fn(*args, **kwargs)
 
 
-# ---------------------------------------------------------------- DPM-Solver++
+# ---------------------------------------------------------------- DPM-Solver++ and UniPC
 
 
 def vp_log_snr(alphas_cumprod: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -225,7 +225,9 @@ def dpm_solver_stepper(
     :return: step(x [N x ...], t [N]) -> dict with "sample" and "pred_xstart".
     """
     if order not in (1, 2, 3) or solver not in ("dpm++", "unipc"):
-        raise ValueError(f"expected solver 'dpm++' or 'unipc' of order 1, 2 or 3, got {solver!r}, {order}")
+        raise ValueError(
+            f"expected solver 'dpm++' or 'unipc' of order 1, 2 or 3, got {solver!r}, {order}"
+        )
     alpha, sigma, lam = (v.tolist() for v in vp_log_snr(diffusion.alphas_cumprod))  # floats
     num_steps = diffusion.num_timesteps
     history: list[tuple[torch.Tensor, float]] = []  # (x0, lambda), newest first

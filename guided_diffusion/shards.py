@@ -43,9 +43,18 @@ SinkFn = Callable[[int, dict[str, np.ndarray]], None]
 
 def file_identity(path: str, chunk_bytes: int = 1 << 24) -> dict[str, Any]:
     """
-    :param path: a local file (e.g. a checkpoint).
-    :return: {"size": bytes, "sha256": hex digest of the whole file}.
+    :param path: a local file (e.g. a checkpoint), or a folder (e.g. of images to evaluate).
+    :return: {"size": bytes, "sha256": hex digest of the whole file}; for a folder, the
+        digest of the names, sizes and modification times of every file under it.
     """
+    if os.path.isdir(path):
+        listing = sorted(
+            (os.path.relpath(os.path.join(root, name), path), os.stat(os.path.join(root, name)))
+            for root, _, names in os.walk(path)
+            for name in names
+        )
+        text = json.dumps([(name, st.st_size, st.st_mtime_ns) for name, st in listing])
+        return {"files": len(listing), "sha256": hashlib.sha256(text.encode()).hexdigest()}
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(chunk_bytes):

@@ -47,23 +47,14 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     model_fn = model if args.class_cond else guidance.labels_to_classifier_only(model)
     logger.log(f"sampling with classifier scale {args.classifier_scale}...")
-    job = sample_util.ImageJob(
+    sample_util.sample_from_args(
+        args,
         model_fn,
-        sampler.sample_fn(diffusion),
-        args.image_size,
-        args.seed,
-        sample_util.class_label_kwargs(class_labels, num_classes),
+        diffusion,
+        files={"model_path": args.model_path, "classifier_path": args.classifier_path},
+        make_kwargs=sample_util.class_label_kwargs(class_labels, num_classes),
+        sample_fn=sampler.sample_fn(diffusion),
         cond_fn=guidance.classifier_cond_fn(classifier, args.classifier_scale),
-        clip_denoised=args.clip_denoised,
-    )
-    files = {"model_path": args.model_path, "classifier_path": args.classifier_path}
-    sample_util.sample_to_npz(
-        job,
-        num_samples=args.num_samples,
-        batch_size=args.batch_size,
-        identity=sample_util.run_identity(args, files, program="classifier_sample"),
-        grid=args.grid,
-        keep_shards=args.keep_shards,
     )
     logger.log(sampler.counts.per_image())
     logger.log("sampling complete")

@@ -41,11 +41,16 @@ def main(argv: Optional[list[str]] = None) -> None:
         model,
         diffusion,
         sample_util.dataset_reader(images),
-        sample_util.shared_seed(args.seed),
+        args.seed,
         clip_denoised=args.clip_denoised,
     )
-    metrics = sample_util.evaluate_bpd(
-        job, num_samples=args.num_samples, batch_size=args.batch_size
+    files = {"model_path": args.model_path, "data_dir": args.data_dir}
+    metrics = sample_util.evaluate_bpd_resumable(
+        job,
+        num_samples=args.num_samples,
+        batch_size=args.batch_size,
+        identity=sample_util.run_identity(args, files),
+        keep_shards=args.keep_shards,
     )
     logger.log(
         f"bits/dim: {metrics['total_bpd']:.4f} over {args.num_samples} images "

@@ -46,23 +46,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     make_kwargs = sample_util.no_kwargs
     if args.class_cond:
         make_kwargs = sample_util.class_label_kwargs(class_labels, sample_util.num_classes_of(args))
-    job = sample_util.ImageJob(
+    sample_util.sample_from_args(
+        args,
         model,
-        sampler.sample_fn(diffusion),
-        args.image_size,
-        args.seed,
-        make_kwargs,
-        clip_denoised=args.clip_denoised,
-    )
-    sample_util.sample_to_npz(
-        job,
-        num_samples=args.num_samples,
-        batch_size=args.batch_size,
-        identity=sample_util.run_identity(
-            args, {"model_path": args.model_path}, program="image_sample"
-        ),
-        grid=args.grid,
-        keep_shards=args.keep_shards,
+        diffusion,
+        files={"model_path": args.model_path},
+        make_kwargs=make_kwargs,
+        sample_fn=sampler.sample_fn(diffusion),
     )
     logger.log(sampler.counts.per_image())
     logger.log("sampling complete")

@@ -49,22 +49,15 @@ def main(argv: Optional[list[str]] = None) -> None:
     logger.log(f"upsampling {num_samples} images to {args.large_size}x{args.large_size}...")
     # the base labels stay beside their images; they go to the model only when it takes them
     model_fn = model if args.class_cond else guidance.labels_to_classifier_only(model)
-    job = sample_util.ImageJob(
+    sample_util.sample_from_args(
+        args,
         model_fn,
-        sampler.sample_fn(diffusion),
-        args.large_size,
-        args.seed,
-        sample_util.base_sample_kwargs(base),
-        clip_denoised=args.clip_denoised,
-    )
-    files = {"model_path": args.model_path, "base_samples": args.base_samples}
-    sample_util.sample_to_npz(
-        job,
+        diffusion,
+        files={"model_path": args.model_path, "base_samples": args.base_samples},
+        image_size=args.large_size,
+        make_kwargs=sample_util.base_sample_kwargs(base),
+        sample_fn=sampler.sample_fn(diffusion),
         num_samples=num_samples,
-        batch_size=args.batch_size,
-        identity=sample_util.run_identity(args, files, program="super_res_sample"),
-        grid=args.grid,
-        keep_shards=args.keep_shards,
     )
     logger.log(sampler.counts.per_image())
     logger.log("sampling complete")

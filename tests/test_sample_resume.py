@@ -11,7 +11,8 @@ import subprocess
 import sys
 import time
 
-import pytest
+import numpy as np
+from PIL import Image
 
 from test_sample_scripts import (  # noqa: F401  (ckpt is a fixture)
     CLASSIFIER,
@@ -99,3 +100,27 @@ def test_unseeded_rerun_resumes_with_the_first_runs_seed(ckpt, tmp_path):
     again = run("image_sample.py", args, tmp_path)
     assert f"resuming the unseeded run found beside" in again.stdout and f"seed {seed}" in again.stdout
     assert "found 3 images, 0 to sample" in again.stdout
+
+
+def test_image_nll_resumes_from_its_per_image_terms(ckpt, tmp_path):
+    data = tmp_path / "data"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 256, (16, 16, 3), dtype=np.uint8)).save(data / f"{i}.png")
+    args = sample_flags(ckpt, model="uncond", num_samples=3, batch_size=2)
+    args += ["--data_dir", str(data), "--keep_shards", "True"]
+    first = run("image_nll.py", args, tmp_path / "log")
+    assert "found 0 images, 3 to evaluate" in first.stdout
+    again = run("image_nll.py", args, tmp_path / "log")
+    assert "found 3 images, 0 to evaluate" in again.stdout
+
+    def bpd(result):
+        return [line for line in result.stdout.splitlines() if line.startswith("bits/dim:")]
+
+    assert bpd(first) == bpd(again) and len(bpd(first)) == 1
+    # two ranks, another batch size: the same per-image terms, so the same figure
+    other_args = sample_flags(ckpt, model="uncond", num_samples=3, batch_size=1)
+    other_args += ["--data_dir", str(data)]
+    other = run("image_nll.py", other_args, tmp_path / "two", launcher="torchrun")
+    assert bpd(other) == bpd(first)

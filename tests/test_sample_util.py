@@ -338,3 +338,37 @@ def test_read_npz_images_accepts_grey_and_labels(tmp_path):
     assert sample_io.read_npz_images(labelled)[1].tolist() == [3, 4]
     with pytest.raises(ValueError, match="no array named 'mu'"):
         sample_io.read_npz_images(labelled, key="mu")
+
+
+def test_sample_to_npz_checks_the_folder_before_sampling(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    model = ConvEps()
+    job = sample_util.ImageJob(
+        model, spaced_diffusion().p_sample_loop, 8, seed=0,
+        make_kwargs=sample_util.class_label_kwargs(None, 3), device=torch.device("cpu"),
+    )  # fmt: skip
+    with pytest.raises(sample_util.SamplingInputError, match="cannot write the samples beside"):
+        sample_util.sample_to_npz(
+            job, num_samples=2, batch_size=2, identity={"files": {}},
+            out_dir=str(tmp_path / "file" / "out"),
+        )  # fmt: skip
+    assert not model.seen_labels  # nothing was sampled
+
+
+def test_sample_to_npz_matches_sample_images(tmp_path):
+    model, diffusion = ConvEps(), spaced_diffusion()
+    make = sample_util.class_label_kwargs(None, num_classes=3)
+    job = sample_util.ImageJob(
+        model, diffusion.p_sample_loop, 8, seed=4, make_kwargs=make, device=torch.device("cpu")
+    )
+    paths = sample_util.sample_to_npz(
+        job, num_samples=5, batch_size=2, identity={"files": {}}, out_dir=str(tmp_path)
+    )
+    memory = sample_util.sample_images(
+        model, diffusion, num_samples=5, batch_size=3, image_size=8, make_kwargs=make, seed=4,
+        device=torch.device("cpu"),
+    )  # fmt: skip
+    with np.load(paths[0]) as npz:
+        assert np.array_equal(npz["arr_0"], memory.images)
+        assert np.array_equal(npz["arr_1"], memory.labels) and npz["arr_1"].dtype == np.int64
+    assert sorted(os.listdir(tmp_path)) == ["samples_5x8x8x3.npz", "samples_5x8x8x3.png"]

@@ -70,7 +70,9 @@ class GaussianModel(torch.nn.Module):
         return out
 
 
-def grid_diffusion(alphas_cumprod, mean_type=gd.ModelMeanType.EPSILON, var_type=gd.ModelVarType.FIXED_SMALL):
+def grid_diffusion(
+    alphas_cumprod, mean_type=gd.ModelMeanType.EPSILON, var_type=gd.ModelVarType.FIXED_SMALL
+):
     """A process whose steps have exactly the given ab (index 0 least noisy)."""
     ab = np.asarray(alphas_cumprod, dtype=np.float64)
     return gd.GaussianDiffusion(
@@ -85,7 +87,7 @@ def lambda_grid(num_steps: int, lam_min: float = -5.0, lam_max: float = 5.0) -> 
     return 1.0 / (1.0 + np.exp(-2.0 * lam))
 
 
-def spaced(num_steps: int, base_steps: int = 1000, schedule: str = "cosine", **kwargs) -> SpacedDiffusion:
+def spaced(num_steps: int, base_steps=1000, schedule="cosine", **kwargs) -> SpacedDiffusion:
     return SpacedDiffusion(
         space_timesteps(base_steps, [num_steps]),
         betas=gd.get_named_beta_schedule(schedule, base_steps),
@@ -117,14 +119,19 @@ def solve(diffusion, sampler: str, model=None, **kwargs) -> torch.Tensor:
     if model is None:
         model = GaussianModel(diffusion, kwargs.pop("alphas_cumprod", None))
     kwargs.setdefault("clip_denoised", False)
-    return samplers.sample(diffusion, model, SHAPE, sampler=sampler, noise=noise(), device="cpu", **kwargs)
+    return samplers.sample(
+        diffusion, model, SHAPE, sampler=sampler, noise=noise(), device="cpu", **kwargs
+    )
 
 
 def solve_3m(diffusion, d2_weight: float) -> torch.Tensor:
     model = GaussianModel(diffusion)
-    step = samplers.dpm_solver_stepper(diffusion, model, order=3, clip_denoised=False, d2_weight=d2_weight)
+    step = samplers.dpm_solver_stepper(
+        diffusion, model, order=3, clip_denoised=False, d2_weight=d2_weight
+    )
     indices = list(range(diffusion.num_timesteps))[::-1]
-    return diffusion._last(diffusion._loop_progressive(step, model, SHAPE, indices, noise(), "cpu", False, ""))
+    outputs = diffusion._loop_progressive(step, model, SHAPE, indices, noise(), "cpu", False, "")
+    return diffusion._last(outputs)
 
 
 def solve_multistep(diffusion, solver: str, order: int) -> torch.Tensor:
@@ -158,7 +165,8 @@ SOLVERS = {
 )  # fmt: skip
 def test_deterministic_samplers_converge_with_their_order(name, low, high):
     """log2 of the error ratio between N and 2N steps on a lambda-uniform grid."""
-    errors = [max_error(grid_diffusion(lambda_grid(n)), SOLVERS[name](grid_diffusion(lambda_grid(n)))) for n in (20, 40, 80)]
+    grids = [grid_diffusion(lambda_grid(n)) for n in (20, 40, 80)]
+    errors = [max_error(d, SOLVERS[name](d)) for d in grids]
     orders = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
     assert low <= orders[-1] <= high, (errors, orders)
     assert errors[-1] < errors[0]
@@ -278,8 +286,9 @@ def test_clip_and_denoised_fn_apply_to_the_data_prediction():
         return x0 * 2.0
 
     out = samplers.sample(
-        diffusion, model, SHAPE, sampler="dpm++3m", noise=noise() * 3, denoised_fn=denoised_fn, clip_denoised=True
-    )
+        diffusion, model, SHAPE, sampler="dpm++3m", noise=noise() * 3, denoised_fn=denoised_fn,
+        clip_denoised=True,
+    )  # fmt: skip
     assert len(seen) == 8 and out.abs().max() <= 1.0
 
 
@@ -310,7 +319,9 @@ def test_real_networks_class_conditional_and_super_resolution(kind):
     out = samplers.sample(
         diffusion, model, (2, 3, 8, 8), sampler="dpm++3m", noise=x_start, model_kwargs=kwargs, counts=counts
     )
-    again = samplers.sample(diffusion, model, (2, 3, 8, 8), sampler="dpm++3m", noise=x_start, model_kwargs=kwargs)
+    again = samplers.sample(
+        diffusion, model, (2, 3, 8, 8), sampler="dpm++3m", noise=x_start, model_kwargs=kwargs
+    )
     assert torch.isfinite(out).all() and out.abs().max() <= 1.0
     assert torch.equal(out, again)
     assert counts == samplers.EvaluationCounts(model=6, classifier=0)
@@ -353,7 +364,8 @@ def test_solver_guidance_is_the_condition_score_shift():
     seen = []
     cond_fn = gradient_toward(1.0, 2.0, seen)
     dpm = solve(diffusion, "dpm++2m", alphas_cumprod=ab, cond_fn=cond_fn)
-    torch.testing.assert_close(dpm, solve(diffusion, "ddim", alphas_cumprod=ab, cond_fn=cond_fn), atol=1e-5, rtol=1e-5)
+    ddim = solve(diffusion, "ddim", alphas_cumprod=ab, cond_fn=cond_fn)
+    torch.testing.assert_close(dpm, ddim, atol=1e-5, rtol=1e-5)
     assert (dpm - solve(diffusion, "dpm++2m", alphas_cumprod=ab)).mean() > 0.1
     assert [int(t[0]) for t in seen[:2]] == [999, 0]  # the classifier sees original timesteps
 
@@ -412,13 +424,13 @@ def test_interval_masks_images_at_different_levels():
 
 @pytest.mark.parametrize(
     "text, expected",
-    [("", None), ("0.28,5.42", (0.28, 5.42)), ("0,inf", (0.0, math.inf))],
+    [("", None), ("0.28,5.42", (0.28, 5.42)), ("0,inf", (0.0, math.inf)), ("0.5:2", (0.5, 2.0))],
 )
 def test_parse_guidance_interval(text, expected):
     assert parse_guidance_interval(text) == expected
 
 
-@pytest.mark.parametrize("text", ["1", "2,1", "a,b", "-1,2", "1,2,3", "1,1"])
+@pytest.mark.parametrize("text", ["1", "2,1", "a,b", "-1,2", "1,2,3", "1,1", "1:2:3", "1;2"])
 def test_parse_guidance_interval_rejects_bad_values(text):
     with pytest.raises(ValueError, match="--guidance_interval must be two noise levels"):
         parse_guidance_interval(text)
@@ -432,7 +444,8 @@ def test_interval_as_active_fn_for_model_wrappers():
     ab = base_alphas_cumprod()
     levels = np.sqrt((1 - diffusion.alphas_cumprod) / diffusion.alphas_cumprod)
     guide = GaussianModel(diffusion, ab)
-    wrapped = AutoGuidance(GaussianModel(diffusion, ab), guide, 2.0, interval_active(diffusion, (levels[2], levels[6])))
+    active = interval_active(diffusion, (levels[2], levels[6]))
+    wrapped = AutoGuidance(GaussianModel(diffusion, ab), guide, 2.0, active)
     solve(diffusion, "dpm++2m", model=wrapped)
     assert [int(t[0]) for t in guide.seen] == [diffusion.timestep_map[i] for i in (6, 5, 4, 3)]
 
