@@ -12,6 +12,7 @@ import hashlib
 import itertools
 import json
 import os
+import time
 import warnings
 import zipfile
 from collections.abc import Iterator
@@ -21,13 +22,19 @@ import numpy as np
 import torch
 from PIL import Image
 
-from guided_diffusion.image_datasets import IMAGE_EXTENSIONS, center_crop_arr, list_image_files
+from guided_diffusion.image_datasets import (
+    IMAGE_EXTENSIONS,
+    center_crop_arr,
+    list_image_files,
+    to_rgb,
+)
 from guided_diffusion.io_util import atomic_write
 from guided_diffusion.npz_batch import (  # noqa: F401  (importable here as before)
     NpyStreamWriter,
     NpzArrayReader,
     NpzWriter,
     check_images,
+    check_npz,
     npz_keys,
 )
 
@@ -37,6 +44,8 @@ POOL_DIM = 2048
 SPATIAL_DIM = 2023
 # Bump when the layout of cached activation files changes.
 CACHE_VERSION = 1
+# A remembered file digest is trusted only for files unchanged (ctime) this long before hashing.
+CTIME_MARGIN_NS = 2_000_000_000
 STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
 
 
@@ -61,6 +70,7 @@ def read_reference_statistics(
     :return: {"mu", "sigma", "mu_s", "sigma_s"} as float64 arrays, or None when the batch has
              none of them. A batch with only some of them, or with wrong shapes, raises ValueError.
     """
+    check_npz(path)
     keys = set(npz_keys(path))
     present = [key for key in STAT_KEYS if key in keys]
     if not present:
@@ -86,6 +96,12 @@ def read_reference_statistics(
                 raise ValueError(
                     f"{path}: statistic {key!r} has shape {stats[key].shape}, expected {shape}"
                 )
+    bad = [key for key in STAT_KEYS if not np.isfinite(stats[key]).all()]
+    if bad:
+        raise ValueError(
+            f"{path}: statistics {bad} hold NaN or infinite values; recompute them "
+            "(evaluator.py --make_ref) or remove them to let the evaluator use the images"
+        )
     return stats
 
 
@@ -139,9 +155,10 @@ class ImageSource:
         try:
             with Image.open(path) as image:
                 image.load()
+                rgb = to_rgb(image, path)  # 16-bit PNGs at their real scale
                 if self.image_size is not None:
-                    return center_crop_arr(image.convert("RGB"), self.image_size)
-                return np.asarray(image.convert("RGB"))
+                    return center_crop_arr(rgb, self.image_size)
+                return np.asarray(rgb)
         except OSError as err:
             raise ValueError(f"{path}: cannot read this image ({err})") from err
 
@@ -233,23 +250,39 @@ def _check_activations(acts: dict, count: int, name: str) -> None:
 def file_sha256(path: str, chunk_bytes: int = 1 << 24) -> str:
     """
     The SHA-256 of a file's bytes, read in chunks (about 10 s for a 9.8 GB batch). The digest
-    is remembered in user_cache_dir() under the file's absolute path, size and modification
-    time, so an unchanged batch is read once rather than at every evaluation.
+    is remembered in user_cache_dir() under the file's absolute path, size, modification
+    time, device, inode and status-change time, so an unchanged batch is read once rather than
+    at every evaluation. ``cp`` and ``touch -r`` can restore size and modification time but
+    not the status-change time (ctime), which every write and ``touch`` sets to now; a
+    digest is trusted only when the file's ctime was CTIME_MARGIN_NS older than the hashing,
+    so a change made within the file system's timestamp granularity of it is never missed.
 
     :return: the hex digest.
     """
     stat = os.stat(path)
-    stamp = {"path": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+    stamp = {
+        "path": os.path.abspath(path),
+        "size": stat.st_size,
+        "mtime_ns": stat.st_mtime_ns,
+        "dev": stat.st_dev,
+        "ino": stat.st_ino,
+        "ctime_ns": stat.st_ctime_ns,
+    }
     memo = os.path.join(
         user_cache_dir(), "sha256", hashlib.sha256(stamp["path"].encode()).hexdigest()[:32] + ".json"
     )
     try:
         with open(memo) as f:
             saved = json.load(f)
-        if all(saved.get(k) == v for k, v in stamp.items()) and isinstance(saved.get("sha256"), str):
+        if (
+            all(saved.get(k) == v for k, v in stamp.items())
+            and isinstance(saved.get("sha256"), str)
+            and saved.get("hashed_at_ns", 0) - stamp["ctime_ns"] > CTIME_MARGIN_NS
+        ):
             return saved["sha256"]
-    except (OSError, ValueError):
+    except (OSError, ValueError, TypeError):
         pass  # no memo yet, or an unreadable one: hash the file
+    stamp["hashed_at_ns"] = time.time_ns()
     digest = hashlib.sha256()
     with open(path, "rb") as f:
         while chunk := f.read(chunk_bytes):

@@ -17,6 +17,7 @@ returns the metrics as a dict.
 import argparse
 import os
 import sys
+import warnings
 from typing import Callable
 
 if __package__ in (None, ""):  # run as a script: make the repository root importable
@@ -37,6 +38,7 @@ from evaluations.metrics import (
     inception_score,
     precision_recall,
 )
+from guided_diffusion.script_errors import USER_ERRORS, debugging, describe
 
 # Precision / recall need k + 1 = 4 images for the k = 3 nearest-neighbour radii.
 MIN_IMAGES = 4
@@ -52,13 +54,14 @@ def _load_extractor(weights: str | None, device: str | None, download: bool) -> 
     return load_inception(weights=weights, device=device, download=download)
 
 
-def check_batch(source: str | np.ndarray) -> None:
+def check_batch(source: str | np.ndarray) -> tuple[int, ...]:
     """
     Raise a clear error for a batch the evaluator cannot use (checked before any Inception work):
     a missing file, no ``arr_0``, not uint8 [N x H x W x 3], fewer than MIN_IMAGES images, or
     stored statistics of the wrong shapes.
 
     :param source: an .npz path, an image folder or a uint8 [N x H x W x 3] array.
+    :return: the shape of its images, (N, H, W, 3).
     """
     images = ImageSource(source)
     if len(images) < MIN_IMAGES:
@@ -68,6 +71,19 @@ def check_batch(source: str | np.ndarray) -> None:
         )
     if isinstance(source, (str, os.PathLike)) and not os.path.isdir(source):
         read_reference_statistics(str(source), pool_dim=None, spatial_dim=None)
+    return images.shape
+
+
+def warn_if_sizes_differ(ref_shape: tuple[int, ...], sample_shape: tuple[int, ...]) -> None:
+    """Warn when the reference and sample images have different resolutions (FID is then
+    not comparable with published numbers, which use the same resolution for both)."""
+    if tuple(ref_shape[1:3]) != tuple(sample_shape[1:3]):
+        warnings.warn(
+            f"the reference images are {ref_shape[1]}x{ref_shape[2]} but the samples are "
+            f"{sample_shape[1]}x{sample_shape[2]}: both are resized to 299x299, so the scores "
+            "compare different resolutions (use a reference batch of the samples' size)",
+            stacklevel=2,
+        )
 
 
 def _statistics(source: str | np.ndarray, acts: dict) -> dict[str, np.ndarray]:
@@ -114,8 +130,7 @@ def evaluate(
               "fid", "sfid", "precision", "recall": floats}.
     """
     log = log or (lambda message: None)
-    check_batch(ref_batch)
-    check_batch(sample_batch)
+    warn_if_sizes_differ(check_batch(ref_batch), check_batch(sample_batch))
     if extractor is None:
         extractor = _load_extractor(inception_weights, device, download=True)
     log("computing reference batch activations...")
@@ -231,8 +246,10 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
         )
     try:
         run(args, extractor)
-    except (ValueError, FileNotFoundError) as err:
-        raise SystemExit(f"error: {err}") from err
+    except USER_ERRORS as err:  # one line and exit status 1; GUIDED_DIFFUSION_DEBUG=1: traceback
+        if debugging():
+            raise
+        raise SystemExit(f"evaluator.py: error: {describe(err)}") from None
 
 
 def run(args: argparse.Namespace, extractor: torch.nn.Module | None = None) -> None:

@@ -116,7 +116,13 @@ def frechet_distance(
         tr_covmean = trace_sqrt_product(sigma1 + offset, sigma2 + offset)
         if not math.isfinite(tr_covmean):
             raise ValueError("Frechet distance: the covariances are not finite")
-    return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+    distance = float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_covmean)
+    # Identical statistics give 0 up to rounding (e.g. -2.4e-05 from the square root): the
+    # distance is never negative, so report 0; a clearly negative value is a numerical failure.
+    scale = float(np.trace(sigma1) + np.trace(sigma2) + diff @ diff)
+    if distance < -1e-6 * max(scale, 1.0):
+        warnings.warn(f"Frechet distance: {distance} is negative beyond rounding; reporting 0")
+    return max(distance, 0.0)
 
 
 def compute_fid(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:

@@ -115,7 +115,20 @@ def read_state_dict(path: Union[str, os.PathLike], map_location="cpu") -> dict[s
     """
     obj = read_checkpoint(path, map_location=map_location)
     _check_state_dict(obj, os.fspath(path))
+    _check_finite(obj, os.fspath(path))
     return obj
+
+
+def _check_finite(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
+    """Raise a ValueError when a floating-point tensor holds NaN or infinite values."""
+    bad = [
+        k for k, v in state_dict.items() if v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+    if bad:
+        raise ValueError(
+            f"{source}: {len(bad)} of its {len(state_dict)} tensors hold NaN or infinite values "
+            f"(first: {bad[0]}): it was saved by a run that diverged; use an earlier checkpoint"
+        )
 
 
 def read_optimizer_state(path: Union[str, os.PathLike], map_location="cpu") -> dict[str, Any]:
@@ -412,6 +425,9 @@ def _likely_causes(
     def differs(key: str) -> bool:
         return key in ckpt and key in ours and ckpt[key] != ours[key]
 
+    kind = _other_kind_of_network(model, found)
+    if kind:
+        return [kind]  # the layout hints would compare a classifier with a UNet: misleading
     if len(found) and all(k.startswith("module.") for k in found):
         hints.append(
             "every key starts with 'module.': the state dict was saved from a "
@@ -470,6 +486,27 @@ def _likely_causes(
         )
     hints += _layout_causes(model, ckpt, ours, flag, differs)
     return hints
+
+
+def _other_kind_of_network(model: nn.Module, found: dict[str, tuple]) -> Optional[str]:
+    """
+    :return: a hint when the checkpoint holds a diffusion UNet and the model is a classifier
+        (an encoder), or the other way round; None when both are of one kind.
+    """
+    has_decoder = any(k.startswith("output_blocks.") for k in found)
+    has_encoder = any(k.startswith("input_blocks.") for k in found)
+    if isinstance(model, EncoderUNetModel) and has_decoder:
+        return (
+            "the checkpoint is a diffusion model (it has output blocks), not a noisy "
+            "classifier: give it as --model_path; --classifier_path takes a classifier "
+            "trained by classifier_train.py (e.g. 64x64_classifier.pt)"
+        )
+    if not isinstance(model, EncoderUNetModel) and has_encoder and not has_decoder:
+        return (
+            "the checkpoint is a noisy classifier (no output blocks), not a diffusion model: "
+            "give it as --classifier_path; --model_path takes a diffusion model"
+        )
+    return None
 
 
 def _layout_causes(

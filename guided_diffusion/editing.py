@@ -82,7 +82,7 @@ def ddim_invert(
 ) -> torch.Tensor:
     """
     Encode images into the noise x_{T-1} from which DDIM (eta 0, no clipping) decodes
-    them: the DDIM ODE run forwards (Song et al. 2021, Sec. 4.3),
+    them: the DDIM ODE run forwards (Song et al. 2021),
     x_{t+1} = sqrt(ab_{t+1}) x0(x_t) + sqrt(1 - ab_{t+1}) eps(x_t), with x0 NOT clipped.
     The clean image is evaluated at timestep 0.
 
@@ -147,7 +147,7 @@ def sdedit(
     progress: bool = False,
 ) -> torch.Tensor:
     """
-    SDEdit (Meng et al. 2022, Algorithms 1 and 3): noise the guide to level t0 =
+    SDEdit (Meng et al. 2022): noise the guide to level t0 =
     round(strength * T), x_t0 = sqrt(ab_t0) guide + sqrt(1 - ab_t0) e, and take ancestral
     steps back to 0; each repeat starts from the previous output. With ``keep_mask``
     the kept region is reset after every step to the guide noised with the same e.

@@ -6,19 +6,22 @@ master weights with dynamic loss scaling (``MixedPrecisionTrainer``), and bfloat
 import contextlib
 import math
 from collections.abc import Iterable
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
 from . import logger
 
-_FP16_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+# As in the original, only convolutions run in float16: linear layers (the timestep
+# projections of the residual blocks, the classifiers' spatial heads) stay float32.
+_FP16_LAYERS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
 def convert_module_to_f16(module: nn.Module) -> None:
     """
-    Convert the weight and bias of a convolution or linear layer to float16;
-    other modules are left alone. Meant for ``model.apply``.
+    Convert the weight and bias of a convolution to float16; other modules (linear
+    layers included) are left alone. Meant for ``model.apply``.
     """
     if isinstance(module, _FP16_LAYERS):
         module.weight.data = module.weight.data.half()
@@ -155,17 +158,26 @@ def zero_master_grads(master_params: Iterable[torch.Tensor]) -> None:
         param.grad = None
 
 
+# fp16: a run of this many skipped steps in a row (each halving the loss scale) means the
+# gradients are not finite whatever the scale: training stops instead of skipping forever.
+MAX_SKIPPED_FP16_STEPS = 20
+
+
+class NonFiniteLossError(ValueError):
+    """Training produced a loss, gradient or weight that is infinite or NaN."""
+
+
 def check_overflow(value: float) -> bool:
     """:return: True when ``value`` (a gradient norm) is infinite or NaN."""
     return not math.isfinite(value)
 
 
-def _global_norm(tensors: list[torch.Tensor]) -> float:
-    """:return: the 2-norm of all ``tensors`` together, in float32 (one device sync)."""
+def _global_norm(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """:return: the 2-norm of all ``tensors`` together, a float32 scalar tensor (no sync)."""
     if not tensors:
-        return 0.0
+        return torch.zeros((), dtype=torch.float32)
     norms = torch.stack([torch.linalg.vector_norm(t, dtype=torch.float32) for t in tensors])
-    return torch.linalg.vector_norm(norms).item()
+    return torch.linalg.vector_norm(norms)
 
 
 def check_precision(use_fp16: bool, use_bf16: bool, fp16_flag: str = "use_fp16") -> None:
@@ -187,17 +199,24 @@ class MixedPrecisionTrainer:
       The loss is multiplied by ``2 ** lg_loss_scale`` before ``backward``; gradients are
       copied to the masters and divided by the scale. A step whose gradients are not finite
       is skipped and halves the scale (``lg_loss_scale -= 1``); every good step grows it by
-      ``fp16_scale_growth`` (in log2 units).
+      ``fp16_scale_growth`` (in log2 units). After ``max_skipped_steps`` skipped steps in a
+      row a ``NonFiniteLossError`` is raised.
     - ``use_bf16``: the parameters stay float32 and are their own masters; the forward pass
       runs under ``torch.autocast`` in bfloat16 (enter ``autocast()`` around it). bfloat16
       has float32's exponent range, so no loss scaling is needed and no step is skipped.
       Checkpoints are therefore plain float32 state dicts in every mode.
+
+    In float32 and bfloat16 a non-finite loss, gradient or weight raises a
+    ``NonFiniteLossError`` before the optimizer step, so the weights stay those of the last
+    good step.
 
     :param model: the network (not wrapped in DistributedDataParallel).
     :param use_fp16: train a float16 model with float32 master weights.
     :param fp16_scale_growth: log2 scale added after every good fp16 step.
     :param initial_lg_loss_scale: log2 of the initial fp16 loss scale.
     :param use_bf16: run the forward pass in bfloat16 autocast.
+    :param max_skipped_steps: fp16: stop after this many skipped steps in a row (default
+        ``MAX_SKIPPED_FP16_STEPS``).
     """
 
     def __init__(
@@ -208,6 +227,7 @@ class MixedPrecisionTrainer:
         fp16_scale_growth: float = 1e-3,
         initial_lg_loss_scale: float = INITIAL_LOG_LOSS_SCALE,
         use_bf16: bool = False,
+        max_skipped_steps: Optional[int] = None,
     ):
         check_precision(use_fp16, use_bf16)
         self.model = model
@@ -215,6 +235,9 @@ class MixedPrecisionTrainer:
         self.use_bf16 = use_bf16
         self.fp16_scale_growth = fp16_scale_growth
         self.lg_loss_scale = initial_lg_loss_scale
+        self.max_skipped_steps = max_skipped_steps or MAX_SKIPPED_FP16_STEPS
+        self.skipped_in_a_row = 0
+        self._loss_sum: Optional[torch.Tensor] = None  # the step's losses, to check them
 
         self.model_params = list(model.parameters())
         self.master_params = self.model_params
@@ -240,12 +263,15 @@ class MixedPrecisionTrainer:
     def zero_grad(self) -> None:
         """Zero the model's gradients (before accumulating a new step's)."""
         zero_grad(self.model_params)
+        self._loss_sum = None
 
     def backward(self, loss: torch.Tensor) -> None:
         """
         Accumulate the gradients of ``loss`` (a scalar), scaled by ``2 ** lg_loss_scale``
         with ``use_fp16``.
         """
+        value = loss.detach().float().sum()
+        self._loss_sum = value if self._loss_sum is None else self._loss_sum + value
         if self.use_fp16:
             (loss * 2**self.lg_loss_scale).backward()
         else:
@@ -264,23 +290,39 @@ class MixedPrecisionTrainer:
         return self._optimize_normal(opt)
 
     def _optimize_normal(self, opt: torch.optim.Optimizer) -> bool:
-        grad_norm, param_norm = self._compute_norms()
+        grad_norm, param_norm, loss = self._step_values()
+        what = _non_finite(loss=loss, gradient_norm=grad_norm, weight_norm=param_norm)
+        if what:
+            self._loss_sum = None
+            raise NonFiniteLossError(what)
         logger.logkv_mean("grad_norm", grad_norm)
         logger.logkv_mean("param_norm", param_norm)
         opt.step()
+        self._loss_sum = None
         return True
 
     def _optimize_fp16(self, opt: torch.optim.Optimizer) -> bool:
+        logger.logkv_mean("lg_loss_scale", self.lg_loss_scale)  # skipped steps too
         model_grads_to_master_grads(self.param_groups_and_shapes, self.master_params)
         grad_scale = 2**self.lg_loss_scale
-        grad_norm, param_norm = self._compute_norms(grad_scale=grad_scale)
-        if check_overflow(grad_norm):
+        grad_norm, param_norm, loss = self._step_values(grad_scale=grad_scale)
+        self._loss_sum = None
+        if check_overflow(param_norm):
+            raise NonFiniteLossError(_non_finite(weight_norm=param_norm))
+        if check_overflow(grad_norm) or check_overflow(loss):
             self.lg_loss_scale -= 1
+            self.skipped_in_a_row += 1
             logger.log(f"Found NaN, decreased lg_loss_scale to {self.lg_loss_scale}")
             zero_master_grads(self.master_params)
+            if self.skipped_in_a_row >= self.max_skipped_steps:
+                raise NonFiniteLossError(
+                    f"{self.skipped_in_a_row} fp16 steps in a row were skipped whatever the "
+                    f"loss scale (down to 2^{self.lg_loss_scale:g}); at the last one "
+                    f"{_non_finite(loss=loss, gradient_norm=grad_norm)}"
+                )
             return False
 
-        logger.logkv_mean("lg_loss_scale", self.lg_loss_scale)
+        self.skipped_in_a_row = 0
         logger.logkv_mean("grad_norm", grad_norm)
         logger.logkv_mean("param_norm", param_norm)
         for param in self.master_params:
@@ -291,13 +333,18 @@ class MixedPrecisionTrainer:
         self.lg_loss_scale += self.fp16_scale_growth
         return True
 
-    def _compute_norms(self, grad_scale: float = 1.0) -> tuple[float, float]:
-        """:return: (gradient norm divided by ``grad_scale``, parameter norm) of the masters."""
+    def _step_values(self, grad_scale: float = 1.0) -> tuple[float, float, float]:
+        """
+        :return: (gradient norm divided by ``grad_scale``, parameter norm, sum of the
+            losses passed to ``backward`` since ``zero_grad``), read in one device sync.
+        """
         grads = [p.grad for p in self.master_params if p.grad is not None]
         with torch.no_grad():
-            grad_norm = _global_norm(grads) / grad_scale
-            param_norm = _global_norm([p.detach() for p in self.master_params])
-        return grad_norm, param_norm
+            values = [_global_norm(grads), _global_norm([p.detach() for p in self.master_params])]
+            device = values[1].device
+            loss = self._loss_sum if self._loss_sum is not None else torch.zeros(())
+            values = torch.stack([v.to(device) for v in values + [loss]]).tolist()
+        return values[0] / grad_scale, values[1], values[2]
 
     def master_params_to_state_dict(
         self, master_params: list[torch.Tensor]
@@ -332,3 +379,10 @@ class MixedPrecisionTrainer:
         if self.use_fp16:
             return make_master_params(get_param_groups_and_shapes(named))
         return [value for _, value in named]
+
+
+def _non_finite(**values: float) -> str:
+    """:return: "the loss is nan, ..." for the values that are not finite ("" if none)."""
+    bad = [f"the {name.replace('_', ' ')} is {value}" for name, value in values.items()]
+    bad = [text for text, value in zip(bad, values.values()) if not math.isfinite(value)]
+    return ", ".join(bad)

@@ -247,9 +247,32 @@ def _read_rgb(path: str) -> Image.Image:
         with bf.BlobFile(path, "rb") as f:
             pil_image = Image.open(f)
             pil_image.load()
-        return pil_image.convert("RGB")
+        return to_rgb(pil_image, path)
     except Exception as exc:
         raise ValueError(f"cannot read image file {path!r}: {exc}") from exc
+
+
+def to_rgb(pil_image: Image.Image, name: str = "image") -> Image.Image:
+    """
+    Convert an image to 8-bit RGB at its real scale. PIL's ``convert("RGB")`` clips 16-bit
+    greyscale values (0..65535, modes "I;16*" and a PNG's "I") at 255, turning most pixels
+    white: these are scaled by 255 / 65535 first. Other integer or float images, whose range
+    is unknown, are refused.
+
+    :raises ValueError: naming ``name`` for an image mode with no known 8-bit scale.
+    """
+    mode = pil_image.mode
+    sixteen_bit = mode.startswith("I;16") or (mode == "I" and pil_image.format == "PNG")
+    if sixteen_bit:
+        values = np.asarray(pil_image, dtype=np.float64)
+        grey = np.clip(np.rint(values * (255.0 / 65535.0)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, mode="L").convert("RGB")
+    if mode in ("I", "F") or mode.startswith("I;"):
+        raise ValueError(
+            f"{name}: {mode!r} images ({'32-bit integer' if mode != 'F' else 'floating-point'} "
+            "pixels of unknown range) are not supported; save it as 8- or 16-bit PNG or JPEG"
+        )
+    return pil_image.convert("RGB")
 
 
 def center_crop_arr(pil_image: Image.Image, image_size: int) -> np.ndarray:

@@ -20,7 +20,7 @@ def is_local_path(path: str) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
+def atomic_write(path: str, mode: str = "wb", buffering: int = -1) -> Iterator[IO]:
     """
     Open ``path`` for writing so that readers only ever see the old file or the
     complete new one: data goes to a temporary file in the same directory, which
@@ -29,6 +29,11 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
 
     Blob storage uploads only when the file is closed; on an error the upload is dropped
     (blobfile would otherwise upload what was written so far over the old file).
+
+    An ``OSError`` of the write (e.g. "No space left on device") names ``path``. Temporary
+    files are named ``.<file name>.<random>.tmp``.
+
+    :param buffering: ``open``'s argument (0: unbuffered, binary only).
     """
     if "w" not in mode:
         raise ValueError(f"atomic_write needs a write mode such as 'wb' or 'w', got {mode!r}")
@@ -41,7 +46,7 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(path)}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, mode) as f:
+        with os.fdopen(fd, mode, buffering=buffering) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
@@ -49,15 +54,21 @@ def atomic_write(path: str, mode: str = "wb") -> Iterator[IO]:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename in (None, tmp) and err.errno is not None:
+            raise OSError(err.errno, err.strerror or str(err), path) from err
         raise
 
 
 def atomic_torch_save(obj, path: str) -> None:
-    """``torch.save`` through ``atomic_write``."""
-    with atomic_write(path, "wb") as f:
+    """
+    ``torch.save`` through ``atomic_write``, unbuffered: torch reports a failed buffered
+    write (e.g. a full disk) as an unrelated RuntimeError, while an unbuffered one raises
+    the ``OSError`` itself (naming ``path``).
+    """
+    with atomic_write(path, "wb", buffering=0 if is_local_path(path) else -1) as f:
         torch.save(obj, f)
 
 

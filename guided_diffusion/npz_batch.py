@@ -105,11 +105,11 @@ class NpzArrayReader:
         elif self.path.endswith(".npy"):
             self._stream = open(self.path, "rb")
         else:
-            raise BatchFileError(
-                f"{self.path}: not an .npz file (expected a zip archive written by np.savez)"
-            )
+            raise BatchFileError(_not_npz_message(self.path))
         try:
             self.shape, self.dtype = _read_npy_header(self._stream, f"{self.path}[{key}]")
+            size = self._zip.getinfo(member).file_size if self._zip else os.path.getsize(self.path)
+            _check_size(size, self._stream, self.shape, self.dtype, f"{self.path}[{key}]")
         except Exception:
             self.close()
             raise
@@ -185,6 +185,60 @@ def _read_npy_header(stream: IO[bytes], name: str) -> tuple[tuple[int, ...], np.
     if dtype.hasobject:
         raise BatchFileError(f"{name}: object arrays are not supported")
     return tuple(shape), dtype
+
+
+def _not_npz_message(path: str) -> str:
+    """:return: why ``path`` (not a zip archive) is not an .npz, with what it starts with."""
+    with open(path, "rb") as f:
+        start = f.read(16)
+    kind = "empty" if not start else f"it starts with {start!r}"
+    return (
+        f"{path}: not an .npz file ({kind}; expected a zip archive of arrays, as np.savez "
+        "writes)"
+    )
+
+
+def _check_size(
+    size: int, stream: IO[bytes], shape: tuple[int, ...], dtype: np.dtype, name: str
+) -> None:
+    """
+    Raise a BatchFileError when an .npy array's header claims more or fewer bytes than it
+    holds (e.g. an absurd shape that would make numpy allocate terabytes).
+
+    :param size: the .npy data's size in bytes, header included; ``stream`` is just past
+        the header.
+    """
+    claimed = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    held = size - stream.tell()
+    if claimed != held:
+        raise BatchFileError(
+            f"{name}: its header claims an array of shape {list(shape)} ({claimed} bytes) "
+            f"but the file holds {held} bytes: the file is truncated or damaged"
+        )
+
+
+def check_npz(path: str) -> None:
+    """
+    Check a local .npz file before ``np.load`` reads it: a zip archive (or a plain ``.npy``)
+    whose arrays are plain (not object) arrays exactly as large as their headers say. Only
+    the headers are read; blob URLs are not checked.
+
+    :raises FileNotFoundError: no such file.
+    :raises BatchFileError: naming the file and what is wrong (e.g. a text file, or a header
+        claiming an absurd shape).
+    """
+    if not is_local_path(path):
+        return
+    if not zipfile.is_zipfile(path):
+        with NpzArrayReader(path):  # a plain .npy, or the "not an .npz" error
+            return
+    try:
+        with zipfile.ZipFile(path) as archive:
+            for name in archive.namelist():
+                if name.endswith(".npy"):
+                    NpzArrayReader(path, name[:-4]).close()
+    except (zipfile.BadZipFile, OSError) as err:
+        raise BatchFileError(f"{path}: damaged .npz archive ({err})") from None
 
 
 def read_array(path: str, key: str) -> np.ndarray:

@@ -19,7 +19,7 @@ from .operators import Operator, OperatorError
 
 def repaint_schedule(t_T: int, jump_length: int = 10, jump_n_sample: int = 10) -> list[int]:
     """
-    RePaint's resampling schedule (Lugmayr et al. 2022, Sec. 4.2): the indices x visits,
+    RePaint's resampling schedule (Lugmayr et al. 2022): the indices x visits,
     from t_T - 1 down to -1. Every ``jump_length`` steps (at 0, jump_length, ... below
     t_T - jump_length) the walk goes back up ``jump_length`` steps, ``jump_n_sample - 1``
     times per point. A step down is a model call; a step up re-noises one step.
@@ -98,8 +98,8 @@ def dps_correction(
     zeta: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    DPS's measurement step (Chung et al. 2023, Algorithm 1, with the step-size rule of
-    its Appendix C.2): -zeta_t grad_{x_t} ||y - A(x0(x_t))||^2, zeta_t = zeta / ||y - A(x0(x_t))||,
+    DPS's measurement step (Chung et al. 2023, Algorithm 1, with the paper's step-size
+    rule): -zeta_t grad_{x_t} ||y - A(x0(x_t))||^2, zeta_t = zeta / ||y - A(x0(x_t))||,
     per image (the authors' code takes one norm over the batch).
 
     :param x: [N x C x H x W] x_t.
@@ -164,7 +164,7 @@ def dps(
 def ddnm_lambda(diffusion: GaussianDiffusion, t: int, sigma_y: float) -> float:
     """
     DDNM+'s scale of the range-space correction for noisy measurements (Wang et al.
-    2023, Eq. 19): min(1, sigma_t / (a_t sigma_y)) with a_t = sqrt(ab_{t-1}) and
+    2023): min(1, sigma_t / (a_t sigma_y)) with a_t = sqrt(ab_{t-1}) and
     sigma_t = sqrt(1 - ab_{t-1}); 1 without measurement noise.
     """
     if sigma_y <= 0:

@@ -28,6 +28,7 @@ the saved and the given value). Without the file the flags work as they always d
 
 import argparse
 import json
+import math
 import os
 from typing import Any, Optional
 
@@ -171,6 +172,7 @@ def parse_args(
         two configurations disagree.
     """
     args = parser.parse_args(argv)
+    check_finite_flags(args)
     args.class_names = None
     explicit = given_flags(parser, argv)
     filled: dict[str, tuple[Any, str]] = {}  # flag -> (value, configuration file)
@@ -189,6 +191,16 @@ def parse_args(
         if args.class_names is None and is_class_conditional(kind, values) and config.get("data"):
             args.class_names = list(config["data"]["class_names"])
     return args
+
+
+def check_finite_flags(args: argparse.Namespace) -> None:
+    """
+    :raises ValueError: naming the first numeric flag whose value is NaN or infinite (e.g.
+        ``--classifier_scale nan`` would sample all-black images).
+    """
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{name} must be a finite number, got {value}")
 
 
 def _check_kind(config: dict, kind: str, flag: str, path: str) -> None:

@@ -14,7 +14,6 @@ its label when labels are drawn and its step noise, so a run gives the same file
 
 import argparse
 import dataclasses
-import os
 import secrets
 import sys
 import time
@@ -27,7 +26,6 @@ import torch
 import torch.nn as nn
 
 from . import dist_util, logger, samplers, script_util
-from .checkpoint_util import CheckpointMismatchError
 from .dist_util import all_gather_rows  # noqa: F401  (importable here as before)
 from .flags import SAMPLING_FLAG_HELP as FLAG_HELP  # noqa: F401  (importable here as before)
 from .flags import add_flags, sampling_defaults  # noqa: F401
@@ -37,9 +35,7 @@ from .guidance import classifier_cond_fn, labels_to_classifier_only  # noqa: F40
 from .image_seeds import ImageRandom
 from .model_loading import load_classifier, load_guide_model  # noqa: F401 (old home)
 from .model_loading import load_model_and_diffusion  # noqa: F401
-from .npz_batch import BatchFileError, NpzWriter, read_array
-from .shards import ShardStore, file_identity, previous_seed, run_sharded
-from .run_config import RunConfigError
+from .npz_batch import NpzWriter, read_array
 from .sample_io import (  # SamplingInputError: the scripts use sample_util's name
     BaseSamples,
     SamplingInputError,
@@ -48,6 +44,7 @@ from .sample_io import (  # SamplingInputError: the scripts use sample_util's na
     save_png,
     save_samples_npz,
 )
+from .script_errors import run_program
 from .shards import ShardStore, file_identity, previous_seed, run_sharded
 
 # A function of (global image indices [n], their random streams) -> model_kwargs for them.
@@ -235,7 +232,16 @@ def to_uint8_nhwc(sample: torch.Tensor) -> torch.Tensor:
     """
     :param sample: [N x 3 x H x W] images in [-1, 1].
     :return: [N x H x W x 3] uint8 (x + 1) * 127.5, rounded and clamped to 0..255.
+    :raises ValueError: when a value is NaN or infinite (it would become a black or white
+        pixel): nothing is written from such samples.
     """
+    finite = torch.isfinite(sample).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        raise ValueError(
+            f"{int((~finite).sum())} of {len(sample)} samples hold NaN or infinite values: the "
+            "model or the guidance diverged (check the checkpoint, --classifier_scale and "
+            "--timestep_respacing); nothing was written"
+        )
     pixels = ((sample.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
     return pixels.permute(0, 2, 3, 1).contiguous()  # (N, H, W, 3)
 
@@ -730,15 +736,9 @@ def evaluate_bpd_resumable(
 
 def run_script(main: Callable[[], None]) -> None:
     """
-    Run a script's ``main``; bad flags, missing files and checkpoints that do not fit
-    the flags end the process with a one-line message and exit status 1 instead of a
-    traceback (any file being written is left out, since writes are atomic).
+    Run a script's ``main``; bad flags, missing or damaged files and checkpoints that do
+    not fit the flags end the process with a one-line message and exit status 1 instead of
+    a traceback (any file being written is left out, since writes are atomic). See
+    ``script_errors.run_program``.
     """
-    try:
-        main()
-    except (
-        SamplingInputError, BatchFileError, RunConfigError, FileNotFoundError,
-        CheckpointMismatchError,
-    ) as err:  # fmt: skip
-        print(f"{os.path.basename(sys.argv[0])}: error: {err}", file=sys.stderr)
-        sys.exit(1)
+    run_program(main)

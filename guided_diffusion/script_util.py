@@ -10,6 +10,7 @@ published checkpoints work unchanged. New flags (``num_classes``,
 
 import argparse
 import inspect
+import warnings
 from typing import Any, Callable, Sequence, Union
 
 from . import gaussian_diffusion as gd
@@ -129,8 +130,10 @@ def _attention_ds(
     attention_resolutions: str, image_size: int, num_levels: int, flag: str
 ) -> tuple[int, ...]:
     """
-    Turn "32,16,8" (resolutions) into downsampling rates, e.g. (2, 4, 8) at 64x64, checking
-    that each is the resolution of one of the ``num_levels`` levels of the network.
+    Turn "32,16,8" (resolutions) into downsampling rates, e.g. (2, 4, 8) at 64x64, as the
+    original does (``image_size // resolution``). A resolution that is not the resolution
+    of one of the ``num_levels`` levels of the network is warned about, not refused (the
+    original ignored it, or put attention at the level of the rounded-down rate).
     """
     resolutions = parse_list(
         attention_resolutions,
@@ -138,13 +141,25 @@ def _attention_ds(
         f"invalid --{flag} {attention_resolutions!r}: expected comma-separated resolutions "
         "such as 32,16,8",
     )
+    if any(r <= 0 for r in resolutions):
+        raise ValueError(
+            f"invalid --{flag} {attention_resolutions!r}: resolutions must be positive"
+        )
     valid = [image_size // 2**level for level in range(num_levels)]
     bad = [r for r in resolutions if r not in valid]
     if bad:
-        raise ValueError(
-            f"invalid --{flag} {attention_resolutions!r}: {bad} is not the resolution of a "
-            f"level of this {image_size}x{image_size} network with {num_levels} levels; "
-            f"valid resolutions are {','.join(map(str, valid))}"
+        used = [r for r in bad if image_size // r in {2**level for level in range(num_levels)}]
+        effect = (
+            f"like the original, {used} put attention at the level(s) of downsampling rate "
+            f"{','.join(str(image_size // r) for r in used)} and the others are ignored"
+            if used
+            else "like the original, it is ignored"
+        )
+        warnings.warn(
+            f"--{flag} {attention_resolutions!r}: {bad} is not the resolution of a level of "
+            f"this {image_size}x{image_size} network with {num_levels} levels (valid "
+            f"resolutions are {','.join(map(str, valid))}); {effect}",
+            stacklevel=3,
         )
     return tuple(image_size // r for r in resolutions)
 

@@ -24,6 +24,7 @@ iterator (``load_data`` starts a new epoch on resume) and the loss history of a
 """
 
 import contextlib
+import math
 import os
 import random
 import re
@@ -45,9 +46,14 @@ from .flags import (  # noqa: F401  (importable here as before)
     TRAIN_LOOP_FLAGS,
     diffusion_train_defaults,
 )
-from .fp16_util import INITIAL_LOG_LOSS_SCALE, MixedPrecisionTrainer, check_precision
+from .fp16_util import (
+    INITIAL_LOG_LOSS_SCALE,
+    MixedPrecisionTrainer,
+    NonFiniteLossError,
+    check_precision,
+)
 from .image_datasets import list_classes
-from .io_util import atomic_torch_save
+from .io_util import atomic_torch_save, is_local_path
 from .nn import update_ema
 from .resample import (
     LossAwareSampler,
@@ -126,6 +132,9 @@ class BaseTrainLoop:
         resume_checkpoint = find_resume_checkpoint() or resume_checkpoint
         self.resume_step = check_resume_checkpoint(resume_checkpoint)
         self.resume_checkpoint = resume_checkpoint
+        self._check_steps_left(max_steps, lr_anneal_steps)
+        if not resume_checkpoint:
+            check_fresh_log_dir(get_blob_logdir())
 
         self.model = model
         self.data = data
@@ -162,6 +171,23 @@ class BaseTrainLoop:
         self.ddp_model = self._wrap_ddp(model) if self.use_ddp else model
 
     # ------------------------------------------------------------------ resume
+
+    # The flag that sets ``max_steps`` (the classifier trainer's is --iterations).
+    max_steps_flag = "max_steps"
+    # Step s trains with lr * (1 - (s - lr_anneal_offset) / lr_anneal_steps), s counted
+    # from 0 and never above lr: the original diffusion TrainLoop anneals after each
+    # optimizer step (offset 1), its classifier trainer before it (offset 0).
+    lr_anneal_offset = 0
+
+    def _check_steps_left(self, max_steps: int, lr_anneal_steps: int) -> None:
+        """Refuse to resume a run that has already taken all its steps."""
+        for flag, limit in ((self.max_steps_flag, max_steps), ("lr_anneal_steps", lr_anneal_steps)):
+            if self.resume_step and limit and self.resume_step >= limit:
+                raise ValueError(
+                    f"--resume_checkpoint {self.resume_checkpoint} is at step "
+                    f"{self.resume_step}, which already reaches --{flag} {limit}: nothing left "
+                    f"to train; raise --{flag} to train further"
+                )
 
     def _load_parameters(self) -> None:
         """Load the model weights (and the fp16 master weights) from ``resume_checkpoint``."""
@@ -278,9 +304,26 @@ class BaseTrainLoop:
             seed_for_step(self.seed, self.step)
         self._anneal_lr()
         self.forward_backward(batch, cond)
-        if self.mp_trainer.optimize(self.opt):
+        try:
+            took_step = self.mp_trainer.optimize(self.opt)
+        except NonFiniteLossError as err:
+            raise NonFiniteLossError(self._divergence_message(str(err))) from None
+        if took_step:
             self._update_ema()
         self.log_step()
+
+    def _divergence_message(self, what: str) -> str:
+        """:return: what went wrong at this step, what was kept and what to try."""
+        precision = (
+            " or train in float32 (--use_fp16 False)"
+            if self.mp_trainer.use_fp16
+            else " or train in float32 (--use_bf16 False)" if self.mp_trainer.use_bf16 else ""
+        )
+        return (
+            f"training diverged at step {self.step}: {what}. Stopped; nothing of this step "
+            f"was saved (earlier checkpoints are kept). Try a lower --lr (now {self.lr:g})"
+            f"{precision}, and check the data for broken images"
+        )
 
     def forward_backward(self, batch: torch.Tensor, cond: dict[str, torch.Tensor]) -> None:
         """Zero the gradients and accumulate the gradients of the batch's loss."""
@@ -314,10 +357,11 @@ class BaseTrainLoop:
                 update_ema(params, self.mp_trainer.master_params, rate=rate)
 
     def _anneal_lr(self) -> None:
-        """Step ``s`` uses ``lr * (1 - s / lr_anneal_steps)``."""
+        """Step ``s`` uses ``lr * (1 - max(s - lr_anneal_offset, 0) / lr_anneal_steps)``."""
         if not self.lr_anneal_steps:
             return
-        self._set_lr(self.lr * (1 - self.step / self.lr_anneal_steps))
+        done = max(self.step - self.lr_anneal_offset, 0)
+        self._set_lr(self.lr * (1 - done / self.lr_anneal_steps))
 
     def _set_lr(self, lr: float) -> None:
         for group in self.opt.param_groups:
@@ -333,21 +377,37 @@ class BaseTrainLoop:
         """
         Write the checkpoint files for the current step into the log directory (rank 0;
         the others wait). The model file is written last: a resume never finds it without
-        the EMA and optimizer files beside it.
+        the EMA and optimizer files beside it. Nothing is written when a value is not
+        finite (``NonFiniteLossError``); temporary files that a killed save left behind are
+        removed first.
         """
         if dist_util.get_rank() == 0:
             logdir = get_blob_logdir()
-            for rate, params in zip(self.ema_rate, self.ema_params):
-                logger.log(f"saving EMA {rate} at step {self.step}...")
-                state_dict = self.mp_trainer.master_params_to_state_dict(params)
-                self._save_weights(state_dict, bf.join(logdir, f"ema_{rate}_{self.step:06d}.pt"))
+            files = {
+                f"ema_{rate}_{self.step:06d}.pt": self.mp_trainer.master_params_to_state_dict(
+                    params
+                )
+                for rate, params in zip(self.ema_rate, self.ema_params)
+            }
             opt_state = self.opt.state_dict()
             if self.mp_trainer.use_fp16:
                 opt_state["lg_loss_scale"] = self.mp_trainer.lg_loss_scale
-            atomic_torch_save(opt_state, bf.join(logdir, f"opt{self.step:06d}.pt"))
-            logger.log(f"saving model at step {self.step}...")
-            state_dict = self.mp_trainer.master_params_to_state_dict(self.mp_trainer.master_params)
-            self._save_weights(state_dict, bf.join(logdir, f"model{self.step:06d}.pt"))
+            files[f"opt{self.step:06d}.pt"] = opt_state
+            files[f"model{self.step:06d}.pt"] = self.mp_trainer.master_params_to_state_dict(
+                self.mp_trainer.master_params
+            )
+            for name, state in files.items():
+                if not _all_finite(state):
+                    raise NonFiniteLossError(
+                        self._divergence_message(f"{name} would hold non-finite values")
+                    )
+            remove_stale_temp_files(logdir)
+            for name, state in files.items():
+                logger.log(f"saving {name} at step {self.step}...")
+                if name.startswith("opt"):
+                    atomic_torch_save(state, bf.join(logdir, name))
+                else:
+                    self._save_weights(state, bf.join(logdir, name))
         dist_util.barrier()
 
     def _save_weights(self, state_dict: dict[str, torch.Tensor], path: str) -> None:
@@ -369,6 +429,8 @@ class TrainLoop(BaseTrainLoop):
     :param schedule_sampler: draws the timesteps (default uniform); a ``LossAwareSampler``
         is updated with every microbatch's losses.
     """
+
+    lr_anneal_offset = 1  # as the original, which annealed after each optimizer step
 
     def __init__(
         self,
@@ -449,6 +511,8 @@ class ClassifierTrainLoop(BaseTrainLoop):
     :param kwargs: the ``BaseTrainLoop`` arguments (``model``, ``data``, ``batch_size``, ...).
     """
 
+    max_steps_flag = "iterations"
+
     def __init__(
         self,
         *,
@@ -526,14 +590,15 @@ class ClassifierTrainLoop(BaseTrainLoop):
 def check_train_args(args) -> None:
     """
     Check the training flags that can be checked before anything is loaded or written
-    (batch and microbatch sizes, the resume checkpoint, the precision, the class count of
-    the data).
+    (batch and microbatch sizes, the learning rate, the resume checkpoint, the precision,
+    the class count of the data).
 
     :param args: parsed flags with ``batch_size``, ``microbatch``, ``resume_checkpoint``,
-        and optionally ``class_cond``, ``data_dir`` and ``num_classes``.
+        and optionally ``lr``, ``class_cond``, ``data_dir`` and ``num_classes``.
     :raises ValueError, FileNotFoundError: naming the flag at fault.
     """
     check_batch_flags(args.batch_size, args.microbatch)
+    check_learning_rate(getattr(args, "lr", 0.0))
     check_resume_checkpoint(args.resume_checkpoint)
     for fp16_flag in ("use_fp16", "classifier_use_fp16"):
         use_fp16, use_bf16 = getattr(args, fp16_flag, False), getattr(args, "use_bf16", False)
@@ -693,6 +758,77 @@ def check_resume_checkpoint(resume_checkpoint: str) -> int:
     if bf.isdir(resume_checkpoint):
         raise ValueError(f"--resume_checkpoint {resume_checkpoint!r} is a folder: {hint}")
     return parse_resume_step_from_filename(resume_checkpoint)
+
+
+def check_learning_rate(lr: float) -> None:
+    """:raises ValueError: when ``lr`` (--lr) is negative or not finite."""
+    if not (math.isfinite(lr) and lr >= 0):
+        raise ValueError(f"--lr must be a finite number >= 0, e.g. 1e-4; got {lr}")
+
+
+_CHECKPOINT_FILE = re.compile(r"(model|opt)\d+\.pt|ema_[^_]+_\d+\.pt")
+# What atomic_write leaves when killed while writing a checkpoint or its run configuration:
+# ".<name>.<random>.tmp".
+_CHECKPOINT_TEMP_FILE = re.compile(r"\.((model|opt)\d+|ema_[^_]+_\d+)\.(pt|json)\.\w+\.tmp")
+
+
+def check_fresh_log_dir(logdir: Optional[str]) -> None:
+    """
+    Refuse to start a new run in a log folder that holds another run's checkpoints (the two
+    runs would overwrite and mix each other's files).
+
+    :param logdir: the log folder (None or missing: nothing to check).
+    :raises ValueError: naming the folder, the latest checkpoint and what to do instead.
+    """
+    if not logdir or not bf.isdir(logdir):
+        return
+    found = sorted(name for name in bf.listdir(logdir) if _CHECKPOINT_FILE.fullmatch(name))
+    if not found:
+        return
+    models = [name for name in found if name.startswith("model")]
+    latest = max(models, key=parse_resume_step_from_filename) if models else None
+    resume = (
+        f"resume it with --resume_checkpoint {bf.join(logdir, latest)}, or "
+        if latest
+        else ""
+    )
+    raise ValueError(
+        f"the log folder {logdir} already holds checkpoints of an earlier run ({found[-1]}"
+        f"{f' and {len(found) - 1} more' if len(found) > 1 else ''}): {resume}set "
+        "OPENAI_LOGDIR to a new folder (or move those files away) to start a new run"
+    )
+
+
+def remove_stale_temp_files(logdir: str) -> list[str]:
+    """
+    Remove the temporary files of checkpoint writes that were killed before they finished
+    (they never replaced a checkpoint, so nothing is lost).
+
+    :return: the names removed.
+    """
+    if not is_local_path(logdir) or not os.path.isdir(logdir):
+        return []
+    stale = [name for name in os.listdir(logdir) if _CHECKPOINT_TEMP_FILE.fullmatch(name)]
+    for name in stale:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(os.path.join(logdir, name))
+    if stale:
+        logger.log(f"removed {len(stale)} unfinished checkpoint file(s): {', '.join(stale)}")
+    return stale
+
+
+def _all_finite(obj) -> bool:
+    """:return: False when a floating-point tensor in ``obj`` (nested dicts / lists) holds an
+    infinite or NaN value."""
+    if isinstance(obj, torch.Tensor):
+        return not obj.is_floating_point() or bool(torch.isfinite(obj).all())
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    if isinstance(obj, dict):
+        return all(_all_finite(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return all(_all_finite(v) for v in obj)
+    return True
 
 
 def check_batch_flags(batch_size: int, microbatch: int) -> int:

@@ -587,11 +587,11 @@ class _UNetTrunk(nn.Module):
         self.dtype = dtype
 
     def convert_to_fp16(self) -> None:
-        """Convert the convolution and linear weights of the blocks to float16."""
+        """Convert the convolutions of the blocks to float16 (linear layers stay float32)."""
         self._convert(convert_module_to_f16, torch.float16)
 
     def convert_to_bf16(self) -> None:
-        """Convert the convolution and linear weights of the blocks to bfloat16."""
+        """Convert the convolutions of the blocks to bfloat16 (linear layers stay float32)."""
         self._convert(_convert_module_to_bf16, torch.bfloat16)
 
     def convert_to_fp32(self) -> None:

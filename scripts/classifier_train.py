@@ -35,6 +35,7 @@ from guided_diffusion.flags import (
     classifier_train_defaults,
     create_parser,
 )
+from guided_diffusion.script_errors import run_program
 from guided_diffusion.script_util import create_from_flags
 from guided_diffusion.train_util import (
     ClassifierTrainLoop,
@@ -106,4 +107,4 @@ def create_argparser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

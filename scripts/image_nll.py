@@ -25,16 +25,21 @@ def main(argv: Optional[list[str]] = None) -> None:
     if not os.path.isdir(args.data_dir):
         raise FileNotFoundError(f"--data_dir: no such folder: {args.data_dir}")
 
-    dist_util.setup_dist()
-    logger.configure()
-    logger.log("creating model and diffusion...")
-    model, diffusion = sample_util.load_model_and_diffusion(args)
-
-    logger.log("reading the image list...")
     try:
         images = indexed_images(args.data_dir, args.image_size, args.class_cond)
     except ValueError as err:
         raise sample_util.SamplingInputError(f"--data_dir {args.data_dir}: {err}") from None
+    if args.num_samples > len(images):
+        raise sample_util.SamplingInputError(
+            f"--num_samples {args.num_samples} is more than the {len(images)} images in "
+            f"--data_dir {args.data_dir} (each image is counted once): use --num_samples "
+            f"{len(images)} or fewer"
+        )
+
+    dist_util.setup_dist()
+    logger.configure()
+    logger.log("creating model and diffusion...")
+    model, diffusion = sample_util.load_model_and_diffusion(args)
 
     logger.log("evaluating...")
     job = sample_util.BpdJob(

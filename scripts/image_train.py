@@ -25,6 +25,7 @@ import torch
 
 from guided_diffusion import dist_util, flags, logger, run_config
 from guided_diffusion.image_datasets import load_data
+from guided_diffusion.script_errors import run_program
 from guided_diffusion.script_util import create_from_flags
 from guided_diffusion.train_util import check_train_args, train_diffusion_model
 
@@ -57,4 +58,4 @@ def create_argparser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

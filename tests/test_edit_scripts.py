@@ -187,3 +187,14 @@ def test_read_images_from_npz_folder_and_file(inputs):
     assert one.shape == (1, 8, 8, 3)
     with pytest.raises(SamplingInputError, match="the model takes 8x8"):
         read_images(str(inputs / "images.npz"), 8)
+
+
+def test_edit_flag_help_names_every_method_operator_and_mask():
+    from guided_diffusion import edit_util, flags, operators
+
+    help_text = flags.EDIT_FLAG_HELP
+    assert all(name in help_text["method"] for name in edit_util.METHODS)
+    assert all(name in help_text["operator"] for name in operators.OPERATOR_NAMES)
+    assert all(name in help_text["mask"] for name in operators.MASK_NAMES)
+    parser = import_script("image_edit").create_argparser()
+    assert "RePaint: steps per jump back (paper: 10)" in parser.format_help()

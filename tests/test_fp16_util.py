@@ -33,7 +33,7 @@ class TinyNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         h = self.conv(x)
         h = self.norm(h.float()).type(h.dtype)
-        return self.fc(h.mean(dim=(2, 3)))
+        return self.fc(h.mean(dim=(2, 3)).to(self.fc.weight.dtype))  # fc stays float32
 
 
 def _tiny_net(seed: int = 0) -> TinyNet:

@@ -141,7 +141,7 @@ def test_any_size_with_channel_mult_and_float_multipliers():
     assert model(torch.zeros(1, 3, 48, 48), torch.tensor([5])).shape == (1, 3, 48, 48)
     with pytest.raises(ValueError, match="--channel_mult"):
         su.create_model(32, 32, 1, channel_mult="1,x")
-    with pytest.raises(ValueError, match="--attention_resolutions"):
+    with pytest.warns(UserWarning, match="--attention_resolutions"):
         su.create_model(32, 32, 1, channel_mult="1,2", attention_resolutions="12")
 
 
@@ -293,18 +293,31 @@ def test_str2bool():
         su.str2bool("2")
 
 
+def _attention_blocks(model) -> int:
+    return sum(type(m).__name__ == "AttentionBlock" for m in model.modules())
+
+
 @pytest.mark.parametrize(
-    "image_size,channel_mult,resolutions,valid",
-    [(64, "1,2", "16", "64,32"), (48, "1,2,2", "16,8", "48,24,12"), (32, "", "7", "32,16,8,4")],
+    "image_size,channel_mult,resolutions,valid,extra_blocks",
+    # 64 // 16 = 4 and 48 // 16, 48 // 8 = 3, 6 are no level's rate: ignored; 32 // 7 = 4 is
+    # the third level's rate: attention there (1 input + 2 output blocks), as the original
+    [
+        (64, "1,2", "16", "64,32", 0),
+        (48, "1,2,2", "16,8", "48,24,12", 0),
+        (32, "", "7", "32,16,8,4", 3),
+    ],
 )
-def test_attention_at_a_resolution_the_network_lacks_is_an_error(
-    image_size, channel_mult, resolutions, valid
+def test_attention_at_a_resolution_the_network_lacks_warns_like_the_original(
+    image_size, channel_mult, resolutions, valid, extra_blocks
 ):
     kwargs = {**su.model_and_diffusion_defaults(), "image_size": image_size}
     kwargs.update(channel_mult=channel_mult, attention_resolutions=resolutions, num_channels=32)
-    with pytest.raises(ValueError, match=f"--attention_resolutions.*valid resolutions are {valid}"):
-        su.create_model_and_diffusion(**kwargs)
+    kwargs.update(num_res_blocks=1)
+    with pytest.warns(UserWarning, match=f"--attention_resolutions.*valid resolutions are {valid}"):
+        model, _ = su.create_model_and_diffusion(**kwargs)
+    assert _attention_blocks(model) == 1 + extra_blocks  # the middle block's, plus those
     kwargs["attention_resolutions"] = valid.split(",")[-1]
     model, _ = su.create_model_and_diffusion(**kwargs)
-    n_attention = sum(type(m).__name__ == "AttentionBlock" for m in model.modules())
-    assert n_attention > 1  # the requested level's blocks besides the middle one
+    assert _attention_blocks(model) > 1  # the requested level's blocks besides the middle one
+    with pytest.raises(ValueError, match="must be positive"):
+        su.create_model_and_diffusion(**{**kwargs, "attention_resolutions": "0"})

@@ -323,7 +323,8 @@ def test_bad_input_fails_clearly_and_keeps_saved_checkpoints(
     elif case == "corrupt_image":
         data = _write_images(tmp_path / "corrupt", ["a.png"])
         (data / "broken.png").write_bytes(b"not a png")
-        extra = ["--batch_size", "2", "--max_steps", "4", "--save_interval", "1"]
+        resume = ["--resume_checkpoint", str(log_dir / "model000002.pt")]
+        extra = ["--batch_size", "2", "--max_steps", "4", "--save_interval", "1", *resume]
     with pytest.raises(error, match=message):
         _image_train(data, *extra)
     assert {k: v for k, v in _snapshot(log_dir).items() if k.endswith(".pt")} == {

@@ -228,7 +228,7 @@ def test_a_crash_while_saving_keeps_the_previous_checkpoint(tmp_path, monkeypatc
 
     assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == saved
     # ...and what is there still resumes.
-    _loop(tmp_path, max_steps=2, resume=str(tmp_path / "model000002.pt"))
+    _loop(tmp_path, max_steps=3, resume=str(tmp_path / "model000002.pt"))
 
 
 def test_a_missing_resume_checkpoint_fails_before_anything_is_touched(tmp_path):
@@ -321,8 +321,8 @@ def test_ema_follows_the_formula(tmp_path):
         assert not ema.requires_grad  # no autograd graph kept alive by the EMA
 
 
-def test_learning_rate_anneals_linearly_and_stops(tmp_path):
-    loop = _loop(tmp_path, max_steps=0, lr_anneal_steps=4, save_interval=10)
+def learning_rates_of(loop) -> list[float]:
+    """Run ``loop`` and return the learning rate of every optimizer step it took."""
     seen = []
     real_step = loop.opt.step
     loop.opt.step = lambda *a, **k: (
@@ -330,8 +330,16 @@ def test_learning_rate_anneals_linearly_and_stops(tmp_path):
         real_step(*a, **k),
     )[1]
     loop.run_loop()
+    return seen
+
+
+def test_learning_rate_anneals_linearly_and_stops(tmp_path):
+    loop = _loop(tmp_path, max_steps=0, lr_anneal_steps=4, save_interval=10)
+    seen = learning_rates_of(loop)
     assert loop.step == 4
-    assert seen == pytest.approx([1e-3, 0.75e-3, 0.5e-3, 0.25e-3])
+    # as the original's TrainLoop, which annealed after each step: step s (from 0) uses
+    # lr * (1 - (s - 1) / N), the first two the full lr
+    assert seen == pytest.approx([1e-3, 1e-3, 0.75e-3, 0.5e-3])
     assert sorted(os.listdir(tmp_path))[-1] == "opt000004.pt"  # the end is saved
 
 

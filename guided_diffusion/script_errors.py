@@ -1,0 +1,54 @@
+"""
+How the programs end on bad input: one line naming the flag, file or value at fault and
+exit status 1, instead of a traceback.
+
+A user error is a ``ValueError`` (a bad value, a file of the wrong kind, a checkpoint that
+does not fit the flags, a run that diverged) or an ``OSError`` (a missing or unreadable
+file, a folder that cannot be written, a full disk). Anything else is a bug and keeps its
+traceback. Set the environment variable ``GUIDED_DIFFUSION_DEBUG=1`` to see the traceback of
+user errors too. Files are written atomically, so an error never leaves a half-written one.
+"""
+
+import os
+import sys
+from collections.abc import Callable
+from typing import Optional
+
+DEBUG_VAR = "GUIDED_DIFFUSION_DEBUG"
+
+USER_ERRORS = (ValueError, OSError)
+
+
+def debugging() -> bool:
+    """:return: True when ``GUIDED_DIFFUSION_DEBUG`` asks for full tracebacks."""
+    return os.environ.get(DEBUG_VAR, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def describe(err: BaseException) -> str:
+    """
+    :return: the one-line text of a user error (with the kind of OS error when the
+        message alone does not tell it, e.g. "no space left on device: <file>").
+    """
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        return f"{err.strerror.lower()}: {err.filename}"
+    text = str(err) or type(err).__name__
+    return text
+
+
+def run_program(main: Callable[[], None], prog: Optional[str] = None) -> None:
+    """
+    Run a program's ``main``: a user error (see ``USER_ERRORS``) prints
+    ``<prog>: error: <message>`` on stderr and exits with status 1; other exceptions keep
+    their traceback.
+
+    :param main: the program's entry point, called without arguments.
+    :param prog: the name to print (default: the script's file name).
+    """
+    try:
+        main()
+    except USER_ERRORS as err:
+        if debugging():
+            raise
+        name = prog or os.path.basename(sys.argv[0])
+        print(f"{name}: error: {describe(err)}", file=sys.stderr)
+        sys.exit(1)
