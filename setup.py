@@ -19,6 +19,8 @@ setup(
     ],
     extras_require={
         "mpi": ["mpi4py"],
-        "dev": ["pytest", "mpi4py", "mpich"],
+        # scripts/demo.py: the built-in digits (sklearn.datasets.load_digits) and their judge
+        "demo": ["scikit-learn"],
+        "dev": ["pytest", "mpi4py", "mpich", "scikit-learn"],
     },
 )

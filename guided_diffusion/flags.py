@@ -146,6 +146,8 @@ TRAIN_FLAG_HELP = {
     "run (0: no limit)",
     "use_bf16": "train with the forward pass in bfloat16 autocast (float32 weights, no loss "
     "scaling; not with --use_fp16)",
+    "random_flip": "flip training images horizontally at random (the original's augmentation; "
+    "False for data whose mirror image is another thing, such as digits or text)",
     "seed": "random seed: model initialisation, and every step's noise and timesteps "
     "(reseeded from seed, rank and step, so a resumed run draws what an "
     "uninterrupted one would)",
@@ -155,7 +157,8 @@ TRAIN_FLAG_HELP = {
 def diffusion_train_defaults() -> dict:
     """
     Defaults of the flags shared by the diffusion training scripts (``image_train.py``,
-    ``super_res_train.py``): the original ones plus ``max_steps``, ``use_bf16`` and ``seed``.
+    ``super_res_train.py``): the original ones plus ``max_steps``, ``use_bf16``, ``seed`` and
+    ``random_flip``.
     """
     return dict(
         data_dir="",
@@ -174,12 +177,13 @@ def diffusion_train_defaults() -> dict:
         max_steps=0,
         use_bf16=False,
         seed=0,
+        random_flip=True,
     )
 
 
 def classifier_train_defaults() -> dict[str, Any]:
-    """Defaults of classifier_train.py's own flags (the original's, plus ``seed`` and
-    ``use_bf16``)."""
+    """Defaults of classifier_train.py's own flags (the original's, plus ``seed``,
+    ``use_bf16`` and ``random_flip``)."""
     return dict(
         data_dir="",
         val_data_dir="",
@@ -197,6 +201,7 @@ def classifier_train_defaults() -> dict[str, Any]:
         save_interval=10000,
         seed=0,
         use_bf16=False,
+        random_flip=True,
     )
 
 

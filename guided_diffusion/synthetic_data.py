@@ -1,7 +1,7 @@
 """
-The built-in default data: a small class-labelled image folder drawn procedurally
-(coloured shapes on a plain background), so that training, guided sampling and
-evaluation can run end to end on a fresh machine without downloading a data set.
+A small class-labelled image folder drawn procedurally (coloured shapes on a plain
+background), needing nothing beyond Pillow: test data for training, guided sampling and
+evaluation. (The demo uses real data instead: the digits of guided_diffusion.digits_data.)
 
 Files are named "{class}_{index:05d}.png", the class convention of load_data.
 """

@@ -66,6 +66,7 @@ def main(argv: list[str] | None = None) -> None:
         image_size=args.image_size,
         class_cond=True,
         random_crop=True,
+        random_flip=args.random_flip,
     )
     val_data = None
     if args.val_data_dir:

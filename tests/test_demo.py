@@ -1,0 +1,156 @@
+"""
+scripts/demo.py: its pieces in process (settings from flags, progress readers, the class-rows
+grid, the clean classifier's accuracy), and a tiny end-to-end run through the real programs.
+"""
+
+import csv
+import importlib.util
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+pytest.importorskip("sklearn")
+
+from guided_diffusion import digits_data  # noqa: E402
+from guided_diffusion.sample_io import save_samples_npz  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def demo():
+    spec = importlib.util.spec_from_file_location("demo", os.path.join(REPO, "scripts", "demo.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _args(demo, *argv):
+    return demo.create_argparser().parse_args(list(argv))
+
+
+def test_default_settings_are_the_scale_sweep(demo):
+    args = _args(demo)
+    settings = demo.build_settings(args)
+    assert [s.classifier_scale for s in settings] == [0, 1, 2, 4, 8]
+    assert all(s.steps == args.steps and s.sampler == "ancestral" for s in settings)
+    assert args.num_samples >= 250
+    more = demo.build_settings(_args(demo, "--classifier_scales", "0,3", "--extra_setting",
+                                     "d10:sampler=ddim,steps=10,classifier_scale=1"))
+    assert [s.name for s in more] == ["classifier_0", "classifier_3", "d10"]
+    assert more[2].sampling_flags()[:4] == ["--use_ddim", "True", "--timestep_respacing", "ddim10"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--classifier_scales", "0,x"], "--classifier_scales"),
+        (["--classifier_scales", "-1"], ">= 0"),
+        (["--extra_setting", "classifier_0:steps=3"], "distinct names"),
+        (["--extra_setting", "a:steps=-3"], "--extra_setting"),
+        (["--classifier_scales", ""], "no settings"),
+    ],
+)
+def test_bad_settings_flags(demo, argv, message):
+    with pytest.raises(demo.DemoError, match=message):
+        demo.build_settings(_args(demo, *argv))
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--num_samples", "0"], "--num_samples"),
+        (["--image_size", "10"], "--image_size"),
+        (["--num_channels", "48"], "multiple of 32"),
+    ],
+)
+def test_bad_counts(demo, argv, message):
+    with pytest.raises(demo.DemoError, match=message):
+        demo.check_args(_args(demo, *argv))
+
+
+def test_progress_readers(demo, tmp_path):
+    log = tmp_path / "out.txt"
+    assert demo.sampled_images(str(log)) == 0
+    log.write_text("loading\rsampling:  20%|##        | 50/250 [00:03<00:12]\r"
+                   "sampling:  40%|####      | 100/250 [00:06<00:09]")
+    assert demo.sampled_images(str(log)) == 100
+    read = demo.trained_steps(str(tmp_path))
+    assert read("") == 0
+    (tmp_path / "progress.csv").write_text("loss,step\n1.0,0\n0.5,10\n")
+    assert read("") == 11
+
+
+def test_class_rows_grid(demo):
+    labels = np.array([1, 0, 1, 2, 0, 1])
+    images = np.stack([np.full((2, 2, 3), 10 * (i + 1), np.uint8) for i in range(6)])
+    grid = demo.class_rows_grid(images, labels, per_class=2, scale=2, padding=1)
+    assert grid.shape == (3 * 5 + 1, 2 * 5 + 1, 3)
+    tile = lambda row, col: grid[1 + row * 5: 5 + row * 5, 1 + col * 5: 5 + col * 5]  # noqa: E731
+    assert (tile(0, 0) == 20).all() and (tile(0, 1) == 50).all()  # the 0s, in order
+    assert (tile(1, 0) == 10).all() and (tile(1, 1) == 30).all()  # the first two 1s
+    assert (tile(2, 0) == 40).all() and (tile(2, 1) == 255).all()  # one 2, then blank
+
+
+def test_accuracy_of_real_and_wrong_digits(demo, tmp_path):
+    images, labels = digits_data.load_digit_arrays()
+    train, held = digits_data.holdout_split(labels, 20)
+    big = np.stack([np.asarray(digits_data.digit_to_image(d, 16)) for d in images])
+    clean = digits_data.fit_clean_classifier(
+        digits_data.images_to_digit_features(big[train]), labels[train])
+    npz = str(tmp_path / "samples_200x16x16x3.npz")
+    save_samples_npz(npz, big[held], labels[held])
+    accuracy, grid = demo.finish_setting(npz, clean, per_class=3)
+    assert accuracy > 0.95 and os.path.exists(grid)
+    save_samples_npz(npz, big[held], (labels[held] + 1) % 10)  # every label wrong
+    assert demo.finish_setting(npz, clean, per_class=3)[0] < 0.05
+
+
+def _run_demo(out, *extra):
+    env = dict(os.environ, OMP_NUM_THREADS="1", CUDA_VISIBLE_DEVICES="")
+    return subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "demo.py"), "--out_dir", str(out),
+         "--image_size", "8", "--num_channels", "32", "--num_res_blocks", "1",
+         "--train_steps", "2", "--classifier_steps", "2", "--batch_size", "4",
+         "--num_samples", "10", "--steps", "2", "--holdout_per_class", "2", *extra],
+        env=env, capture_output=True, text=True, timeout=900,
+    )
+
+
+@pytest.mark.slow
+def test_tiny_demo_end_to_end(tmp_path):
+    out = tmp_path / "demo"
+    result = _run_demo(out, "--classifier_scales", "0,4", "--evaluate", "yes")
+    assert result.returncode == 0, result.stderr[-3000:]
+    with open(out / "results.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["setting"] for r in rows] == ["classifier_0", "classifier_4"]
+    for row in rows:
+        for key in ("fid", "sfid", "precision", "recall", "accuracy", "images_per_second"):
+            assert np.isfinite(float(row[key])), (key, row)
+    assert "| classifier_4 | ancestral | 2 | 4 |" in result.stdout
+    for name in ("classifier_0", "classifier_4"):
+        assert (out / "samples" / name / "grid_by_digit.png").exists()
+        with np.load(out / "samples" / name / "samples_10x8x8x3.npz") as batch:
+            assert batch["arr_1"].tolist() == list(range(10))  # balanced: every digit once
+    commands = (out / "commands.txt").read_text().splitlines()
+    assert [c.split()[2] for c in commands[:4]] == [
+        "scripts/image_train.py", "scripts/classifier_train.py", "scripts/image_sample.py",
+        "scripts/classifier_sample.py"]
+    # a second run reuses models and samples: only the new setting is sampled
+    again = _run_demo(out, "--classifier_scales", "0,4", "--evaluate", "no",
+                      "--extra_setting", "ddim:sampler=ddim,classifier_scale=1")
+    assert again.returncode == 0, again.stderr[-3000:]
+    new = (out / "commands.txt").read_text().splitlines()[len(commands):]
+    assert len(new) == 1 and "--use_ddim True" in new[0]
+
+
+def test_bad_flag_is_one_line(tmp_path):
+    result = _run_demo(tmp_path / "x", "--extra_setting", "a b:steps=2")
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("demo: error: --extra_setting: setting 'a b")
+    assert not (tmp_path / "x").exists()

@@ -1,0 +1,85 @@
+"""The demo's settings records (what each passes to the sampling program) and results files."""
+
+import csv
+import math
+
+import pytest
+
+from guided_diffusion import demo_settings as ds
+
+BASE = ds.Setting(name="base", steps=50)
+
+
+def test_scale_sweep_names_programs_and_flags():
+    sweep = ds.scale_sweep([0, 1, 2.5], BASE)
+    assert [s.name for s in sweep] == ["classifier_0", "classifier_1", "classifier_2.5"]
+    assert sweep[0].script() == ds.PLAIN_PROGRAM
+    assert sweep[0].sampling_flags() == ["--timestep_respacing", "50"]
+    assert sweep[2].script() == ds.CLASSIFIER_PROGRAM
+    assert sweep[2].sampling_flags() == ["--timestep_respacing", "50", "--classifier_scale", "2.5"]
+
+
+def test_parse_setting_known_and_passed_through_keys():
+    s = ds.parse_setting("fast:sampler=ddim,steps=25,classifier_scale=2,eta=0.5", BASE)
+    assert (s.name, s.sampler, s.steps, s.classifier_scale) == ("fast", "ddim", 25, 2.0)
+    assert s.sampling_flags() == [
+        "--use_ddim", "True", "--timestep_respacing", "ddim25", "--classifier_scale", "2",
+        "--eta", "0.5",
+    ]
+    cfg = ds.parse_setting("cfg3:sampler=dpm++2m,guidance_scale=3", BASE)
+    assert cfg.script() == ds.PLAIN_PROGRAM and cfg.guidance_scale == 3.0
+    assert cfg.sampling_flags() == [
+        "--timestep_respacing", "50", "--sampler", "dpm++2m", "--guidance_scale", "3",
+    ]
+    forced = ds.parse_setting("zero:program=classifier_sample", BASE)
+    assert forced.script() == ds.CLASSIFIER_PROGRAM
+    assert forced.sampling_flags()[-2:] == ["--classifier_scale", "0"]
+    assert ds.parse_setting("plain", BASE) == ds.Setting(name="plain", steps=50)
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("", "NAME"),
+        ("bad name:steps=3", "NAME"),
+        ("x:steps", "not key=value"),
+        ("x:steps=0", "steps must be a positive integer"),
+        ("x:classifier_scale=abc", "not a number"),
+        ("x:classifier_scale=-1", ">= 0"),
+        ("x:guidance_scale=inf", ">= 0"),
+        ("x:program=other", "program must be one of"),
+        ("x:--eta=1", "not key=value"),
+    ],
+)
+def test_parse_setting_rejects(spec, message):
+    with pytest.raises(ds.SettingError, match=message):
+        ds.parse_setting(spec, BASE)
+
+
+def test_check_unique():
+    ds.check_unique(ds.scale_sweep([0, 1], BASE))
+    with pytest.raises(ds.SettingError, match="classifier_1"):
+        ds.check_unique(ds.scale_sweep([0, 1, 1.0], BASE))
+
+
+def test_results_files(tmp_path):
+    metrics = dict(fid=12.3456, sfid=150.25, precision=0.5, recall=0.25, accuracy=0.9,
+                   images_per_second=3.5)
+    rows = [
+        ds.result_row(ds.scale_sweep([4], BASE)[0], metrics),
+        ds.result_row(ds.parse_setting("cfg:guidance_scale=2", BASE),
+                      dict(metrics, fid=float("nan"))),
+    ]
+    csv_path, md_path = ds.write_results(rows, str(tmp_path))
+    with open(csv_path) as f:
+        read = list(csv.DictReader(f))
+    assert list(read[0]) == list(ds.RESULT_COLUMNS)
+    assert read[0]["setting"] == "classifier_4" and float(read[0]["fid"]) == 12.3456
+    assert read[0]["guidance_scale"] == "" and read[1]["guidance_scale"] == "2.0"
+    assert math.isnan(float(read[1]["fid"]))
+    lines = open(md_path).read().splitlines()
+    assert lines[0] == "| " + " | ".join(ds.RESULT_COLUMNS) + " |"
+    assert lines[2].startswith("| classifier_4 | ancestral | 50 | 4 |  | 12.346 | 150.2 |")
+    assert lines[3].startswith("| cfg | ancestral | 50 | 0 | 2 | nan |")
+    assert len(lines) == 4
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.md"]
