@@ -98,6 +98,10 @@ class _GuidedModel(nn.Module):
         self.model = model
         self.scale = float(scale)
         self.active = active
+        # an object with a ``model`` count (``samplers.EvaluationCounts``): each call adds
+        # the share of the batch that also got the base prediction, so that the count is
+        # network evaluations (one call of the wrapper counts one)
+        self.counts = None
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
         """
@@ -111,6 +115,8 @@ class _GuidedModel(nn.Module):
         if inside is None:
             return self.model(x, t, **kwargs)
         main, base = self.predictions(x, t, inside, kwargs)
+        if self.counts is not None:
+            self.counts.model += inside.float().mean().item()
         channels = x.shape[1]
         guided = main.clone()
         mean = base[:, :channels] + self.scale * (main[inside, :channels] - base[:, :channels])

@@ -107,7 +107,11 @@ def num_classes_of(args: argparse.Namespace) -> int:
 
 
 def guided_model_fn(
-    args: argparse.Namespace, model: nn.Module, diffusion: GaussianDiffusion, super_res=False
+    args: argparse.Namespace,
+    model: nn.Module,
+    diffusion: GaussianDiffusion,
+    super_res: bool = False,
+    counts: Optional[samplers.EvaluationCounts] = None,
 ) -> nn.Module:
     """
     The model to sample with for ``--guidance_scale`` and ``--guide_model_path``
@@ -119,6 +123,8 @@ def guided_model_fn(
     :param model: the loaded main model.
     :param diffusion: its diffusion process.
     :param super_res: the models are upsamplers.
+    :param counts: the sampler's evaluation counts, to which the guided model adds the
+        evaluations of its second branch (null class or guide).
     :return: a module called like ``model``.
     :raises SamplingInputError: the model cannot be guided that way.
     """
@@ -130,9 +136,12 @@ def guided_model_fn(
         interval = parse_guidance_interval(getattr(args, "guidance_interval", ""))
         if interval is not None:
             active = interval_active(diffusion, interval)
-        return guided_model(model, args.guidance_scale, guide=guide, active=active)
+        guided = guided_model(model, args.guidance_scale, guide=guide, active=active)
     except (GuidanceError, ValueError) as err:
         raise SamplingInputError(str(err)) from None
+    if guided is not model:
+        guided.counts = counts
+    return guided
 
 
 # ---------------------------------------------------------------- what each image gets

@@ -41,7 +41,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     logger.log("creating model and diffusion...")
     model, diffusion = sample_util.load_model_and_diffusion(args)
-    model = sample_util.guided_model_fn(args, model, diffusion)
+    model = sample_util.guided_model_fn(args, model, diffusion, counts=sampler.counts)
     logger.log("loading classifier...")
     classifier = sample_util.load_classifier(args)
 

@@ -42,7 +42,9 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     logger.log("creating model and diffusion...")
     model, diffusion = sample_util.load_model_and_diffusion(args, super_res=True)
-    model = sample_util.guided_model_fn(args, model, diffusion, super_res=True)
+    model = sample_util.guided_model_fn(
+        args, model, diffusion, super_res=True, counts=sampler.counts
+    )
 
     logger.log(f"upsampling {num_samples} images to {args.large_size}x{args.large_size}...")
     # the base labels stay beside their images; they go to the model only when it takes them

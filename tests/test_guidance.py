@@ -21,7 +21,7 @@ from guided_diffusion.guidance import (
     noise_level_lookup,
 )
 from guided_diffusion.respace import SpacedDiffusion, space_timesteps
-from guided_diffusion.samplers import SAMPLERS
+from guided_diffusion.samplers import SAMPLERS, EvaluationCounts
 from guided_diffusion.samplers import sample as sample_with
 
 NUM_CLASSES = 3
@@ -123,6 +123,24 @@ def test_the_guidance_interval_skips_the_null_branch_outside():
     sample(diffusion, ClassifierFreeGuidance(model, 2.0, active=active), LABELS)
     # one call per step from t = 9 down to 0: 8 rows (with the null class) only for t in 3..6
     assert model.batch_sizes == [4, 4, 4, 8, 8, 8, 8, 4, 4, 4]
+
+
+def test_the_evaluation_counts_include_the_second_branch():
+    diffusion = make_diffusion(steps=10)
+    levels = noise_level_lookup(diffusion)(torch.arange(10))
+    active = interval_active(diffusion, (float(levels[2]), float(levels[6])))  # 4 of 10 steps
+    noise = arange_images(4)
+    for make, expected in [
+        (lambda: ClassifierFreeGuidance(AffineModel(0.4, C_TABLE), 2.0), 20),
+        (lambda: ClassifierFreeGuidance(AffineModel(0.4, C_TABLE), 2.0, active), 14),
+        (lambda: AutoGuidance(AffineModel(0.4, C_TABLE), AffineModel(0.7, C_TABLE), 2.0), 20),
+        (lambda: ClassifierFreeGuidance(AffineModel(0.4, C_TABLE), 1.0), 10),
+    ]:
+        counts, model = EvaluationCounts(), make()
+        model.counts = counts
+        kwargs = dict(noise=noise, model_kwargs={"y": LABELS}, counts=counts)
+        sample_with(diffusion, model, noise.shape, **kwargs)
+        assert counts.model == expected
 
 
 def test_scale_one_is_the_model_itself():

@@ -15,6 +15,7 @@ from guided_diffusion import run_config, sample_util, script_util
 from guided_diffusion.checkpoint_util import CheckpointMismatchError
 from guided_diffusion.guidance import AutoGuidance, ClassifierFreeGuidance
 from guided_diffusion.sample_util import SamplingInputError
+from guided_diffusion.samplers import EvaluationCounts
 from test_sample_scripts import MODEL, import_script, load, randomise_zero_init, run, sample_flags
 
 SAMPLES = "samples_4x16x16x3.npz"
@@ -93,8 +94,9 @@ def test_guidance_flags_pick_the_wrapper(ckpt):
     with pytest.raises(CheckpointMismatchError, match="--class_dropout_prob"):
         sample_util.guided_model_fn(args, model, diffusion)
     args.guide_model_path = ckpt["cfg"]
-    auto = sample_util.guided_model_fn(args, model, diffusion)
-    assert isinstance(auto, AutoGuidance) and auto.guide is not model
+    counts = EvaluationCounts()
+    auto = sample_util.guided_model_fn(args, model, diffusion, counts=counts)
+    assert isinstance(auto, AutoGuidance) and auto.guide is not model and auto.counts is counts
     # a resumed run checks the guide's contents, like the model's
     identity = sample_util.run_identity(args, {"model_path": args.model_path})
     assert identity["files"]["guide_model_path"] == ckpt["cfg"]
