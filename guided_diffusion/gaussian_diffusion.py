@@ -125,8 +125,12 @@ class GaussianDiffusion:
         self.rescale_timesteps = rescale_timesteps
 
         betas = np.array(betas, dtype=np.float64)
-        if betas.ndim != 1 or len(betas) == 0:
-            raise ValueError(f"betas must be a non-empty 1-D sequence, got shape {betas.shape}")
+        if betas.ndim != 1 or len(betas) < 2:
+            # one step leaves no posterior variance to clip the t = 0 log variance with
+            raise ValueError(
+                f"a diffusion process needs at least 2 steps, got betas of shape {betas.shape} "
+                "(--diffusion_steps, or --timestep_respacing when sampling, must be >= 2)"
+            )
         if not ((betas > 0).all() and (betas <= 1).all()):
             raise ValueError(
                 f"every beta must lie in (0, 1], got values from {betas.min():.4g} to "

@@ -150,3 +150,23 @@ def test_model_and_cond_fn_see_original_timesteps(rescale):
 def test_out_of_range_use_timesteps_rejected():
     with pytest.raises(ValueError, match="subset of range"):
         _spaced([0, 5, 30], T=30)
+
+
+def test_a_single_step_process_is_a_clear_error():
+    # --timestep_respacing 1 used to fail with an IndexError deep in the schedule arrays.
+    betas = gd.get_named_beta_schedule("linear", 1000)
+    with pytest.raises(ValueError, match=r"at least 2 steps.*--timestep_respacing"):
+        SpacedDiffusion(
+            use_timesteps=space_timesteps(1000, "1"),
+            betas=betas,
+            model_mean_type=gd.ModelMeanType.EPSILON,
+            model_var_type=gd.ModelVarType.FIXED_LARGE,
+            loss_type=gd.LossType.MSE,
+        )
+    SpacedDiffusion(  # two steps are fine
+        use_timesteps=space_timesteps(1000, "2"),
+        betas=betas,
+        model_mean_type=gd.ModelMeanType.EPSILON,
+        model_var_type=gd.ModelVarType.FIXED_LARGE,
+        loss_type=gd.LossType.MSE,
+    )
