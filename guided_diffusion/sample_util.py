@@ -209,22 +209,6 @@ def chunk_seeds(seed: int, chunk: int) -> tuple[int, int]:
     return int(noise_seed), int(label_seed)
 
 
-def chunk_plan(
-    num_samples: int, batch_size: int, rank: int, world: int
-) -> Iterator[tuple[int, int, int]]:
-    """
-    The per-round split the editing tools use: for each round of ``batch_size * world``
-    items, yield this rank's (chunk index, first item index, item count); the count is 0
-    for ranks past the end in the last round (they still join that round's gather).
-    The sampling programs use ``shards.run_sharded`` instead.
-    """
-    per_round = batch_size * world
-    for round_index in range(-(-num_samples // per_round)):
-        start = round_index * per_round + rank * batch_size
-        count = min(max(num_samples - start, 0), batch_size)
-        yield round_index * world + rank, start, count
-
-
 # ---------------------------------------------------------------- one chunk of images
 
 
