@@ -531,6 +531,28 @@ def add_flags(
     add_dict_to_argparser(parser, defaults, helps=helps)
 
 
+def create_sampling_parser(
+    description: str, own: dict[str, object], *model_defaults: dict[str, Any]
+) -> argparse.ArgumentParser:
+    """
+    A sampling (or evaluation) program's parser: its own flags first, with the sampling
+    help (``add_flags``), then the model flags of ``model_defaults``.
+
+    :param description: the program's docstring, kept as written.
+    :param own: the program's own flags and defaults (e.g. ``sampling_defaults()``).
+    :param model_defaults: dicts of model, diffusion (and classifier) flags.
+    """
+    parser = create_parser(description)
+    add_flags(parser, own)
+    add_dict_to_argparser(parser, {k: v for group in model_defaults for k, v in group.items()})
+    return parser
+
+
+def create_train_parser(description: str, *defaults: dict[str, Any]) -> argparse.ArgumentParser:
+    """A training program's parser: the flags of ``defaults`` with the training help."""
+    return create_parser(description, *defaults, helps=TRAIN_FLAG_HELP)
+
+
 def args_to_dict(args: argparse.Namespace, keys) -> dict[str, Any]:
     """The values of ``keys`` in parsed arguments, as a dict."""
     return {k: getattr(args, k) for k in keys}
