@@ -23,6 +23,7 @@ iterator (``load_data`` starts a new epoch on resume) and the loss history of a
 ``LossSecondMomentResampler`` (it warms up again).
 """
 
+import argparse
 import contextlib
 import math
 import os
@@ -61,7 +62,8 @@ from .resample import (
     UniformSampler,
     create_named_schedule_sampler,
 )
-from .run_config import make_run_config, write_run_config
+from .run_config import make_run_config, parse_args, write_run_config
+from .script_util import create_from_flags
 
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
@@ -608,6 +610,34 @@ def check_train_args(args) -> None:
 
 
 # ---------------------------------------------------------------------------- helpers
+
+
+def parse_train_flags(
+    parser: argparse.ArgumentParser, argv: Optional[list[str]], kind: str
+) -> argparse.Namespace:
+    """
+    The training programs' start: parse the flags (filling in the model flags saved beside
+    ``--resume_checkpoint``), join the process group and check the flags
+    (``check_train_args``) before anything is loaded or written.
+
+    :param kind: "model", "super_res" or "classifier": the network being trained.
+    """
+    args = parse_args(parser, argv, resume_checkpoint=kind)
+    dist_util.setup_dist()
+    check_train_args(args)
+    return args
+
+
+def create_network(args: argparse.Namespace, kind: str) -> tuple[nn.Module, object]:
+    """
+    Seed torch from ``--seed`` and build the network to train and its diffusion process.
+
+    :param kind: "model", "super_res" or "classifier".
+    :return: (network, diffusion), the network still on the CPU.
+    """
+    logger.log("creating model and diffusion...")
+    torch.manual_seed(args.seed)
+    return create_from_flags(args, kind)
 
 
 def train_diffusion_model(
