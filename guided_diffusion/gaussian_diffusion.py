@@ -10,6 +10,7 @@ guided-diffusion release, so a fixed seed gives the same samples.
 """
 
 import enum
+import inspect
 import math
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -95,6 +96,26 @@ StepFn = Callable[[torch.Tensor, torch.Tensor], dict]
 # randn(x) -> standard normal noise of x's shape, dtype and device: the source of the
 # sampling noise (default torch.randn_like); see image_seeds.ImageRandom for per-image noise.
 RandnFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _final_sample(
+    progressive: Callable[..., Iterator[dict]], doc: str
+) -> Callable[..., torch.Tensor]:
+    """
+    The sampling loop that returns only the final sample of the ``*_progressive`` loop
+    ``progressive``, with the same arguments (and signature, for ``help``).
+
+    :param doc: the loop's docstring.
+    """
+    name = progressive.__name__.removesuffix("_progressive")
+
+    def loop(self, *args, **kwargs) -> torch.Tensor:
+        return self._last(getattr(self, progressive.__name__)(*args, **kwargs))
+
+    loop.__name__, loop.__qualname__ = name, f"GaussianDiffusion.{name}"
+    loop.__doc__ = doc
+    loop.__signature__ = inspect.signature(progressive).replace(return_annotation=torch.Tensor)
+    return loop
 
 
 class GaussianDiffusion:
@@ -495,42 +516,11 @@ class GaussianDiffusion:
 
     @staticmethod
     def _last(outputs: Iterator[dict]) -> torch.Tensor:
+        """:return: the "sample" of the last of ``outputs``."""
         final = None
         for final in outputs:
             pass
         return final["sample"]
-
-    def p_sample_loop(
-        self,
-        model,
-        shape: Sequence[int],
-        noise: Optional[torch.Tensor] = None,
-        clip_denoised: bool = True,
-        denoised_fn: Optional[Callable] = None,
-        cond_fn: Optional[Callable] = None,
-        model_kwargs: Optional[dict] = None,
-        device=None,
-        progress: bool = False,
-        *,
-        randn: Optional[RandnFn] = None,
-    ) -> torch.Tensor:
-        """
-        Ancestral sampling from the model (Ho et al. 2020, Algorithm 2).
-
-        :param shape: the shape of the samples, (N, C, H, W).
-        :param noise: optional starting noise of that shape.
-        :param device: where to sample; defaults to the model's device.
-        :param progress: show a tqdm progress bar.
-        :param randn: optional source of the noise, randn(x) -> noise like x; it gives the
-            starting noise too when ``noise`` is None (default: torch's global generator).
-        :return: a non-differentiable batch of samples.
-        """
-        return self._last(
-            self.p_sample_loop_progressive(
-                model, shape, noise, clip_denoised, denoised_fn, cond_fn, model_kwargs,
-                device, progress, randn=randn,
-            )
-        )
 
     def p_sample_loop_progressive(
         self,
@@ -561,30 +551,20 @@ class GaussianDiffusion:
             step, model, shape, indices, noise, device, progress, "sampling", randn
         )
 
-    def ddim_sample_loop(
-        self,
-        model,
-        shape: Sequence[int],
-        noise: Optional[torch.Tensor] = None,
-        clip_denoised: bool = True,
-        denoised_fn: Optional[Callable] = None,
-        cond_fn: Optional[Callable] = None,
-        model_kwargs: Optional[dict] = None,
-        device=None,
-        progress: bool = False,
-        eta: float = 0.0,
-        *,
-        randn: Optional[RandnFn] = None,
-    ) -> torch.Tensor:
+    p_sample_loop = _final_sample(
+        p_sample_loop_progressive,
         """
-        DDIM sampling (Song et al. 2021); same arguments as p_sample_loop plus eta.
-        """
-        return self._last(
-            self.ddim_sample_loop_progressive(
-                model, shape, noise, clip_denoised, denoised_fn, cond_fn, model_kwargs,
-                device, progress, eta, randn=randn,
-            )
-        )
+        Ancestral sampling from the model (Ho et al. 2020, Algorithm 2).
+
+        :param shape: the shape of the samples, (N, C, H, W).
+        :param noise: optional starting noise of that shape.
+        :param device: where to sample; defaults to the model's device.
+        :param progress: show a tqdm progress bar.
+        :param randn: optional source of the noise, randn(x) -> noise like x; it gives the
+            starting noise too when ``noise`` is None (default: torch's global generator).
+        :return: a non-differentiable batch of samples.
+        """,
+    )
 
     def ddim_sample_loop_progressive(
         self,
@@ -616,38 +596,12 @@ class GaussianDiffusion:
             step, model, shape, indices, noise, device, progress, "DDIM", randn
         )
 
-    def dpm_solver_sample_loop(
-        self,
-        model,
-        shape: Sequence[int],
-        noise: Optional[torch.Tensor] = None,
-        clip_denoised: bool = True,
-        denoised_fn: Optional[Callable] = None,
-        cond_fn: Optional[Callable] = None,
-        model_kwargs: Optional[dict] = None,
-        device=None,
-        progress: bool = False,
-        order: int = 2,
-        solver: str = "dpm++",
-        randn: Optional[RandnFn] = None,
-    ) -> torch.Tensor:
+    ddim_sample_loop = _final_sample(
+        ddim_sample_loop_progressive,
         """
-        Deterministic multistep DPM-Solver++ sampling (Lu et al. 2022) of order 1 (= DDIM
-        with eta 0), 2 ("2M") or 3 ("3M"), one model evaluation per timestep; same
-        arguments as p_sample_loop. With cond_fn, guidance shifts the noise prediction as
-        in condition_score.
-
-        :param order: the solver's order (UniPC: its predictor's).
-        :param solver: "dpm++", or "unipc" for UniPC's predictor-corrector (Zhao et al. 2023).
-        :param randn: optional source of the starting noise when ``noise`` is None (the
-            solvers draw no other noise).
-        """
-        return self._last(
-            self.dpm_solver_sample_loop_progressive(
-                model, shape, noise, clip_denoised, denoised_fn, cond_fn, model_kwargs,
-                device, progress, order, solver, randn,
-            )
-        )
+        DDIM sampling (Song et al. 2021); same arguments as p_sample_loop plus eta.
+        """,
+    )
 
     def dpm_solver_sample_loop_progressive(
         self,
@@ -676,6 +630,21 @@ class GaussianDiffusion:
         return self._loop_progressive(
             step, model, shape, indices, noise, device, progress, f"{solver} order {order}", randn
         )
+
+    dpm_solver_sample_loop = _final_sample(
+        dpm_solver_sample_loop_progressive,
+        """
+        Deterministic multistep DPM-Solver++ sampling (Lu et al. 2022) of order 1 (= DDIM
+        with eta 0), 2 ("2M") or 3 ("3M"), one model evaluation per timestep; same
+        arguments as p_sample_loop. With cond_fn, guidance shifts the noise prediction as
+        in condition_score.
+
+        :param order: the solver's order (UniPC: its predictor's).
+        :param solver: "dpm++", or "unipc" for UniPC's predictor-corrector (Zhao et al. 2023).
+        :param randn: optional source of the starting noise when ``noise`` is None (the
+            solvers draw no other noise).
+        """,
+    )
 
     # ------------------------------------------------------------------ likelihood
 
