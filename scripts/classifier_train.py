@@ -27,8 +27,6 @@ from guided_diffusion import dist_util, logger
 from guided_diffusion.image_datasets import list_classes, load_data
 from guided_diffusion.resample import create_named_schedule_sampler
 from guided_diffusion.flags import (
-    CLASSIFIER_LOOP_FLAGS,
-    args_to_dict,
     classifier_and_diffusion_defaults,
     classifier_train_defaults,
     create_train_parser,
@@ -44,7 +42,7 @@ from guided_diffusion.train_util import (
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_train_flags(create_argparser(), argv, "classifier")
+    args, config = parse_train_flags(create_argparser(), argv, "classifier")
     check_num_classes(args.data_dir, args.num_classes)
     if args.val_data_dir and not bf.isdir(args.val_data_dir):
         raise FileNotFoundError(
@@ -81,13 +79,14 @@ def main(argv: list[str] | None = None) -> None:
     logger.log("training classifier model...")
     ClassifierTrainLoop(
         model=model,
-        run_config=training_run_config("classifier", args),
         diffusion=diffusion,
         data=data,
+        config=config,
+        noised=args.noised,
         val_data=val_data,
+        eval_interval=args.eval_interval,
         schedule_sampler=schedule_sampler,
-        use_fp16=args.classifier_use_fp16,
-        **args_to_dict(args, CLASSIFIER_LOOP_FLAGS),
+        run_config=training_run_config("classifier", args),
     ).run_loop()
     dist_util.cleanup()
 

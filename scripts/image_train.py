@@ -28,7 +28,7 @@ from guided_diffusion.train_util import create_network, parse_train_flags, train
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_train_flags(create_argparser(), argv, "model")
+    args, config = parse_train_flags(create_argparser(), argv, "model")
     data = load_data(
         data_dir=args.data_dir,
         batch_size=args.batch_size,
@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> None:
     logger.configure()
 
     model, diffusion = create_network(args, "model")
-    train_diffusion_model(args, model, diffusion, data)
+    train_diffusion_model(args, model, diffusion, data, kind="model", config=config)
 
 
 def create_argparser() -> argparse.ArgumentParser:

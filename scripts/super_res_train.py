@@ -28,7 +28,7 @@ from guided_diffusion.train_util import create_network, parse_train_flags, train
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_train_flags(create_argparser(), argv, "super_res")
+    args, config = parse_train_flags(create_argparser(), argv, "super_res")
     data = load_superres_data(
         args.data_dir,
         args.batch_size,
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     logger.configure()
 
     model, diffusion = create_network(args, "super_res")
-    train_diffusion_model(args, model, diffusion, data, kind="super_res")
+    train_diffusion_model(args, model, diffusion, data, kind="super_res", config=config)
 
 
 def load_superres_data(
