@@ -122,6 +122,9 @@ def network_defaults(kind: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- training
 
 
+# ``image_datasets.load_data`` arguments that image_train.py takes from the flags of the same name.
+DATA_FLAGS = ("data_dir", "batch_size", "image_size", "class_cond", "random_flip")
+
 # ``TrainLoop`` arguments that come straight from the command-line flags of the same name.
 TRAIN_LOOP_FLAGS = (
     "batch_size",

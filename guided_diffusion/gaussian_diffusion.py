@@ -10,6 +10,7 @@ guided-diffusion release, so a fixed seed gives the same samples.
 """
 
 import enum
+import functools
 import inspect
 import math
 from typing import Callable, Iterator, Optional, Sequence
@@ -481,7 +482,7 @@ class GaussianDiffusion:
         step: StepFn,
         model,
         shape: Sequence[int],
-        indices: Sequence[int],
+        indices: Optional[Sequence[int]],
         noise: Optional[torch.Tensor],
         device,
         progress: bool,
@@ -491,8 +492,10 @@ class GaussianDiffusion:
         """
         The one driver behind every sampling loop: start from ``noise`` (or fresh
         Gaussian noise of ``shape``, from ``randn`` when given) and apply ``step(x, t)``
-        at each index in turn, yielding its output dict.
+        at each index in turn (None: T-1 down to 0), yielding its output dict.
         """
+        if indices is None:
+            indices = list(range(self.num_timesteps))[::-1]
         if not isinstance(shape, (tuple, list)):
             raise ValueError(f"shape must be a tuple or list such as (N, C, H, W), got {shape!r}")
         if device is None:
@@ -539,16 +542,12 @@ class GaussianDiffusion:
         """
         Like p_sample_loop, but yield the output dict of p_sample at every step.
         """
-
-        def step(x, t):
-            return self.p_sample(
-                model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-                cond_fn=cond_fn, model_kwargs=model_kwargs, randn=randn,
-            )
-
-        indices = list(range(self.num_timesteps))[::-1]
+        step = functools.partial(
+            self.p_sample, model, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+            cond_fn=cond_fn, model_kwargs=model_kwargs, randn=randn,
+        )  # fmt: skip
         return self._loop_progressive(
-            step, model, shape, indices, noise, device, progress, "sampling", randn
+            step, model, shape, None, noise, device, progress, "sampling", randn
         )
 
     p_sample_loop = _final_sample(
@@ -584,16 +583,12 @@ class GaussianDiffusion:
         """
         Like ddim_sample_loop, but yield the output dict of ddim_sample at every step.
         """
-
-        def step(x, t):
-            return self.ddim_sample(
-                model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-                cond_fn=cond_fn, model_kwargs=model_kwargs, eta=eta, randn=randn,
-            )
-
-        indices = list(range(self.num_timesteps))[::-1]
+        step = functools.partial(
+            self.ddim_sample, model, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+            cond_fn=cond_fn, model_kwargs=model_kwargs, eta=eta, randn=randn,
+        )  # fmt: skip
         return self._loop_progressive(
-            step, model, shape, indices, noise, device, progress, "DDIM", randn
+            step, model, shape, None, noise, device, progress, "DDIM", randn
         )
 
     ddim_sample_loop = _final_sample(
@@ -626,9 +621,9 @@ class GaussianDiffusion:
             self, model, order=order, solver=solver, clip_denoised=clip_denoised,
             denoised_fn=denoised_fn, cond_fn=cond_fn, model_kwargs=model_kwargs,
         )
-        indices = list(range(self.num_timesteps))[::-1]
+        desc = f"{solver} order {order}"
         return self._loop_progressive(
-            step, model, shape, indices, noise, device, progress, f"{solver} order {order}", randn
+            step, model, shape, None, noise, device, progress, desc, randn
         )
 
     dpm_solver_sample_loop = _final_sample(

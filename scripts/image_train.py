@@ -29,13 +29,7 @@ from guided_diffusion.train_util import create_network, parse_train_flags, train
 
 def main(argv: list[str] | None = None) -> None:
     args, config = parse_train_flags(create_argparser(), argv, "model")
-    data = load_data(
-        data_dir=args.data_dir,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        class_cond=args.class_cond,
-        random_flip=args.random_flip,
-    )
+    data = load_data(**flags.args_to_dict(args, flags.DATA_FLAGS))
     logger.configure()
 
     model, diffusion = create_network(args, "model")

@@ -30,13 +30,9 @@ from guided_diffusion.train_util import create_network, parse_train_flags, train
 def main(argv: list[str] | None = None) -> None:
     args, config = parse_train_flags(create_argparser(), argv, "super_res")
     data = load_superres_data(
-        args.data_dir,
-        args.batch_size,
-        large_size=args.large_size,
-        small_size=args.small_size,
-        class_cond=args.class_cond,
-        random_flip=args.random_flip,
-    )
+        args.data_dir, args.batch_size, args.large_size, args.small_size, args.class_cond,
+        args.random_flip,
+    )  # fmt: skip
     logger.configure()
 
     model, diffusion = create_network(args, "super_res")
