@@ -398,7 +398,8 @@ class BaseTrainLoop:
 class TrainLoop(BaseTrainLoop):
     """
     Train a diffusion model: the original ``TrainLoop`` arguments plus ``use_bf16``,
-    ``max_steps`` and ``seed`` (see ``BaseTrainLoop`` for the shared ones).
+    ``max_steps`` and ``seed``, the settings of ``train_config.TrainConfig`` (described
+    there), which they build and check; ``TrainLoop.from_config`` takes a checked one.
 
     Each microbatch's loss is weighted by its share of the batch, so the gradient is the
     batch mean whatever ``microbatch`` is (the original summed the microbatch means).
