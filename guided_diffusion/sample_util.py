@@ -238,11 +238,6 @@ def base_sample_kwargs(base: BaseSamples) -> KwargsFn:
 # ---------------------------------------------------------------- seeds
 
 
-def _rank_and_world() -> tuple[int, int]:
-    """Rank and size of the running process group ((0, 1) without one)."""
-    return dist_util.group_rank(), dist_util.group_size()
-
-
 def shared_seed(seed: Optional[int]) -> int:
     """
     The run's base seed: ``seed``, or a fresh one drawn on rank 0 and shared by all ranks.
