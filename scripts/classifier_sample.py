@@ -34,7 +34,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     sample_util.check_counts(args.num_samples, args.batch_size)
     sampler = sample_util.sampler_setting(args)
     num_classes = sample_util.num_classes_of(args)
-    class_labels = sample_util.parse_class_labels(args.class_labels, num_classes)
+    class_labels = sample_util.class_labels_of(args)
 
     dist_util.setup_dist()
     logger.configure()

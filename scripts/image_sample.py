@@ -26,9 +26,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = run_config.parse_args(create_argparser(), argv, model_path="model")
     sample_util.check_counts(args.num_samples, args.batch_size)
     sampler = sample_util.sampler_setting(args)
-    class_labels = sample_util.parse_class_labels(
-        args.class_labels, sample_util.num_classes_of(args)
-    )
+    class_labels = sample_util.class_labels_of(args)
     if class_labels is not None and not args.class_cond:
         raise sample_util.SamplingInputError(
             "--class_labels needs a class-conditional model (--class_cond True); "
