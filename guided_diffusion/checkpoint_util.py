@@ -20,6 +20,7 @@ import torch
 import torch.nn as nn
 
 from .io_util import is_local_path
+from .script_errors import debugging
 from .script_util import CLASSIFIER_CHANNEL_MULTS, MODEL_CHANNEL_MULTS, SR_CHANNEL_MULTS
 from .unet import EncoderUNetModel, SuperResModel
 
@@ -82,11 +83,50 @@ def read_checkpoint(path: Union[str, os.PathLike], map_location="cpu", **kwargs)
                 "(checkpoints are read with weights_only=True and cannot run code); save the "
                 "state_dict() instead"
             ) from exc
-        raise ValueError(f"{path} is not a PyTorch checkpoint: {exc}") from exc
+        raise ValueError(_unreadable_message(path, exc)) from exc
     except Exception as exc:  # torch.load fails on junk with many exception types
-        raise ValueError(
-            f"{path} is not a PyTorch checkpoint (torch.load failed: {type(exc).__name__}: {exc})"
-        ) from exc
+        raise ValueError(_unreadable_message(path, exc)) from exc
+
+
+# What torch and its zip reader (miniz) say about a file that ends early or was altered.
+_DAMAGE_SIGNS = ("central directory", "unexpected eof", "corrupt", "truncat", "end of file")
+
+
+def _unreadable_message(path: str, exc: BaseException) -> str:
+    """
+    One line for a file ``torch.load`` could not read: damaged (truncated, a partial copy)
+    or not a checkpoint at all, naming the file and what to do. torch's own text, often
+    several sentences long, is added only under ``GUIDED_DIFFUSION_DEBUG=1`` (the exception
+    is also chained to it).
+
+    :param exc: what ``torch.load`` raised.
+    """
+    size = _file_size(path)
+    text = f"{type(exc).__name__}: {exc}".lower()
+    if size == 0:
+        message = f"{path} is empty (0 bytes): copy or download it again"
+    elif isinstance(exc, EOFError) or any(sign in text for sign in _DAMAGE_SIGNS):
+        message = (
+            f"{path} is damaged or incomplete ({'' if size is None else f'{size} bytes, '}cut "
+            "short or altered after it was saved): copy or download it again, or use another "
+            "checkpoint"
+        )
+    else:
+        message = (
+            f"{path} is not a PyTorch checkpoint (a file written by torch.save): check the "
+            "path, or copy or download the file again"
+        )
+    if debugging():
+        message += f" [torch.load: {type(exc).__name__}: {' '.join(str(exc).split())}]"
+    return message
+
+
+def _file_size(path: str) -> Optional[int]:
+    """:return: the size in bytes of a local file or blobfile URL, None when unknown."""
+    try:
+        return os.path.getsize(path) if is_local_path(path) else bf.stat(path).size
+    except (OSError, AttributeError):
+        return None
 
 
 def _torch_load(path: str, **kwargs) -> Any:

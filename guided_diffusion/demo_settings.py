@@ -8,13 +8,12 @@ command line as ``NAME:key=value,key=value`` (see parse_setting), so new samplin
 (other samplers, classifier-free guidance) add rows to the same table.
 """
 
-import csv
 import math
 import os
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
-from guided_diffusion.io_util import atomic_write
+from guided_diffusion.io_util import markdown_table, write_table
 
 RESULT_COLUMNS = (
     "setting",
@@ -286,14 +285,7 @@ def _cell(column: str, value: object) -> str:
 
 def format_markdown(rows: Sequence[dict[str, object]]) -> str:
     """:return: the rows as a Markdown table with the RESULT_COLUMNS + EXTRA_COLUMNS header."""
-    columns = RESULT_COLUMNS + EXTRA_COLUMNS
-    lines = [
-        "| " + " | ".join(columns) + " |",
-        "|" + "|".join(" --- " for _ in columns) + "|",
-    ]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(c, row.get(c, "")) for c in columns) + " |")
-    return "\n".join(lines) + "\n"
+    return markdown_table(rows, RESULT_COLUMNS + EXTRA_COLUMNS, _cell)
 
 
 def write_results(rows: Sequence[dict[str, object]], out_dir: str) -> tuple[str, str]:
@@ -302,13 +294,5 @@ def write_results(rows: Sequence[dict[str, object]], out_dir: str) -> tuple[str,
 
     :return: (csv path, md path).
     """
-    csv_path = os.path.join(out_dir, "results.csv")
-    md_path = os.path.join(out_dir, "results.md")
-    with atomic_write(csv_path, "w") as f:
-        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS + EXTRA_COLUMNS,
-                                lineterminator="\n", restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-    with atomic_write(md_path, "w") as f:
-        f.write(format_markdown(rows))
-    return csv_path, md_path
+    return write_table(os.path.join(out_dir, "results"), rows, RESULT_COLUMNS + EXTRA_COLUMNS,
+                       _cell)

@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import dist_util, logger, samplers, script_util
+from . import dist_util, logger, run_config, samplers, script_util
 from .dist_util import all_gather_rows  # noqa: F401  (importable here as before)
 from .flags import SAMPLING_FLAG_HELP as FLAG_HELP  # noqa: F401  (importable here as before)
-from .flags import add_flags, sampling_defaults  # noqa: F401
+from .flags import add_flags, create_sampling_parser, sampling_defaults  # noqa: F401
 from .gaussian_diffusion import GaussianDiffusion
 from .guidance import GuidanceError, guided_model, interval_active, parse_guidance_interval
 from .guidance import classifier_cond_fn, labels_to_classifier_only  # noqa: F401
@@ -66,12 +66,16 @@ def check_counts(num_samples: int, batch_size: int) -> None:
         raise SamplingInputError(f"--batch_size must be a positive integer, got {batch_size}")
 
 
-def parse_class_labels(text: str, num_classes: int) -> Optional[list[int]]:
+def parse_class_labels(
+    text: str, num_classes: int, origin: Optional[str] = None
+) -> Optional[list[int]]:
     """
     Parse ``--class_labels``.
 
     :param text: comma-separated class ids, or "" for random classes.
     :param num_classes: valid ids are 0..num_classes-1.
+    :param origin: where that count comes from, for the message (``class_count_origin``;
+        default: ``--num_classes``).
     :return: the ids, or None for random classes.
     """
     if not text.strip():
@@ -86,9 +90,14 @@ def parse_class_labels(text: str, num_classes: int) -> Optional[list[int]]:
     if not labels or bad:
         raise SamplingInputError(
             f"--class_labels {text!r}: class ids must lie in 0..{num_classes - 1} "
-            f"(--num_classes {num_classes}); out of range: {bad}"
+            f"({origin or f'--num_classes {num_classes}'}); out of range: {bad}"
         )
     return labels
+
+
+def class_labels_of(args: argparse.Namespace) -> Optional[list[int]]:
+    """:return: ``--class_labels`` parsed against ``num_classes_of(args)``, or None (random)."""
+    return parse_class_labels(args.class_labels, num_classes_of(args), class_count_origin(args))
 
 
 def num_classes_of(args: argparse.Namespace) -> int:
@@ -101,6 +110,30 @@ def num_classes_of(args: argparse.Namespace) -> int:
     if getattr(args, "class_names", None):
         return len(args.class_names)
     return int(getattr(args, "num_classes", script_util.NUM_CLASSES))
+
+
+def class_count_origin(args: argparse.Namespace) -> str:
+    """
+    Where ``num_classes_of(args)`` comes from, for messages: the training folder's classes
+    or the ``num_classes`` saved in a checkpoint's run configuration (the first of
+    ``--model_path``, ``--classifier_path`` that has one), else the ``--num_classes`` flag.
+
+    :return: e.g. "the 3 classes of the training folder, from runs/model000600.json".
+    """
+    count, names = num_classes_of(args), getattr(args, "class_names", None)
+    for flag in ("model_path", "classifier_path"):
+        path = getattr(args, flag, "")
+        config = run_config.read_run_config(path) if path else None
+        if config is None or not run_config.is_class_conditional(
+            config["kind"], config["model_flags"]
+        ):
+            continue
+        where = run_config.config_path(path)
+        if names and (config.get("data") or {}).get("class_names") == names:
+            return f"the {count} classes of the training folder, from {where}"
+        if not names and config["model_flags"].get("num_classes") == count:
+            return f"num_classes {count}, from {where}"
+    return f"--num_classes {count}"
 
 
 # ---------------------------------------------------------------- guidance
@@ -142,6 +175,22 @@ def guided_model_fn(
     if guided is not model:
         guided.counts = counts
     return guided
+
+
+def load_sampling_model(
+    args: argparse.Namespace, sampler: samplers.SamplerSetting, super_res: bool = False
+) -> tuple[nn.Module, GaussianDiffusion]:
+    """
+    Load the model and diffusion of ``--model_path`` (``load_model_and_diffusion``) and
+    wrap the model for the guidance flags (``guided_model_fn``), counting into ``sampler``.
+
+    :param super_res: the model is an upsampler.
+    :return: (model to sample with, diffusion).
+    """
+    logger.log("creating model and diffusion...")
+    model, diffusion = load_model_and_diffusion(args, super_res=super_res)
+    model = guided_model_fn(args, model, diffusion, super_res=super_res, counts=sampler.counts)
+    return model, diffusion
 
 
 # ---------------------------------------------------------------- what each image gets
@@ -187,11 +236,6 @@ def base_sample_kwargs(base: BaseSamples) -> KwargsFn:
 
 
 # ---------------------------------------------------------------- seeds
-
-
-def _rank_and_world() -> tuple[int, int]:
-    """Rank and size of the running process group ((0, 1) without one)."""
-    return dist_util.group_rank(), dist_util.group_size()
 
 
 def shared_seed(seed: Optional[int]) -> int:
@@ -567,6 +611,27 @@ def sample_from_args(
         grid=args.grid,
         keep_shards=args.keep_shards,
     )
+
+
+def sample_and_report(
+    args: argparse.Namespace,
+    model: Callable,
+    diffusion: GaussianDiffusion,
+    sampler: samplers.SamplerSetting,
+    **kwargs,
+) -> list[str]:
+    """
+    ``sample_from_args`` with ``sampler``'s sample_fn, then the evaluations per image and
+    "sampling complete" in the log: the sampling programs' tail.
+
+    :param kwargs: the other ``sample_from_args`` arguments (``files``, ``make_kwargs``, ...).
+    :return: the paths written (empty on other ranks).
+    """
+    sample_fn = sampler.sample_fn(diffusion)
+    paths = sample_from_args(args, model, diffusion, sample_fn=sample_fn, **kwargs)
+    logger.log(sampler.counts.per_image())
+    logger.log("sampling complete")
+    return paths
 
 
 def _assemble(store: ShardStore, num_samples: int, npz_path: str) -> Optional[np.ndarray]:

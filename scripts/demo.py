@@ -11,7 +11,10 @@ The paper's result, small, on real data: classifier guidance trades diversity fo
   5. measure each setting against the held-out digits (evaluations/evaluator.py: FID, sFID,
      precision, recall) and with an independent clean classifier (a support-vector machine
      fitted on the real 8x8 digits, applied to the samples downscaled to 8x8);
-  6. write results.csv, results.md and per setting a PNG grid with one row per digit.
+  6. write results.csv, results.md and per setting a PNG grid with one row per digit;
+  7. with --restoration yes: inpaint and super-resolve held-out digits with RePaint, DDNM, DPS,
+     ILVR and SDEdit (scripts/image_edit.py) and write restoration.csv / restoration.md
+     (guided_diffusion.demo_restoration).
 
 Every stage runs the real command-line program; the exact command lines and each program's
 output are in --out_dir/commands.txt and --out_dir/logs/. Trained models, the reference batch
@@ -45,6 +48,7 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from guided_diffusion import demo_plots  # noqa: E402
+from guided_diffusion import demo_restoration  # noqa: E402
 from guided_diffusion import demo_settings as ds  # noqa: E402
 from guided_diffusion import digits_data  # noqa: E402
 from guided_diffusion.script_errors import run_program  # noqa: E402
@@ -114,6 +118,7 @@ def create_argparser() -> argparse.ArgumentParser:
     add("--seed", type=int, default=0, help="seed of every stage (the same for every setting)")
     add("--evaluate", choices=("auto", "yes", "no"), default="auto",
         help="run the evaluator: auto = when Inception weights are found without a download")
+    demo_restoration.add_arguments(parser)
     return parser
 
 
@@ -520,6 +525,9 @@ def main() -> None:
         batches = [sample(args, runner, s, model, classifier, bar) for s in settings]
     metrics = evaluate_all(args, runner, split, settings, [npz for npz, _ in batches])
     clean, clean_accuracy = clean_classifier(split)
+    if args.restoration == "yes":
+        holdout = read_folder(split.holdout_dir)
+        demo_restoration.run_section(args, runner, holdout, model, clean, BAR)
 
     rows, grids = [], []
     for setting, (npz, figures), m in zip(settings, batches, metrics):

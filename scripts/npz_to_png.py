@@ -9,6 +9,7 @@ Example:
 """
 
 import argparse
+import itertools
 import os
 from typing import Optional
 
@@ -25,10 +26,15 @@ def main(argv: Optional[list[str]] = None) -> None:
             f"--limit must be 0 (all) or positive, got {args.limit}"
         )
     out_dir = args.out_dir or os.path.splitext(args.npz)[0] + "_png"
+    # read (and so check) the input before creating anything
+    batches = sample_io.iter_npz_images(args.npz, key=args.key, limit=args.limit)
+    first = next(batches, None)
+    if first is None or len(first[0]) == 0:
+        raise sample_util.SamplingInputError(f"{args.npz}: {args.key} holds no images")
     os.makedirs(out_dir, exist_ok=True)
 
     count, grid_images, size = 0, [], None
-    for images, labels in sample_io.iter_npz_images(args.npz, key=args.key, limit=args.limit):
+    for images, labels in itertools.chain([first], batches):
         for i, image in enumerate(images):
             suffix = "" if labels is None else f"_class{labels[i]}"
             sample_io.save_png(os.path.join(out_dir, f"{count + i:06d}{suffix}.png"), image)
@@ -36,8 +42,6 @@ def main(argv: Optional[list[str]] = None) -> None:
             grid_images.append(images[: args.grid_size - count])
         count += len(images)
         size = images.shape[1:3]
-    if count == 0:
-        raise sample_util.SamplingInputError(f"{args.npz}: {args.key} holds no images")
     print(f"wrote {count} PNG files ({size[0]}x{size[1]}) to {out_dir}")
     if args.grid:
         grid_path = os.path.join(out_dir, "grid.png")

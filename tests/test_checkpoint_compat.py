@@ -250,6 +250,31 @@ def test_file_errors(tmp_path):
         read_state_dict(tmp_path / "opt.pt")
 
 
+@pytest.mark.parametrize("legacy", [False, True])
+def test_a_truncated_checkpoint_is_one_readable_line(tmp_path, monkeypatch, legacy):
+    monkeypatch.delenv("GUIDED_DIFFUSION_DEBUG", raising=False)
+    path = tmp_path / "model.pt"
+    torch.save(tiny_model().state_dict(), path, _use_new_zipfile_serialization=not legacy)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(ValueError) as info:
+        read_state_dict(path)
+    message = str(info.value)
+    assert message.startswith(f"{path} is damaged or incomplete ({path.stat().st_size} bytes")
+    assert "copy or download it again" in message
+    assert "\n" not in message and len(message) < 250, message
+    assert "miniz" not in message and "torch.load" not in message
+    assert info.value.__cause__ is not None  # torch's own error stays chained
+    monkeypatch.setenv("GUIDED_DIFFUSION_DEBUG", "1")  # ... and is shown when debugging
+    with pytest.raises(ValueError, match=r"damaged or incomplete.*\[torch\.load: RuntimeError: "):
+        read_state_dict(path)
+
+
+def test_an_empty_checkpoint_says_so(tmp_path):
+    (tmp_path / "model.pt").write_bytes(b"")
+    with pytest.raises(ValueError, match=r"model\.pt is empty \(0 bytes\)"):
+        read_state_dict(tmp_path / "model.pt")
+
+
 class _RunsCode:
     """An object whose unpickling would call os.system."""
 

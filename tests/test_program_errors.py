@@ -8,6 +8,7 @@ import os
 import runpy
 import sys
 
+import numpy as np
 import pytest
 from test_data_hardening import absurd_npz
 
@@ -106,6 +107,19 @@ def test_npz_to_png_names_an_absurd_header(monkeypatch, capsys, tmp_path, log_di
         monkeypatch, capsys, "scripts/npz_to_png.py", path, "--out_dir", str(tmp_path / "png")
     )
     assert_one_line_error(status, err, "npz_to_png.py", "header claims an array of shape")
+    assert not (tmp_path / "png").exists()
+
+
+@pytest.mark.parametrize("bad", ["missing", "text", "empty"])
+def test_npz_to_png_creates_nothing_on_bad_input(monkeypatch, capsys, tmp_path, log_dir, bad):
+    path = tmp_path / "batch.npz"
+    if bad == "text":
+        path.write_text("not a batch\n")
+    elif bad == "empty":
+        np.savez(path, np.zeros((0, 8, 8, 3), np.uint8))
+    status, err = run_main_block(monkeypatch, capsys, "scripts/npz_to_png.py", str(path))
+    assert_one_line_error(status, err, "npz_to_png.py", "batch.npz")
+    assert sorted(os.listdir(tmp_path)) == (["batch.npz"] if bad != "missing" else [])
 
 
 def test_super_res_sample_names_an_absurd_header(monkeypatch, capsys, tmp_path, log_dir):

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from guided_diffusion import dist_util, logger, run_config
+from guided_diffusion import dist_util, logger, run_config, sample_util
 from guided_diffusion.run_config import RunConfigError
 from guided_diffusion.script_util import add_dict_to_argparser, model_and_diffusion_defaults
 
@@ -236,3 +236,29 @@ def test_without_the_file_the_flags_decide(trained, run_main, tmp_path):
     assert _npz(tmp_path / "samples_3x8x8x3.npz")["arr_1"].max() < 1000
     with pytest.raises(Exception, match="does not fit"):
         run_main("image_sample", ["--model_path", bare, *SAMPLE], tmp_path / "defaults")
+
+
+def test_out_of_range_class_labels_name_where_the_classes_come_from(trained, run_main, tmp_path):
+    saved = r"\(the 3 classes of the training folder, from .*ema_0\.9999_000002\.json\)"
+    for script, extra in [("image_sample", []),
+                          ("classifier_sample", ["--classifier_path", trained["classifier"]])]:
+        argv = ["--model_path", trained["model"], *extra, *SAMPLE, "--class_labels", "1,5"]
+        with pytest.raises(ValueError, match=rf"0\.\.2 {saved}; out of range: \[5\]") as info:
+            run_main(script, argv, tmp_path / script)
+        assert "--num_classes" not in str(info.value)
+
+
+def test_class_count_origin(tmp_path):
+    path = tmp_path / "model.pt"
+    args = argparse.Namespace(model_path=str(path), num_classes=10, class_names=None)
+    assert sample_util.class_count_origin(args) == "--num_classes 10"  # no configuration
+    config = {"format": run_config.FORMAT, "kind": "model", "data": None,
+              "model_flags": {"class_cond": True, "num_classes": 10}}  # fmt: skip
+    run_config.write_run_config(str(path), config)
+    expected = f"num_classes 10, from {tmp_path / 'model.json'}"
+    assert sample_util.class_count_origin(args) == expected
+    with pytest.raises(ValueError, match=r"0\.\.9 \(num_classes 10, from .*model\.json\)"):
+        sample_util.class_labels_of(argparse.Namespace(**vars(args), class_labels="10"))
+    config["model_flags"]["class_cond"] = False  # an unconditional model's count is not used
+    run_config.write_run_config(str(path), config)
+    assert sample_util.class_count_origin(args) == "--num_classes 10"

@@ -214,7 +214,7 @@ def test_a_damaged_optimizer_file_is_named(tmp_path, damage):
     opt_file = tmp_path / "opt000002.pt"
     if damage == "truncated":
         opt_file.write_bytes(opt_file.read_bytes()[:200])
-        message = r"opt000002\.pt is not a PyTorch checkpoint"
+        message = r"opt000002\.pt is damaged or incomplete"
     else:
         opt_file.write_bytes(pickle.dumps({"state": _Exploit()}))
         message = r"opt000002\.pt (holds Python objects|is not a PyTorch checkpoint)"
