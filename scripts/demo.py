@@ -261,7 +261,7 @@ def sampled_images(output: str) -> int:
     """:return: the image count of the sampling program's last progress bar update."""
     try:
         with open(output, errors="replace") as f:
-            found = re.findall(r"sampling:\s+\d+%\|[^|]*\|\s*(\d+)/\d+", f.read())
+            found = re.findall(r"\d+%\|[^|]*\|\s*(\d+)/\d+", f.read())
     except OSError:
         return 0
     return int(found[-1]) if found else 0

@@ -113,6 +113,8 @@ def test_progress_readers(demo, tmp_path):
     log.write_text("loading\rsampling:  20%|##        | 50/250 [00:03<00:12]\r"
                    "sampling:  40%|####      | 100/250 [00:06<00:09]")
     assert demo.sampled_images(str(log)) == 100
+    log.write_text("sample:  50%|#####     | 125/250 [00:03<00:03, 34.54img/s]")  # shards' bar
+    assert demo.sampled_images(str(log)) == 125
     read = demo.trained_steps(str(tmp_path))
     assert read("") == 0
     (tmp_path / "progress.csv").write_text("loss,step\n1.0,0\n0.5,10\n")
