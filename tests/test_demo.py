@@ -55,6 +55,7 @@ def test_default_settings_are_the_scale_sweep(demo):
         (["--sweep", "samplers", "--sweep_interval", "5,1"], "--sweep_interval"),
         (["--sweep", "samplers", "--sweep_evaluations", "0,5"], "--sweep_evaluations"),
         (["--sweep", "guidance", "--guidance_scales", "2,nan"], "--guidance_scales"),
+        (["--sweep", "samplers", "--sweep_variants", "guided,other"], "--sweep_variants"),
     ],
 )
 def test_bad_settings_flags(demo, argv, message):
@@ -95,6 +96,29 @@ def test_sweeps_add_settings(demo, tmp_path):
     assert demo.checkpoints(args)["model"].endswith("ema_0.995_000800.pt")
     sweep_args = _args(demo, "--sampler", "dpm++2m", "--steps", "10")
     assert {(s.sampler, s.steps) for s in demo.build_settings(sweep_args)} == {("dpm++2m", 10)}
+
+
+def test_evaluation_is_reused_until_a_batch_changes(demo, tmp_path, monkeypatch):
+    ref, npz = tmp_path / "ref.npz", tmp_path / "samples.npz"
+    ref.write_bytes(b"r")
+    npz.write_bytes(b"s")
+    calls = []
+
+    def fake_run(name, argv, logdir, bar, progress=None):
+        calls.append(argv[-1])
+        out = tmp_path / f"{name}.txt"
+        out.write_text("FID: 12.5\nsFID: 30.25\nPrecision: 0.5\nRecall: 0.25\n")
+        return str(out)
+
+    runner = demo.Runner(str(tmp_path))
+    monkeypatch.setattr(runner, "run", fake_run)
+    bar = demo.tqdm(total=3, disable=True)
+    first = demo.evaluate(runner, str(ref), str(npz), "x", bar)
+    assert first == {"fid": 12.5, "sfid": 30.25, "precision": 0.5, "recall": 0.25}
+    assert demo.evaluate(runner, str(ref), str(npz), "x", bar) == first and len(calls) == 1
+    npz.write_bytes(b"new samples")
+    demo.evaluate(runner, str(ref), str(npz), "x", bar)
+    assert len(calls) == 2
 
 
 def test_sampling_figures(demo, tmp_path):
