@@ -6,7 +6,8 @@ Two tasks on the first ``--restoration_per_class`` held-out digits of every clas
 
 - ``inpaint``: the lower half hidden (``--mask half``); RePaint, DDNM, DPS and SDEdit (which
   keeps the known upper half at every step). PSNR over the hidden half.
-- ``sr``: average-pooling super-resolution by ``--restoration_sr_factor``; DDNM, DPS, ILVR
+- ``sr4``: average-pooling super-resolution by ``--restoration_sr_factor`` (default 4: the 8x8
+  digits seen as 2x2 averages; ``sr2`` with factor 2); DDNM, DPS, ILVR
   (with the average-pooling low-pass filter of the same factor, the measurement's own
   projection) and SDEdit (from the nearest-upsampled measurement). PSNR over every pixel.
 
@@ -68,18 +69,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "with RePaint, DDNM, DPS, ILVR and SDEdit (scripts/image_edit.py)")
     add("--restoration_per_class", type=int, default=10,
         help="held-out digits of each class the restoration section restores")
-    add("--restoration_sr_factor", type=int, default=0,
-        help="super-resolution factor of the restoration section; 0: 4 from 16-pixel images "
-             "up, 2 on 8x8 digits (4x would leave a 2x2 measurement)")
+    add("--restoration_sr_factor", type=int, default=4,
+        help="super-resolution factor of the restoration section (4: 2x2 -> 8x8 on the digits)")
 
 
 def sr_factor(args: argparse.Namespace) -> int:
-    """:return: the super-resolution factor (``--restoration_sr_factor``, 0 resolved)."""
-    factor = args.restoration_sr_factor or (4 if args.image_size >= 16 else 2)
+    """:return: ``--restoration_sr_factor``, checked against ``--image_size``."""
+    factor = args.restoration_sr_factor
     if factor < 2 or args.image_size % factor:
         raise RestorationError(
             f"--restoration_sr_factor must divide --image_size {args.image_size} and be at "
-            f"least 2 (or 0 for automatic), got {args.restoration_sr_factor}"
+            f"least 2, got {factor}"
         )
     return factor
 

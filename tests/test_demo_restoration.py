@@ -55,11 +55,10 @@ def test_select_digits_interleaves_the_classes():
             dr.select_digits(images, labels, per_class=bad)
 
 
-def test_sr_factor_automatic_and_checked():
-    assert dr.sr_factor(_args(image_size=8)) == 2  # 4x would leave 2x2 pixels
-    assert dr.sr_factor(_args(image_size=16)) == 4
-    assert dr.sr_factor(_args(image_size=8, restoration_sr_factor=4)) == 4
-    for bad in (1, 3):
+def test_sr_factor_checked():
+    assert dr.sr_factor(_args(image_size=8)) == 4  # the default: 2x2 -> 8x8
+    assert dr.sr_factor(_args(image_size=8, restoration_sr_factor=2)) == 2
+    for bad in (1, 3, 16):
         with pytest.raises(dr.RestorationError, match="--restoration_sr_factor must divide"):
             dr.sr_factor(_args(image_size=8, restoration_sr_factor=bad))
 
@@ -141,17 +140,17 @@ def test_section_rows_grids_and_reuse(digits, tmp_path):
     assert [(r["task"], r["method"]) for r in rows] == [
         ("inpaint", "measurement"), ("inpaint", "label only"), ("inpaint", "repaint"),
         ("inpaint", "ddnm"), ("inpaint", "dps"), ("inpaint", "sdedit"),
-        ("sr2", "measurement"), ("sr2", "label only"), ("sr2", "ddnm"), ("sr2", "dps"),
-        ("sr2", "ilvr"), ("sr2", "sdedit")]
+        ("sr4", "measurement"), ("sr4", "label only"), ("sr4", "ddnm"), ("sr4", "dps"),
+        ("sr4", "ilvr"), ("sr4", "sdedit")]
     by_method = {(r["task"], r["method"]): r for r in rows}
     restored = by_method["inpaint", "repaint"]
     assert float(restored["accuracy"]) > 0.9 and float(restored["psnr"]) > 100
     assert float(restored["seconds_per_image"]) == 0.25
-    assert float(by_method["sr2", "label only"]["accuracy"]) == 0.0  # every digit wrong
-    assert float(by_method["sr2", "label only"]["seconds_per_image"]) == 0.25
+    assert float(by_method["sr4", "label only"]["accuracy"]) == 0.0  # every digit wrong
+    assert float(by_method["sr4", "label only"]["seconds_per_image"]) == 0.25
     assert float(by_method["inpaint", "measurement"]["psnr"]) < 10  # the hidden half all 0
-    assert by_method["sr2", "ilvr"]["flags"].endswith("--ilvr_filter avgpool")
-    assert [os.path.basename(g) for g in grids] == ["grid_inpaint.png", "grid_sr2.png"]
+    assert by_method["sr4", "ilvr"]["flags"].endswith("--ilvr_filter avgpool")
+    assert [os.path.basename(g) for g in grids] == ["grid_inpaint.png", "grid_sr4.png"]
     from PIL import Image
 
     assert Image.open(grids[0]).size == (10 * 33 + 1, 6 * 33 + 1)  # 6 rows of 10 digits
@@ -187,5 +186,5 @@ def test_demo_restoration_end_to_end(tmp_path):
     commands = (out / "commands.txt").read_text()
     for method in ("repaint", "ddnm", "dps", "sdedit", "ilvr"):
         assert "scripts/image_edit.py" in commands and f"--method {method}" in commands
-    assert (out / "restoration" / "grid_sr2.png").exists()
-    assert "| sr2 | ilvr |" in result.stdout
+    assert (out / "restoration" / "grid_sr4.png").exists()
+    assert "| sr4 | ilvr |" in result.stdout
