@@ -73,15 +73,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="super-resolution factor of the restoration section (4: 2x2 -> 8x8 on the digits)")
 
 
-def sr_factor(args: argparse.Namespace) -> int:
-    """:return: ``--restoration_sr_factor``, checked against ``--image_size``."""
+def check_args(args: argparse.Namespace) -> None:
+    """
+    Reject the section's bad flags before the demo does any work (with ``--restoration yes``).
+
+    :param args: the demo's flags (image_size, holdout_per_class and the section's).
+    """
+    if args.restoration != "yes":
+        return
     factor = args.restoration_sr_factor
     if factor < 2 or args.image_size % factor:
         raise RestorationError(
             f"--restoration_sr_factor must divide --image_size {args.image_size} and be at "
             f"least 2, got {factor}"
         )
-    return factor
+    if not 1 <= args.restoration_per_class <= args.holdout_per_class:
+        raise RestorationError(
+            f"--restoration_per_class must lie in 1..{args.holdout_per_class} (the held-out "
+            f"digits of each class, --holdout_per_class), got {args.restoration_per_class}"
+        )
 
 
 def make_tasks(image_size: int, factor: int) -> list[Task]:
@@ -272,7 +282,8 @@ def run_section(args: argparse.Namespace, runner, holdout: tuple[np.ndarray, np.
     """
     from tqdm import tqdm
 
-    tasks = make_tasks(args.image_size, sr_factor(args))
+    check_args(args)
+    tasks = make_tasks(args.image_size, args.restoration_sr_factor)
     images, labels = select_digits(*holdout, args.restoration_per_class)
     folder = os.path.join(runner.out_dir, "restoration")
     os.makedirs(folder, exist_ok=True)

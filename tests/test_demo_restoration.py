@@ -37,7 +37,8 @@ def _args(**overrides) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     dr.add_arguments(parser)
     args = parser.parse_args([])
-    values = dict(image_size=8, steps=3, seed=0, sample_batch_size=125, restoration_per_class=2)
+    values = dict(image_size=8, steps=3, seed=0, sample_batch_size=125, restoration_per_class=2,
+                  holdout_per_class=30, restoration="yes")
     values.update(overrides)
     for key, value in values.items():
         setattr(args, key, value)
@@ -55,12 +56,32 @@ def test_select_digits_interleaves_the_classes():
             dr.select_digits(images, labels, per_class=bad)
 
 
-def test_sr_factor_checked():
-    assert dr.sr_factor(_args(image_size=8)) == 4  # the default: 2x2 -> 8x8
-    assert dr.sr_factor(_args(image_size=8, restoration_sr_factor=2)) == 2
-    for bad in (1, 3, 16):
-        with pytest.raises(dr.RestorationError, match="--restoration_sr_factor must divide"):
-            dr.sr_factor(_args(image_size=8, restoration_sr_factor=bad))
+def test_bad_flags_are_refused_before_any_work():
+    dr.check_args(_args())  # the defaults (4x super-resolution): fine
+    dr.check_args(_args(restoration="no", restoration_sr_factor=3))  # section off: not checked
+    for overrides, message in [
+        (dict(restoration_sr_factor=3), "--restoration_sr_factor must divide --image_size 8"),
+        (dict(restoration_sr_factor=1), "--restoration_sr_factor must divide"),
+        (dict(restoration_sr_factor=16), "--restoration_sr_factor must divide"),
+        (dict(restoration_per_class=0), r"--restoration_per_class must lie in 1..30"),
+        (dict(restoration_per_class=31), r"--restoration_per_class must lie in 1..30"),
+    ]:
+        with pytest.raises(dr.RestorationError, match=message):
+            dr.check_args(_args(**overrides))
+
+
+def test_bad_flag_is_one_line_and_nothing_written(tmp_path):
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "demo.py"), "--out_dir", str(out),
+         "--restoration", "yes", "--restoration_per_class", "40"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "demo: error: --restoration_per_class must lie in 1..30 (the held-out digits of each "
+        "class, --holdout_per_class), got 40"]
+    assert not out.exists()
 
 
 def test_tasks_name_their_operators_and_methods():
