@@ -6,7 +6,8 @@ Two tasks on the first ``--restoration_per_class`` held-out digits of every clas
 
 - ``inpaint``: the lower half hidden (``--mask half``); RePaint, DDNM, DPS and SDEdit (which
   keeps the known upper half at every step). PSNR over the hidden half.
-- ``sr``: average-pooling super-resolution by ``--restoration_sr_factor``; DDNM, DPS, ILVR
+- ``sr4``: average-pooling super-resolution by ``--restoration_sr_factor`` (default 4: the 8x8
+  digits seen as 2x2 averages; ``sr2`` with factor 2); DDNM, DPS, ILVR
   (with the average-pooling low-pass filter of the same factor, the measurement's own
   projection) and SDEdit (from the nearest-upsampled measurement). PSNR over every pixel.
 
@@ -68,20 +69,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "with RePaint, DDNM, DPS, ILVR and SDEdit (scripts/image_edit.py)")
     add("--restoration_per_class", type=int, default=10,
         help="held-out digits of each class the restoration section restores")
-    add("--restoration_sr_factor", type=int, default=0,
-        help="super-resolution factor of the restoration section; 0: 4 from 16-pixel images "
-             "up, 2 on 8x8 digits (4x would leave a 2x2 measurement)")
+    add("--restoration_sr_factor", type=int, default=4,
+        help="super-resolution factor of the restoration section (4: 2x2 -> 8x8 on the digits)")
 
 
-def sr_factor(args: argparse.Namespace) -> int:
-    """:return: the super-resolution factor (``--restoration_sr_factor``, 0 resolved)."""
-    factor = args.restoration_sr_factor or (4 if args.image_size >= 16 else 2)
+def check_args(args: argparse.Namespace) -> None:
+    """
+    Reject the section's bad flags before the demo does any work (with ``--restoration yes``).
+
+    :param args: the demo's flags (image_size, holdout_per_class and the section's).
+    """
+    if args.restoration != "yes":
+        return
+    factor = args.restoration_sr_factor
     if factor < 2 or args.image_size % factor:
         raise RestorationError(
             f"--restoration_sr_factor must divide --image_size {args.image_size} and be at "
-            f"least 2 (or 0 for automatic), got {args.restoration_sr_factor}"
+            f"least 2, got {factor}"
         )
-    return factor
+    if not 1 <= args.restoration_per_class <= args.holdout_per_class:
+        raise RestorationError(
+            f"--restoration_per_class must lie in 1..{args.holdout_per_class} (the held-out "
+            f"digits of each class, --holdout_per_class), got {args.restoration_per_class}"
+        )
 
 
 def make_tasks(image_size: int, factor: int) -> list[Task]:
@@ -272,7 +282,8 @@ def run_section(args: argparse.Namespace, runner, holdout: tuple[np.ndarray, np.
     """
     from tqdm import tqdm
 
-    tasks = make_tasks(args.image_size, sr_factor(args))
+    check_args(args)
+    tasks = make_tasks(args.image_size, args.restoration_sr_factor)
     images, labels = select_digits(*holdout, args.restoration_per_class)
     folder = os.path.join(runner.out_dir, "restoration")
     os.makedirs(folder, exist_ok=True)
