@@ -11,8 +11,10 @@ process's memory from /proc/self/status around two functions of the unchanged pr
 
 - after model load: its resident memory (VmRSS) when sampling starts (Python, PyTorch,
   the model);
-- peak while sampling: its highest resident memory (VmHWM, reset when sampling starts)
-  while the ranks sample and rank 0 writes every round to a shard;
+- peak while sampling, first and second half: its highest resident memory (VmHWM, reset
+  when sampling starts and when the rank has computed half of its images) while the ranks
+  sample and rank 0 writes every round to a shard: equal halves show that nothing grows
+  with the number of images;
 - peak while writing the .npz: the highest while rank 0 streams the shards into the final
   .npz and writes the grid (the other ranks wait); the C heap's free memory is handed back
   (malloc_trim) and the peak reset before, so this is the writing's own peak;
@@ -88,28 +90,47 @@ class MemoryProbe:
         self.report: dict[str, object] = {"zero_model": False}
 
     def wrap_sampling(self, sample_util) -> None:
-        """Measure around ``run_resumable`` (sampling) and ``sample_to_npz`` (the final file)."""
+        """
+        Measure around ``run_resumable`` (sampling: the peak of the first and of the second
+        half of this rank's images) and ``sample_to_npz`` (writing the final file).
+        """
         run_resumable, sample_to_npz = sample_util.run_resumable, sample_util.sample_to_npz
+        run_sharded = sample_util.run_sharded
+        report = self.report
 
         def measured_run(*args, **kwargs):
             from guided_diffusion import dist_util
 
-            self.report["rank"] = dist_util.group_rank()
-            self.report["baseline"] = status_kib("VmRSS") / 1024
-            self.report["start_peak"] = status_kib("VmHWM") / 1024
+            report["rank"], report["ranks"] = dist_util.group_rank(), dist_util.group_size()
+            report["baseline"] = status_kib("VmRSS") / 1024
+            report["start_peak"] = status_kib("VmHWM") / 1024
             reset_peak()
             store = run_resumable(*args, **kwargs)
-            self.report["sampling_peak"] = status_kib("VmHWM") / 1024
+            report["second_half_peak"] = status_kib("VmHWM") / 1024
             give_back_free_heap()  # so that the next peak is the final file's own
             reset_peak()
             return store
 
+        def measured_sharded(num_items, batch_size, compute, *args, **kwargs):
+            half, done = num_items / report["ranks"] / 2, [0]
+
+            def compute_and_measure(start: int, count: int):
+                out = compute(start, count)
+                done[0] += count
+                if "first_half_peak" not in report and done[0] >= half:
+                    report["first_half_peak"] = status_kib("VmHWM") / 1024
+                    reset_peak()
+                return out
+
+            return run_sharded(num_items, batch_size, compute_and_measure, *args, **kwargs)
+
         def measured_npz(*args, **kwargs):
             paths = sample_to_npz(*args, **kwargs)
-            self.report["final_file_peak"] = status_kib("VmHWM") / 1024
+            report["final_file_peak"] = status_kib("VmHWM") / 1024
             return paths
 
         sample_util.run_resumable, sample_util.sample_to_npz = measured_run, measured_npz
+        sample_util.run_sharded = measured_sharded
 
     def zero_model(self, sample_util) -> None:
         """Load the checkpoint as usual, then sample with a network that returns zeros."""
@@ -257,7 +278,7 @@ def measure(
     side = flags[flags.index("--image_size") + 1]
     npz = os.path.join(run_dir, f"samples_{num_samples}x{side}x{side}x3.npz")
     for r in reports:  # its peak over its whole life
-        r["peak"] = max(r["start_peak"], r["sampling_peak"], r.get("final_file_peak", 0))
+        r["peak"] = max(r[k] for k in PHASES + ("start_peak",))
     largest = max([_read_json(tree)["largest"]] + [r["peak"] for r in reports])
     result = {"seconds": seconds, "ranks": reports, "largest": largest,
               "file_bytes": os.path.getsize(npz)}  # fmt: skip
@@ -265,6 +286,10 @@ def measure(
         raise RuntimeError(f"{npz} is smaller than the batch")
     shutil.rmtree(run_dir)
     return result
+
+
+# The peaks a MemoryProbe reports, in the order of the run.
+PHASES = ("first_half_peak", "second_half_peak", "final_file_peak")
 
 
 def _read_json(path: str) -> dict:
@@ -278,12 +303,12 @@ def table_rows(result: dict[str, object], setting: dict[str, object]) -> list[st
     rows = []
     for rank, report in enumerate(result["ranks"]):
         base = report["baseline"]
-        peaks = [report["sampling_peak"], report.get("final_file_peak", base)]
         cells = [
             setting["model"], f"{setting['num_samples']:,}",
             f"{setting['image_size']}x{setting['image_size']}", f"{batch:.0f}",
             f"{len(result['ranks'])}", str(setting["batch_size"]), f"{result['seconds']:.0f}",
-            str(rank), f"{base:.0f}", *(f"{p:.0f} (+{p - base:.0f})" for p in peaks),
+            str(rank), f"{base:.0f}",
+            *(f"{report[k]:.0f} (+{report[k] - base:.0f})" for k in PHASES),
             f"{result['largest']:.0f} ({result['largest'] / batch:.0%})" if rank == 0 else "",
         ]  # fmt: skip
         rows.append("| " + " | ".join(cells) + " |")
@@ -292,9 +317,9 @@ def table_rows(result: dict[str, object], setting: dict[str, object]) -> list[st
 
 HEADER = (
     "| model | images | size | batch (MiB) | ranks | `--batch_size` | seconds | rank "
-    "| after model load | peak while sampling (+growth) | peak while writing the .npz "
-    "(+growth) | largest process (share of the batch) |\n"
-    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+    "| after model load | peak, sampling 1st half (+growth) | peak, sampling 2nd half "
+    "(+growth) | peak, writing the .npz (+growth) | largest process (share of the batch) |\n"
+    "|" + " --- |" * 13
 )
 
 
