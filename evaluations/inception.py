@@ -27,7 +27,6 @@ re-exported here.
 
 import contextlib
 from collections import OrderedDict
-from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -45,6 +44,7 @@ from evaluations.inception_weights import (
     read_inception_state_dict,
     resolve_inception_weights,
 )
+from evaluations.metrics import exact_float32
 from evaluations.tf_resize import tf1_resize_bilinear
 
 __all__ = [
@@ -230,26 +230,10 @@ class InceptionE(MixedBlock):
         ]
 
 
-@contextlib.contextmanager
-def _full_fp32_convolutions(device: torch.device) -> Iterator[None]:
+def _full_fp32_convolutions(device: torch.device) -> contextlib.AbstractContextManager:
     """Turn off TF32 in cuDNN convolutions (PyTorch's default) so features keep float32 precision."""
     conv_flags = getattr(torch.backends.cudnn, "conv", None)
-    if device.type != "cuda":
-        yield
-    elif hasattr(conv_flags, "fp32_precision"):
-        previous = conv_flags.fp32_precision
-        conv_flags.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            conv_flags.fp32_precision = previous
-    else:  # torch < 2.9
-        previous = torch.backends.cudnn.allow_tf32
-        torch.backends.cudnn.allow_tf32 = False
-        try:
-            yield
-        finally:
-            torch.backends.cudnn.allow_tf32 = previous
+    return exact_float32(device, conv_flags, torch.backends.cudnn)
 
 
 class InceptionFeatureExtractor(nn.Module):

@@ -170,25 +170,33 @@ def _default_device() -> torch.device:
 
 
 @contextlib.contextmanager
-def _full_fp32_matmul(device: torch.device) -> Iterator[None]:
-    """Turn off TF32 in CUDA matmuls (set by torch.set_float32_matmul_precision("high"))."""
-    flags = torch.backends.cuda.matmul
+def exact_float32(device: torch.device, flags, legacy_flags) -> Iterator[None]:
+    """
+    Turn TF32 off in one CUDA backend for the block, so that results keep float32
+    precision; nothing changes off CUDA.
+
+    :param flags: the backend's flags with ``fp32_precision`` (torch >= 2.9), e.g.
+        ``torch.backends.cuda.matmul``; None or without it: use ``legacy_flags``.
+    :param legacy_flags: what holds the backend's ``allow_tf32`` in older torch.
+    """
     if device.type != "cuda":
         yield
-    elif hasattr(flags, "fp32_precision"):
-        previous = flags.fp32_precision
-        flags.fp32_precision = "ieee"
-        try:
-            yield
-        finally:
-            flags.fp32_precision = previous
+        return
+    if hasattr(flags, "fp32_precision"):
+        owner, name, exact = flags, "fp32_precision", "ieee"
     else:  # torch < 2.9
-        previous = flags.allow_tf32
-        flags.allow_tf32 = False
-        try:
-            yield
-        finally:
-            flags.allow_tf32 = previous
+        owner, name, exact = legacy_flags, "allow_tf32", False
+    previous = getattr(owner, name)
+    setattr(owner, name, exact)
+    try:
+        yield
+    finally:
+        setattr(owner, name, previous)
+
+
+def _full_fp32_matmul(device: torch.device) -> contextlib.AbstractContextManager:
+    """Turn off TF32 in CUDA matmuls (set by torch.set_float32_matmul_precision("high"))."""
+    return exact_float32(device, torch.backends.cuda.matmul, torch.backends.cuda.matmul)
 
 
 def _as_tensor(feats: np.ndarray | torch.Tensor, name: str) -> torch.Tensor:

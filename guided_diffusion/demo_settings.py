@@ -8,13 +8,12 @@ command line as ``NAME:key=value,key=value`` (see parse_setting), so new samplin
 (other samplers, classifier-free guidance) add rows to the same table.
 """
 
-import csv
 import math
 import os
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
-from guided_diffusion.io_util import atomic_write
+from guided_diffusion.io_util import markdown_table, write_table
 
 RESULT_COLUMNS = (
     "setting",
@@ -29,6 +28,10 @@ RESULT_COLUMNS = (
     "accuracy",
     "images_per_second",
 )
+# further columns, after the required ones: the guidance interval of the row, and the
+# evaluations per image the sampling program counted (model forward passes, classifier
+# gradients), so a guidance interval's savings and a solver's cost can be read off
+EXTRA_COLUMNS = ("guidance_interval", "model_evaluations", "classifier_evaluations")
 # the sampling programs: guided by the noisy classifier, or not
 CLASSIFIER_PROGRAM = "scripts/classifier_sample.py"
 PLAIN_PROGRAM = "scripts/image_sample.py"
@@ -54,6 +57,9 @@ class Setting:
     :param program: "classifier_sample" or "image_sample"; None: the classifier program when
         classifier_scale > 0, else the plain one.
     :param extra_flags: further (flag name without dashes, value) pairs for the program.
+    :param group: the curve the row belongs to in the demo's plots (e.g. "classifier-free"
+        or "dpm++2m, classifier 2"); "" for none.
+    :param figure: the plot that curve is drawn in: FID_FIGURE, PR_FIGURE or "" for none.
     """
 
     name: str
@@ -63,6 +69,12 @@ class Setting:
     guidance_scale: Optional[float] = None
     program: Optional[str] = None
     extra_flags: tuple[tuple[str, str], ...] = field(default=())
+    group: str = ""
+    figure: str = ""
+
+    def guidance_interval(self) -> str:
+        """:return: the --guidance_interval this setting passes, "" for none."""
+        return dict(self.extra_flags).get("guidance_interval", "")
 
     def script(self) -> str:
         """:return: the sampling program's path, relative to the repository root."""
@@ -156,13 +168,80 @@ def parse_setting(spec: str, base: Setting) -> Setting:
     return setting
 
 
+# the plots a setting's row can be drawn in (scripts/demo.py writes them)
+FID_FIGURE = "fid_vs_evaluations"
+PR_FIGURE = "precision_vs_recall"
+CLASSIFIER_GROUP = "classifier guidance"
+
+
 def scale_sweep(scales: Sequence[float], base: Setting) -> list[Setting]:
     """
-    :return: one setting per classifier scale, named ``classifier_{scale}``.
+    :return: one setting per classifier scale, named ``classifier_{scale}`` (the curve
+        CLASSIFIER_GROUP of the precision / recall plot).
     """
     return [
-        replace(base, name=f"classifier_{_number(s)}", classifier_scale=float(s)) for s in scales
+        replace(base, name=f"classifier_{_number(s)}", classifier_scale=float(s),
+                group=CLASSIFIER_GROUP, figure=PR_FIGURE)
+        for s in scales
     ]
+
+
+def sampler_sweep(
+    base: Setting,
+    evaluations: Sequence[int],
+    samplers: Sequence[str],
+    classifier_scale: float,
+    interval: tuple[float, float],
+) -> list[Setting]:
+    """
+    The solver comparison (FID against model evaluations): every sampler at every number of
+    evaluations, unguided, classifier-guided at ``classifier_scale``, and guided only inside
+    the guidance interval (lo, hi] of the noise level sigma_t / alpha_t.
+
+    :return: settings named ``{sampler}_{n}``, ``{sampler}_{n}_cg{scale}`` and
+        ``{sampler}_{n}_cg{scale}_interval`` ('+' written 'p'), one FID_FIGURE curve per
+        sampler and variant.
+    """
+    lo, hi = interval
+    scale = _number(classifier_scale)
+    variants = [
+        ("", "", 0.0, ()),
+        (f"_cg{scale}", f", classifier {scale}", float(classifier_scale), ()),
+        (f"_cg{scale}_interval", f", classifier {scale} in ({lo:g}, {hi:g}]",
+         float(classifier_scale), (("guidance_interval", f"{lo:g},{hi:g}"),)),
+    ]
+    return [
+        replace(base, name=f"{sampler.replace('+', 'p')}_{n}{suffix}", sampler=sampler,
+                steps=n, classifier_scale=cs, extra_flags=base.extra_flags + flags,
+                group=sampler + label, figure=FID_FIGURE)
+        for suffix, label, cs, flags in variants
+        for sampler in samplers
+        for n in evaluations
+    ]
+
+
+def guidance_sweep(base: Setting, scales: Sequence[float], guide_model: str) -> list[Setting]:
+    """
+    The guidance methods side by side (precision against recall), at each scale s:
+    classifier-free guidance ``cfg_{s}`` (--guidance_scale s), classifier-free and classifier
+    guidance together ``both_{s}`` (--guidance_scale s --classifier_scale s) and autoguidance
+    ``auto_{s}`` (--guidance_scale s with ``guide_model`` as the guide). Classifier guidance
+    alone is scale_sweep's; scale 1 of each of these is plain conditional sampling.
+
+    :return: the settings, one PR_FIGURE curve per method.
+    """
+    rows = []
+    for name, group, both, guide in (("cfg", "classifier-free", False, False),
+                                     ("both", "classifier-free + classifier", True, False),
+                                     ("auto", "autoguidance", False, True)):
+        for s in scales:
+            flags = base.extra_flags + ((("guide_model_path", guide_model),) if guide else ())
+            rows.append(replace(
+                base, name=f"{name}_{_number(s)}", guidance_scale=float(s),
+                classifier_scale=float(s) if both else 0.0, extra_flags=flags,
+                group=group, figure=PR_FIGURE,
+            ))
+    return rows
 
 
 def check_unique(settings: Sequence[Setting]) -> None:
@@ -178,8 +257,9 @@ def check_unique(settings: Sequence[Setting]) -> None:
 
 def result_row(setting: Setting, metrics: dict[str, float]) -> dict[str, object]:
     """
-    :param metrics: fid, sfid, precision, recall, accuracy, images_per_second.
-    :return: one row of the table, keyed by RESULT_COLUMNS.
+    :param metrics: fid, sfid, precision, recall, accuracy, images_per_second, and
+        optionally model_evaluations and classifier_evaluations.
+    :return: one row of the table, keyed by RESULT_COLUMNS + EXTRA_COLUMNS.
     """
     row = {
         "setting": setting.name,
@@ -189,26 +269,23 @@ def result_row(setting: Setting, metrics: dict[str, float]) -> dict[str, object]
         "guidance_scale": "" if setting.guidance_scale is None else setting.guidance_scale,
     }
     row.update({key: metrics[key] for key in RESULT_COLUMNS[5:]})
+    row["guidance_interval"] = setting.guidance_interval()
+    for key in EXTRA_COLUMNS[1:]:
+        row[key] = metrics.get(key, "")
     return row
 
 
 def _cell(column: str, value: object) -> str:
     if not isinstance(value, float):
         return str(value)
-    if column in RESULT_COLUMNS[:5]:  # the setting's own numbers, as given
+    if column in RESULT_COLUMNS[:5] or column in EXTRA_COLUMNS:  # counts and settings as given
         return _number(value)
     return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
 
 
 def format_markdown(rows: Sequence[dict[str, object]]) -> str:
-    """:return: the rows as a Markdown table with the RESULT_COLUMNS header."""
-    lines = [
-        "| " + " | ".join(RESULT_COLUMNS) + " |",
-        "|" + "|".join(" --- " for _ in RESULT_COLUMNS) + "|",
-    ]
-    for row in rows:
-        lines.append("| " + " | ".join(_cell(c, row[c]) for c in RESULT_COLUMNS) + " |")
-    return "\n".join(lines) + "\n"
+    """:return: the rows as a Markdown table with the RESULT_COLUMNS + EXTRA_COLUMNS header."""
+    return markdown_table(rows, RESULT_COLUMNS + EXTRA_COLUMNS, _cell)
 
 
 def write_results(rows: Sequence[dict[str, object]], out_dir: str) -> tuple[str, str]:
@@ -217,12 +294,5 @@ def write_results(rows: Sequence[dict[str, object]], out_dir: str) -> tuple[str,
 
     :return: (csv path, md path).
     """
-    csv_path = os.path.join(out_dir, "results.csv")
-    md_path = os.path.join(out_dir, "results.md")
-    with atomic_write(csv_path, "w") as f:
-        writer = csv.DictWriter(f, fieldnames=RESULT_COLUMNS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-    with atomic_write(md_path, "w") as f:
-        f.write(format_markdown(rows))
-    return csv_path, md_path
+    return write_table(os.path.join(out_dir, "results"), rows, RESULT_COLUMNS + EXTRA_COLUMNS,
+                       _cell)

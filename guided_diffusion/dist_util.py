@@ -67,6 +67,20 @@ def _mpi_env() -> Optional[tuple[int, Optional[int], Optional[int]]]:
     return None
 
 
+def _launcher_value(torchrun_var: Optional[str], mpi_field: int, default: int) -> int:
+    """
+    A value of the launcher's environment: torchrun's variable ``torchrun_var`` when it is
+    set, else field ``mpi_field`` of ``_mpi_env()`` (0 rank, 1 size, 2 local rank) when
+    an MPI launcher gives it, else ``default``.
+    """
+    if torchrun_var is not None and torchrun_var in os.environ:
+        return int(os.environ[torchrun_var])
+    mpi = _mpi_env()
+    if mpi is not None and mpi[mpi_field] is not None:
+        return mpi[mpi_field]
+    return default
+
+
 def setup_dist(backend: Optional[str] = None) -> None:
     """
     Join the process group for however this process was launched (see the module
@@ -196,10 +210,7 @@ def get_rank() -> int:
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_rank()
-    if _launched_by_torchrun():
-        return int(os.environ["RANK"])
-    mpi = _mpi_env()
-    return mpi[0] if mpi is not None else 0
+    return _launcher_value("RANK" if _launched_by_torchrun() else None, 0, default=0)
 
 
 def get_world_size() -> int:
@@ -209,24 +220,14 @@ def get_world_size() -> int:
     """
     if dist.is_available() and dist.is_initialized():
         return dist.get_world_size()
-    if _launched_by_torchrun():
-        return int(os.environ["WORLD_SIZE"])
-    mpi = _mpi_env()
-    if mpi is not None and mpi[1] is not None:
-        return mpi[1]
-    return 1
+    return _launcher_value("WORLD_SIZE" if _launched_by_torchrun() else None, 1, default=1)
 
 
 def get_local_rank() -> int:
     """:return: this process's rank among the processes on its node (0 alone)."""
     if _local_rank is not None:
         return _local_rank
-    if "LOCAL_RANK" in os.environ:
-        return int(os.environ["LOCAL_RANK"])
-    mpi = _mpi_env()
-    if mpi is not None and mpi[2] is not None:
-        return mpi[2]
-    return 0
+    return _launcher_value("LOCAL_RANK", 2, default=0)
 
 
 def is_main_process() -> bool:

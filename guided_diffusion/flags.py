@@ -122,6 +122,9 @@ def network_defaults(kind: str) -> dict[str, Any]:
 # ---------------------------------------------------------------- training
 
 
+# ``image_datasets.load_data`` arguments that image_train.py takes from the flags of the same name.
+DATA_FLAGS = ("data_dir", "batch_size", "image_size", "class_cond", "random_flip")
+
 # ``TrainLoop`` arguments that come straight from the command-line flags of the same name.
 TRAIN_LOOP_FLAGS = (
     "batch_size",
@@ -529,6 +532,28 @@ def add_flags(
         text = helps["seed"]
         parser.add_argument("--seed", type=int, default=default, help=f"{text} (default: {default})")
     add_dict_to_argparser(parser, defaults, helps=helps)
+
+
+def create_sampling_parser(
+    description: str, own: dict[str, object], *model_defaults: dict[str, Any]
+) -> argparse.ArgumentParser:
+    """
+    A sampling (or evaluation) program's parser: its own flags first, with the sampling
+    help (``add_flags``), then the model flags of ``model_defaults``.
+
+    :param description: the program's docstring, kept as written.
+    :param own: the program's own flags and defaults (e.g. ``sampling_defaults()``).
+    :param model_defaults: dicts of model, diffusion (and classifier) flags.
+    """
+    parser = create_parser(description)
+    add_flags(parser, own)
+    add_dict_to_argparser(parser, {k: v for group in model_defaults for k, v in group.items()})
+    return parser
+
+
+def create_train_parser(description: str, *defaults: dict[str, Any]) -> argparse.ArgumentParser:
+    """A training program's parser: the flags of ``defaults`` with the training help."""
+    return create_parser(description, *defaults, helps=TRAIN_FLAG_HELP)
 
 
 def args_to_dict(args: argparse.Namespace, keys) -> dict[str, Any]:

@@ -10,6 +10,8 @@ guided-diffusion release, so a fixed seed gives the same samples.
 """
 
 import enum
+import functools
+import inspect
 import math
 from typing import Callable, Iterator, Optional, Sequence
 
@@ -95,6 +97,26 @@ StepFn = Callable[[torch.Tensor, torch.Tensor], dict]
 # randn(x) -> standard normal noise of x's shape, dtype and device: the source of the
 # sampling noise (default torch.randn_like); see image_seeds.ImageRandom for per-image noise.
 RandnFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _final_sample(
+    progressive: Callable[..., Iterator[dict]], doc: str
+) -> Callable[..., torch.Tensor]:
+    """
+    The sampling loop that returns only the final sample of the ``*_progressive`` loop
+    ``progressive``, with the same arguments (and signature, for ``help``).
+
+    :param doc: the loop's docstring.
+    """
+    name = progressive.__name__.removesuffix("_progressive")
+
+    def loop(self, *args, **kwargs) -> torch.Tensor:
+        return self._last(getattr(self, progressive.__name__)(*args, **kwargs))
+
+    loop.__name__, loop.__qualname__ = name, f"GaussianDiffusion.{name}"
+    loop.__doc__ = doc
+    loop.__signature__ = inspect.signature(progressive).replace(return_annotation=torch.Tensor)
+    return loop
 
 
 class GaussianDiffusion:
@@ -460,7 +482,7 @@ class GaussianDiffusion:
         step: StepFn,
         model,
         shape: Sequence[int],
-        indices: Sequence[int],
+        indices: Optional[Sequence[int]],
         noise: Optional[torch.Tensor],
         device,
         progress: bool,
@@ -470,8 +492,10 @@ class GaussianDiffusion:
         """
         The one driver behind every sampling loop: start from ``noise`` (or fresh
         Gaussian noise of ``shape``, from ``randn`` when given) and apply ``step(x, t)``
-        at each index in turn, yielding its output dict.
+        at each index in turn (None: T-1 down to 0), yielding its output dict.
         """
+        if indices is None:
+            indices = list(range(self.num_timesteps))[::-1]
         if not isinstance(shape, (tuple, list)):
             raise ValueError(f"shape must be a tuple or list such as (N, C, H, W), got {shape!r}")
         if device is None:
@@ -495,42 +519,11 @@ class GaussianDiffusion:
 
     @staticmethod
     def _last(outputs: Iterator[dict]) -> torch.Tensor:
+        """:return: the "sample" of the last of ``outputs``."""
         final = None
         for final in outputs:
             pass
         return final["sample"]
-
-    def p_sample_loop(
-        self,
-        model,
-        shape: Sequence[int],
-        noise: Optional[torch.Tensor] = None,
-        clip_denoised: bool = True,
-        denoised_fn: Optional[Callable] = None,
-        cond_fn: Optional[Callable] = None,
-        model_kwargs: Optional[dict] = None,
-        device=None,
-        progress: bool = False,
-        *,
-        randn: Optional[RandnFn] = None,
-    ) -> torch.Tensor:
-        """
-        Ancestral sampling from the model (Ho et al. 2020, Algorithm 2).
-
-        :param shape: the shape of the samples, (N, C, H, W).
-        :param noise: optional starting noise of that shape.
-        :param device: where to sample; defaults to the model's device.
-        :param progress: show a tqdm progress bar.
-        :param randn: optional source of the noise, randn(x) -> noise like x; it gives the
-            starting noise too when ``noise`` is None (default: torch's global generator).
-        :return: a non-differentiable batch of samples.
-        """
-        return self._last(
-            self.p_sample_loop_progressive(
-                model, shape, noise, clip_denoised, denoised_fn, cond_fn, model_kwargs,
-                device, progress, randn=randn,
-            )
-        )
 
     def p_sample_loop_progressive(
         self,
@@ -549,42 +542,28 @@ class GaussianDiffusion:
         """
         Like p_sample_loop, but yield the output dict of p_sample at every step.
         """
-
-        def step(x, t):
-            return self.p_sample(
-                model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-                cond_fn=cond_fn, model_kwargs=model_kwargs, randn=randn,
-            )
-
-        indices = list(range(self.num_timesteps))[::-1]
+        step = functools.partial(
+            self.p_sample, model, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+            cond_fn=cond_fn, model_kwargs=model_kwargs, randn=randn,
+        )  # fmt: skip
         return self._loop_progressive(
-            step, model, shape, indices, noise, device, progress, "sampling", randn
+            step, model, shape, None, noise, device, progress, "sampling", randn
         )
 
-    def ddim_sample_loop(
-        self,
-        model,
-        shape: Sequence[int],
-        noise: Optional[torch.Tensor] = None,
-        clip_denoised: bool = True,
-        denoised_fn: Optional[Callable] = None,
-        cond_fn: Optional[Callable] = None,
-        model_kwargs: Optional[dict] = None,
-        device=None,
-        progress: bool = False,
-        eta: float = 0.0,
-        *,
-        randn: Optional[RandnFn] = None,
-    ) -> torch.Tensor:
+    p_sample_loop = _final_sample(
+        p_sample_loop_progressive,
         """
-        DDIM sampling (Song et al. 2021); same arguments as p_sample_loop plus eta.
-        """
-        return self._last(
-            self.ddim_sample_loop_progressive(
-                model, shape, noise, clip_denoised, denoised_fn, cond_fn, model_kwargs,
-                device, progress, eta, randn=randn,
-            )
-        )
+        Ancestral sampling from the model (Ho et al. 2020, Algorithm 2).
+
+        :param shape: the shape of the samples, (N, C, H, W).
+        :param noise: optional starting noise of that shape.
+        :param device: where to sample; defaults to the model's device.
+        :param progress: show a tqdm progress bar.
+        :param randn: optional source of the noise, randn(x) -> noise like x; it gives the
+            starting noise too when ``noise`` is None (default: torch's global generator).
+        :return: a non-differentiable batch of samples.
+        """,
+    )
 
     def ddim_sample_loop_progressive(
         self,
@@ -604,50 +583,20 @@ class GaussianDiffusion:
         """
         Like ddim_sample_loop, but yield the output dict of ddim_sample at every step.
         """
-
-        def step(x, t):
-            return self.ddim_sample(
-                model, x, t, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-                cond_fn=cond_fn, model_kwargs=model_kwargs, eta=eta, randn=randn,
-            )
-
-        indices = list(range(self.num_timesteps))[::-1]
+        step = functools.partial(
+            self.ddim_sample, model, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+            cond_fn=cond_fn, model_kwargs=model_kwargs, eta=eta, randn=randn,
+        )  # fmt: skip
         return self._loop_progressive(
-            step, model, shape, indices, noise, device, progress, "DDIM", randn
+            step, model, shape, None, noise, device, progress, "DDIM", randn
         )
 
-    def dpm_solver_sample_loop(
-        self,
-        model,
-        shape: Sequence[int],
-        noise: Optional[torch.Tensor] = None,
-        clip_denoised: bool = True,
-        denoised_fn: Optional[Callable] = None,
-        cond_fn: Optional[Callable] = None,
-        model_kwargs: Optional[dict] = None,
-        device=None,
-        progress: bool = False,
-        order: int = 2,
-        solver: str = "dpm++",
-        randn: Optional[RandnFn] = None,
-    ) -> torch.Tensor:
+    ddim_sample_loop = _final_sample(
+        ddim_sample_loop_progressive,
         """
-        Deterministic multistep DPM-Solver++ sampling (Lu et al. 2022) of order 1 (= DDIM
-        with eta 0), 2 ("2M") or 3 ("3M"), one model evaluation per timestep; same
-        arguments as p_sample_loop. With cond_fn, guidance shifts the noise prediction as
-        in condition_score.
-
-        :param order: the solver's order (UniPC: its predictor's).
-        :param solver: "dpm++", or "unipc" for UniPC's predictor-corrector (Zhao et al. 2023).
-        :param randn: optional source of the starting noise when ``noise`` is None (the
-            solvers draw no other noise).
-        """
-        return self._last(
-            self.dpm_solver_sample_loop_progressive(
-                model, shape, noise, clip_denoised, denoised_fn, cond_fn, model_kwargs,
-                device, progress, order, solver, randn,
-            )
-        )
+        DDIM sampling (Song et al. 2021); same arguments as p_sample_loop plus eta.
+        """,
+    )
 
     def dpm_solver_sample_loop_progressive(
         self,
@@ -672,10 +621,25 @@ class GaussianDiffusion:
             self, model, order=order, solver=solver, clip_denoised=clip_denoised,
             denoised_fn=denoised_fn, cond_fn=cond_fn, model_kwargs=model_kwargs,
         )
-        indices = list(range(self.num_timesteps))[::-1]
+        desc = f"{solver} order {order}"
         return self._loop_progressive(
-            step, model, shape, indices, noise, device, progress, f"{solver} order {order}", randn
+            step, model, shape, None, noise, device, progress, desc, randn
         )
+
+    dpm_solver_sample_loop = _final_sample(
+        dpm_solver_sample_loop_progressive,
+        """
+        Deterministic multistep DPM-Solver++ sampling (Lu et al. 2022) of order 1 (= DDIM
+        with eta 0), 2 ("2M") or 3 ("3M"), one model evaluation per timestep; same
+        arguments as p_sample_loop. With cond_fn, guidance shifts the noise prediction as
+        in condition_score.
+
+        :param order: the solver's order (UniPC: its predictor's).
+        :param solver: "dpm++", or "unipc" for UniPC's predictor-corrector (Zhao et al. 2023).
+        :param randn: optional source of the starting noise when ``noise`` is None (the
+            solvers draw no other noise).
+        """,
+    )
 
     # ------------------------------------------------------------------ likelihood
 

@@ -1,12 +1,13 @@
 """
-File helpers: atomic writes for checkpoints and sample batches (local disk or blob storage).
-Reading and writing .npz batches is ``npz_batch``'s job.
+File helpers: atomic writes for checkpoints, sample batches (local disk or blob storage) and
+result tables. Reading and writing .npz batches is ``npz_batch``'s job.
 """
 
 import contextlib
+import csv
 import os
 import tempfile
-from typing import IO, Iterator
+from typing import IO, Callable, Iterator, Sequence
 
 import blobfile as bf
 import torch
@@ -70,6 +71,39 @@ def atomic_torch_save(obj, path: str) -> None:
     """
     with atomic_write(path, "wb", buffering=0 if is_local_path(path) else -1) as f:
         torch.save(obj, f)
+
+
+def markdown_table(
+    rows: Sequence[dict[str, object]], columns: Sequence[str], cell: Callable[[str, object], str]
+) -> str:
+    """
+    :param rows: one dict per row, holding every column.
+    :param cell: (column, value) -> the text shown in the table.
+    :return: the rows as a Markdown table with ``columns`` as its header.
+    """
+    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join(" --- " for _ in columns) + "|"]
+    lines += ["| " + " | ".join(cell(c, row[c]) for c in columns) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(
+    stem: str, rows: Sequence[dict[str, object]], columns: Sequence[str],
+    cell: Callable[[str, object], str],
+) -> tuple[str, str]:  # fmt: skip
+    """
+    Write ``{stem}.csv`` (every value at full precision) and ``{stem}.md`` (a Markdown
+    table of ``cell``'s texts), each atomically.
+
+    :return: (csv path, md path).
+    """
+    csv_path, md_path = stem + ".csv", stem + ".md"
+    with atomic_write(csv_path, "w") as f:
+        writer = csv.DictWriter(f, fieldnames=list(columns), lineterminator="\n")
+        writer.writeheader()
+        writer.writerows(rows)
+    with atomic_write(md_path, "w") as f:
+        f.write(markdown_table(rows, columns, cell))
+    return csv_path, md_path
 
 
 def __getattr__(name: str):

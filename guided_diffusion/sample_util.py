@@ -28,7 +28,7 @@ import torch.nn as nn
 from . import dist_util, logger, run_config, samplers, script_util
 from .dist_util import all_gather_rows  # noqa: F401  (importable here as before)
 from .flags import SAMPLING_FLAG_HELP as FLAG_HELP  # noqa: F401  (importable here as before)
-from .flags import add_flags, sampling_defaults  # noqa: F401
+from .flags import add_flags, create_sampling_parser, sampling_defaults  # noqa: F401
 from .gaussian_diffusion import GaussianDiffusion
 from .guidance import GuidanceError, guided_model, interval_active, parse_guidance_interval
 from .guidance import classifier_cond_fn, labels_to_classifier_only  # noqa: F401
@@ -177,6 +177,22 @@ def guided_model_fn(
     return guided
 
 
+def load_sampling_model(
+    args: argparse.Namespace, sampler: samplers.SamplerSetting, super_res: bool = False
+) -> tuple[nn.Module, GaussianDiffusion]:
+    """
+    Load the model and diffusion of ``--model_path`` (``load_model_and_diffusion``) and
+    wrap the model for the guidance flags (``guided_model_fn``), counting into ``sampler``.
+
+    :param super_res: the model is an upsampler.
+    :return: (model to sample with, diffusion).
+    """
+    logger.log("creating model and diffusion...")
+    model, diffusion = load_model_and_diffusion(args, super_res=super_res)
+    model = guided_model_fn(args, model, diffusion, super_res=super_res, counts=sampler.counts)
+    return model, diffusion
+
+
 # ---------------------------------------------------------------- what each image gets
 
 
@@ -220,11 +236,6 @@ def base_sample_kwargs(base: BaseSamples) -> KwargsFn:
 
 
 # ---------------------------------------------------------------- seeds
-
-
-def _rank_and_world() -> tuple[int, int]:
-    """Rank and size of the running process group ((0, 1) without one)."""
-    return dist_util.group_rank(), dist_util.group_size()
 
 
 def shared_seed(seed: Optional[int]) -> int:
@@ -600,6 +611,27 @@ def sample_from_args(
         grid=args.grid,
         keep_shards=args.keep_shards,
     )
+
+
+def sample_and_report(
+    args: argparse.Namespace,
+    model: Callable,
+    diffusion: GaussianDiffusion,
+    sampler: samplers.SamplerSetting,
+    **kwargs,
+) -> list[str]:
+    """
+    ``sample_from_args`` with ``sampler``'s sample_fn, then the evaluations per image and
+    "sampling complete" in the log: the sampling programs' tail.
+
+    :param kwargs: the other ``sample_from_args`` arguments (``files``, ``make_kwargs``, ...).
+    :return: the paths written (empty on other ranks).
+    """
+    sample_fn = sampler.sample_fn(diffusion)
+    paths = sample_from_args(args, model, diffusion, sample_fn=sample_fn, **kwargs)
+    logger.log(sampler.counts.per_image())
+    logger.log("sampling complete")
+    return paths
 
 
 def _assemble(store: ShardStore, num_samples: int, npz_path: str) -> Optional[np.ndarray]:

@@ -28,7 +28,7 @@ corrector adds the prediction at the new point (r = 1), raising the order by one
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, Iterator, Optional, Sequence
+from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
@@ -94,14 +94,20 @@ def vp_log_snr(alphas_cumprod: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.n
     return alpha, sigma, np.log(alpha) - np.log(sigma)
 
 
+class SolverStep(NamedTuple):
+    """A multistep solver's step from the newest point s to the target point t."""
+
+    sigma_s: float
+    alpha_t: float
+    sigma_t: float  # > 0
+    lambda_t: float
+
+
 def dpm_solver_pp_update(
     x: torch.Tensor,
     x0s: Sequence[torch.Tensor],
     lambdas: Sequence[float],
-    sigma_s: float,
-    alpha_t: float,
-    sigma_t: float,
-    lambda_t: float,
+    step: SolverStep,
     d2_weight: float = EXACT_D2_WEIGHT,
 ) -> torch.Tensor:
     """
@@ -113,11 +119,11 @@ def dpm_solver_pp_update(
     :param x: [N x ...] the sample at the newest point s.
     :param x0s: 1 to 3 data predictions [N x ...], newest (at s) first.
     :param lambdas: their lambda values, same order (increasing towards s).
-    :param sigma_s: sigma at s.
-    :param alpha_t, sigma_t, lambda_t: the target point t (sigma_t > 0).
+    :param step: sigma at s and alpha, sigma, lambda at the target point t.
     :param d2_weight: weight of D2 (~ h^2 x0'' / 2) at third order: 2 exact, 1 circulated.
     :return: [N x ...] the sample at t.
     """
+    sigma_s, alpha_t, sigma_t, lambda_t = step
     m0 = x0s[0]
     h = lambda_t - lambdas[0]
     phi1 = math.expm1(-h)
@@ -155,13 +161,7 @@ def _matching_weights(rs: Sequence[float], h: float) -> np.ndarray:
 
 
 def unipc_update(
-    x: torch.Tensor,
-    x0s: Sequence[torch.Tensor],
-    lambdas: Sequence[float],
-    sigma_s: float,
-    alpha_t: float,
-    sigma_t: float,
-    lambda_t: float,
+    x: torch.Tensor, x0s: Sequence[torch.Tensor], lambdas: Sequence[float], step: SolverStep
 ) -> torch.Tensor:
     """
     One UniPC step in the data-prediction form (Zhao et al. 2023, "UniPC: A Unified
@@ -173,9 +173,10 @@ def unipc_update(
     :param x: [N x ...] the sample at s.
     :param x0s: data predictions [N x ...], the one at s first, the others in any order.
     :param lambdas: their lambda values.
-    :param sigma_s, alpha_t, sigma_t, lambda_t: as for dpm_solver_pp_update.
+    :param step: as for dpm_solver_pp_update.
     :return: [N x ...] the sample at t.
     """
+    sigma_s, alpha_t, sigma_t, lambda_t = step
     m0, h = x0s[0], lambda_t - lambdas[0]
     x_t = (sigma_t / sigma_s) * x - (alpha_t * math.expm1(-h)) * m0
     rs = [(lam - lambdas[0]) / h for lam in lambdas[1:]]
@@ -247,7 +248,8 @@ def dpm_solver_stepper(
         if solver == "unipc" and last_step is not None and i > 0:  # UniC: correct x_t
             x_s, k = last_step
             x0s, lambdas = zip(history[0], (x0, lam[i]), *history[1:k])
-            x = unipc_update(x_s, x0s, lambdas, sigma[i + 1], alpha[i], sigma[i], lam[i])
+            corrected = SolverStep(sigma[i + 1], alpha[i], sigma[i], lam[i])
+            x = unipc_update(x_s, x0s, lambdas, corrected)
         history.insert(0, (x0, lam[i]))
         del history[order:]
         if i == 0:  # the step to sigma = 0 is first order: the data prediction itself
@@ -255,11 +257,11 @@ def dpm_solver_stepper(
         k = step_order(order, num_steps - 1 - i, i)
         last_step = (x, k)
         x0s, lambdas = zip(*history[:k])
-        target = (sigma[i], alpha[i - 1], sigma[i - 1], lam[i - 1])
+        target = SolverStep(sigma[i], alpha[i - 1], sigma[i - 1], lam[i - 1])
         if solver == "unipc":
-            sample = unipc_update(x, x0s, lambdas, *target)
+            sample = unipc_update(x, x0s, lambdas, target)
         else:
-            sample = dpm_solver_pp_update(x, x0s, lambdas, *target, d2_weight)
+            sample = dpm_solver_pp_update(x, x0s, lambdas, target, d2_weight)
         return {"sample": sample, "pred_xstart": x0}
 
     return step
@@ -279,17 +281,10 @@ def sample(
     shape: Sequence[int],
     *,
     sampler: str = "ancestral",
-    noise: Optional[torch.Tensor] = None,
-    clip_denoised: bool = True,
-    denoised_fn: Optional[Callable] = None,
-    cond_fn: Optional[Callable] = None,
-    model_kwargs: Optional[dict] = None,
-    device=None,
-    progress: bool = False,
     eta: float = 0.0,
-    randn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
     guidance_interval: Optional[tuple[float, float]] = None,
     counts: Optional[EvaluationCounts] = None,
+    **loop_kwargs,
 ) -> torch.Tensor:
     """
     Draw a batch of samples with one of ``SAMPLERS``: "ancestral" (Ho et al. 2020,
@@ -300,33 +295,30 @@ def sample(
     timestep of ``diffusion`` (one model evaluation per timestep).
 
     :param shape: (N, C, H, W).
-    :param noise: the starting noise of that shape (default: torch.randn).
-    :param cond_fn: guidance gradient of log p(y | x_t), called with the model's timesteps.
-    :param randn: randn(x) -> noise like x, the source of the starting noise (when ``noise``
-        is None) and of the stochastic samplers' step noise (default torch.randn).
     :param guidance_interval: (lo, hi): call ``cond_fn`` only where sigma_t / alpha_t lies
         in (lo, hi] (Kynkaanniemi et al. 2024); None guides at every step.
     :param counts: if given, the model and classifier calls are added to it.
+    :param loop_kwargs: the keyword arguments of ``p_sample_loop``: ``noise`` (the starting
+        noise, default torch.randn), ``clip_denoised``, ``denoised_fn``, ``cond_fn`` (guidance
+        gradient of log p(y | x_t), called with the model's timesteps), ``model_kwargs``,
+        ``device``, ``progress`` and ``randn`` (randn(x) -> noise like x, the source of the
+        starting noise when ``noise`` is None and of the stochastic samplers' step noise).
     :return: [N x C x H x W] samples.
     """
     _check_sampler(sampler)
+    cond_fn = loop_kwargs.get("cond_fn")
     if counts is not None:
         model = _Counted(model, counts, "model")
         cond_fn = cond_fn and _Counted(cond_fn, counts, "classifier")
     if cond_fn is not None and guidance_interval is not None:
         cond_fn = guidance.within_interval(cond_fn, diffusion, guidance_interval)
-    kwargs = dict(
-        noise=noise, clip_denoised=clip_denoised, denoised_fn=denoised_fn, cond_fn=cond_fn,
-        model_kwargs=model_kwargs, device=device, progress=progress,
-    )  # fmt: skip
-    if randn is not None:
-        kwargs["randn"] = randn
+    loop_kwargs["cond_fn"] = cond_fn
     if sampler == "ancestral":
-        return diffusion.p_sample_loop(model, shape, **kwargs)
+        return diffusion.p_sample_loop(model, shape, **loop_kwargs)
     if sampler == "ddim":
-        return diffusion.ddim_sample_loop(model, shape, eta=eta, **kwargs)
+        return diffusion.ddim_sample_loop(model, shape, eta=eta, **loop_kwargs)
     solver, order = MULTISTEP[sampler]
-    return diffusion.dpm_solver_sample_loop(model, shape, order=order, solver=solver, **kwargs)
+    return diffusion.dpm_solver_sample_loop(model, shape, order=order, solver=solver, **loop_kwargs)
 
 
 def sampler_fn(

@@ -23,7 +23,9 @@ iterator (``load_data`` starts a new epoch on resume) and the loss history of a
 ``LossSecondMomentResampler`` (it warms up again).
 """
 
+import argparse
 import contextlib
+import dataclasses
 import math
 import os
 import random
@@ -61,7 +63,19 @@ from .resample import (
     UniformSampler,
     create_named_schedule_sampler,
 )
-from .run_config import make_run_config, write_run_config
+from .run_config import make_run_config, parse_args, write_run_config
+from .train_config import (  # noqa: F401  (the checks' former home: importable here)
+    TrainConfig,
+    _check_positive,
+    check_batch_flags,
+    check_learning_rate,
+    check_resume_checkpoint,
+    classifier_train_config,
+    parse_ema_rate,
+    parse_resume_step_from_filename,
+    train_config_from_flags,
+)
+from .script_util import create_from_flags
 
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
@@ -76,26 +90,8 @@ class BaseTrainLoop:
 
     :param model: the network, on ``dist_util.dev()``.
     :param data: iterator of (images [N x C x H x W], {name: [N x ...] tensor}) batches.
-    :param batch_size: images per batch on this rank (--batch_size).
-    :param microbatch: images per forward/backward pass; gradients are accumulated over the
-        batch. 0 or less: the whole batch at once (--microbatch).
-    :param lr: AdamW learning rate (--lr).
-    :param ema_rate: EMA decay rates, a float or a comma-separated string (--ema_rate);
-        empty for none.
-    :param log_interval: write the logged values every this many steps (--log_interval).
-    :param save_interval: save a checkpoint every this many steps (--save_interval).
-    :param resume_checkpoint: a ``model{N:06d}.pt`` file to resume from, or "".
-    :param use_fp16: float16 model with float32 master weights and loss scaling.
-    :param fp16_scale_growth: log2 loss-scale growth per good fp16 step.
-    :param initial_lg_loss_scale: log2 of the first fp16 loss scale.
-    :param use_bf16: forward pass in bfloat16 autocast (exclusive with ``use_fp16``).
-    :param weight_decay: AdamW weight decay (--weight_decay).
-    :param lr_anneal_steps: anneal the learning rate linearly to 0 over this many steps and
-        stop there; 0 keeps it constant (--lr_anneal_steps).
-    :param max_steps: stop after this many steps in total, counting the steps of the run
-        resumed from; 0 for no limit (--max_steps).
-    :param seed: reseed every step from (seed, rank, step) for reproducible, resumable runs;
-        None leaves the random generators alone.
+    :param config: the loop's settings (batch sizes, learning rate, EMA, intervals, resume
+        checkpoint, precision, step limits, seed), already checked.
     :param run_config: the run configuration (``run_config.make_run_config``) to write
         beside every model and EMA checkpoint as ``<name>.json``; None writes none.
     """
@@ -105,66 +101,48 @@ class BaseTrainLoop:
         *,
         model: nn.Module,
         data: Iterator[Batch],
-        batch_size: int,
-        microbatch: int,
-        lr: float,
-        ema_rate: Union[str, float, Sequence[float]] = "",
-        log_interval: int = 10,
-        save_interval: int = 10000,
-        resume_checkpoint: str = "",
-        use_fp16: bool = False,
-        fp16_scale_growth: float = 1e-3,
-        initial_lg_loss_scale: float = INITIAL_LOG_LOSS_SCALE,
-        use_bf16: bool = False,
-        weight_decay: float = 0.0,
-        lr_anneal_steps: int = 0,
-        max_steps: int = 0,
-        seed: Optional[int] = None,
+        config: TrainConfig,
         run_config: Optional[dict] = None,
     ):
-        # Check every argument before anything is loaded, synced or written.
-        self.microbatch = check_batch_flags(batch_size, microbatch)
-        self.ema_rate = parse_ema_rate(ema_rate)
-        _check_positive(log_interval=log_interval, save_interval=save_interval)
-        _check_non_negative(lr_anneal_steps=lr_anneal_steps, max_steps=max_steps)
-        if seed is not None and seed < 0:
-            raise ValueError(f"--seed must be a non-negative integer, got {seed}")
-        resume_checkpoint = find_resume_checkpoint() or resume_checkpoint
-        self.resume_step = check_resume_checkpoint(resume_checkpoint)
-        self.resume_checkpoint = resume_checkpoint
-        self._check_steps_left(max_steps, lr_anneal_steps)
-        if not resume_checkpoint:
+        found = find_resume_checkpoint()
+        if found:
+            config = dataclasses.replace(config, resume_checkpoint=found)
+        # Check what needs the log folder before anything is loaded, synced or written.
+        self.resume_checkpoint, self.resume_step = config.resume_checkpoint, config.resume_step
+        self._check_steps_left(config.max_steps, config.lr_anneal_steps)
+        if not config.resume_checkpoint:
             check_fresh_log_dir(get_blob_logdir())
 
+        self.config = config
         self.model = model
         self.data = data
-        self.batch_size = batch_size
-        self.lr = lr
-        self.log_interval = log_interval
-        self.save_interval = save_interval
-        self.weight_decay = weight_decay
-        self.lr_anneal_steps = lr_anneal_steps
-        self.max_steps = max_steps
-        self.seed = seed
+        self.microbatch = config.micro_size
+        self.ema_rate = config.ema_rates
+        for name in ("batch_size", "lr", "log_interval", "save_interval", "weight_decay"):
+            setattr(self, name, getattr(config, name))
+        self.lr_anneal_steps, self.max_steps = config.lr_anneal_steps, config.max_steps
+        self.seed = config.seed
         self.run_config = run_config
         self.step = self.resume_step
-        self.global_batch = batch_size * dist_util.get_world_size()
+        self.global_batch = config.batch_size * dist_util.get_world_size()
 
         # Every rank starts from rank 0's weights (a resumed run loads them below).
         dist_util.sync_params(model.parameters())
         dist_util.sync_params(model.buffers())
         self.mp_trainer = MixedPrecisionTrainer(
             model=model,
-            use_fp16=use_fp16,
-            fp16_scale_growth=fp16_scale_growth,
-            initial_lg_loss_scale=initial_lg_loss_scale,
-            use_bf16=use_bf16,
+            use_fp16=config.use_fp16,
+            fp16_scale_growth=config.fp16_scale_growth,
+            initial_lg_loss_scale=config.initial_lg_loss_scale,
+            use_bf16=config.use_bf16,
         )
-        self.opt = AdamW(self.mp_trainer.master_params, lr=lr, weight_decay=weight_decay)
-        if resume_checkpoint:
+        self.opt = AdamW(
+            self.mp_trainer.master_params, lr=config.lr, weight_decay=config.weight_decay
+        )
+        if self.resume_checkpoint:
             self._load_parameters()
         self.ema_params = [self._load_ema_parameters(rate) for rate in self.ema_rate]
-        if resume_checkpoint:
+        if self.resume_checkpoint:
             self._load_optimizer_state()
 
         self.use_ddp = dist_util.get_world_size() > 1
@@ -420,7 +398,8 @@ class BaseTrainLoop:
 class TrainLoop(BaseTrainLoop):
     """
     Train a diffusion model: the original ``TrainLoop`` arguments plus ``use_bf16``,
-    ``max_steps`` and ``seed`` (see ``BaseTrainLoop`` for the shared ones).
+    ``max_steps`` and ``seed``, the settings of ``train_config.TrainConfig`` (described
+    there), which they build and check; ``TrainLoop.from_config`` takes a checked one.
 
     Each microbatch's loss is weighted by its share of the batch, so the gradient is the
     batch mean whatever ``microbatch`` is (the original summed the microbatch means).
@@ -455,27 +434,30 @@ class TrainLoop(BaseTrainLoop):
         seed: Optional[int] = None,
         run_config: Optional[dict] = None,
     ):
-        super().__init__(
-            model=model,
-            data=data,
-            batch_size=batch_size,
-            microbatch=microbatch,
-            lr=lr,
-            ema_rate=ema_rate,
-            log_interval=log_interval,
-            save_interval=save_interval,
-            resume_checkpoint=resume_checkpoint,
-            use_fp16=use_fp16,
-            fp16_scale_growth=fp16_scale_growth,
-            use_bf16=use_bf16,
-            weight_decay=weight_decay,
-            lr_anneal_steps=lr_anneal_steps,
-            max_steps=max_steps,
-            seed=seed,
-            run_config=run_config,
-        )
+        config = TrainConfig.from_arguments(locals())
+        super().__init__(model=model, data=data, config=config, run_config=run_config)
         self.diffusion = diffusion
         self.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
+
+    @classmethod
+    def from_config(
+        cls,
+        config: TrainConfig,
+        *,
+        model: nn.Module,
+        diffusion,
+        data: Iterator[Batch],
+        schedule_sampler: Optional[ScheduleSampler] = None,
+        run_config: Optional[dict] = None,
+    ) -> "TrainLoop":
+        """
+        A ``TrainLoop`` with the settings of ``config`` (checked when it was made, not again).
+        """
+        loop = cls.__new__(cls)
+        BaseTrainLoop.__init__(loop, model=model, data=data, config=config, run_config=run_config)
+        loop.diffusion = diffusion
+        loop.schedule_sampler = schedule_sampler or UniformSampler(diffusion)
+        return loop
 
     def forward_backward(self, batch: torch.Tensor, cond: dict[str, torch.Tensor]) -> None:
         self.mp_trainer.zero_grad()
@@ -506,9 +488,10 @@ class ClassifierTrainLoop(BaseTrainLoop):
     :param val_data: iterator of validation batches, or None.
     :param eval_interval: evaluate every this many steps (--eval_interval).
     :param schedule_sampler: draws the timesteps (default uniform).
-    :param iterations: total steps to train (--iterations).
-    :param anneal_lr: anneal the learning rate linearly to 0 over ``iterations``.
-    :param kwargs: the ``BaseTrainLoop`` arguments (``model``, ``data``, ``batch_size``, ...).
+    :param config: the loop's settings (``train_config.classifier_train_config``); None:
+        made from ``settings``.
+    :param settings: without ``config``: the arguments of ``classifier_train_config``
+        (``iterations``, ``anneal_lr`` and the ``TrainConfig`` settings but the step limits).
     """
 
     max_steps_flag = "iterations"
@@ -516,20 +499,22 @@ class ClassifierTrainLoop(BaseTrainLoop):
     def __init__(
         self,
         *,
+        model: nn.Module,
         diffusion,
+        data: Iterator[Batch],
+        config: Optional[TrainConfig] = None,
         noised: bool = True,
         val_data: Optional[Iterator[Batch]] = None,
         eval_interval: int = 5,
         schedule_sampler: Optional[ScheduleSampler] = None,
-        iterations: int = 150000,
-        anneal_lr: bool = False,
-        **kwargs,
+        run_config: Optional[dict] = None,
+        **settings,
     ):
-        _check_positive(eval_interval=eval_interval, iterations=iterations)
-        kwargs.setdefault("initial_lg_loss_scale", 16.0)
-        super().__init__(
-            max_steps=iterations, lr_anneal_steps=iterations if anneal_lr else 0, **kwargs
-        )
+        _check_positive(eval_interval=eval_interval)
+        if config is not None and settings:
+            raise TypeError(f"give config or the settings {sorted(settings)}, not both")
+        config = config if config is not None else classifier_train_config(**settings)
+        super().__init__(model=model, data=data, config=config, run_config=run_config)
         self.diffusion = diffusion
         self.noised = noised
         self.val_data = val_data
@@ -587,52 +572,87 @@ class ClassifierTrainLoop(BaseTrainLoop):
 # ---------------------------------------------------------------------------- flags
 
 
-def check_train_args(args) -> None:
+def check_train_args(args, kind: str = "model") -> TrainConfig:
     """
-    Check the training flags that can be checked before anything is loaded or written
-    (batch and microbatch sizes, the learning rate, the resume checkpoint, the precision,
-    the class count of the data).
+    Check the training flags that can be checked before anything is loaded or written: the
+    loop's settings (``train_config.train_config_from_flags``: batch and microbatch sizes,
+    learning rate, EMA rates, intervals, step limits, seed, resume checkpoint), the precision
+    flags and the class count of the data.
 
-    :param args: parsed flags with ``batch_size``, ``microbatch``, ``resume_checkpoint``,
-        and optionally ``lr``, ``class_cond``, ``data_dir`` and ``num_classes``.
+    :param args: parsed flags; one it lacks takes the program's default.
+    :param kind: "model", "super_res" or "classifier": the program's network.
+    :return: the checked settings, to give to the loop (``TrainLoop.from_config``,
+        ``ClassifierTrainLoop(config=...)``) so that it does not check them again.
     :raises ValueError, FileNotFoundError: naming the flag at fault.
     """
-    check_batch_flags(args.batch_size, args.microbatch)
-    check_learning_rate(getattr(args, "lr", 0.0))
-    check_resume_checkpoint(args.resume_checkpoint)
+    config = train_config_from_flags(args, kind)
     for fp16_flag in ("use_fp16", "classifier_use_fp16"):
         use_fp16, use_bf16 = getattr(args, fp16_flag, False), getattr(args, "use_bf16", False)
         check_precision(use_fp16, use_bf16, fp16_flag)
     if getattr(args, "class_cond", False):
         check_num_classes(args.data_dir, args.num_classes)
+    return config
 
 
 # ---------------------------------------------------------------------------- helpers
 
 
+def parse_train_flags(
+    parser: argparse.ArgumentParser, argv: Optional[list[str]], kind: str
+) -> tuple[argparse.Namespace, TrainConfig]:
+    """
+    The training programs' start: parse the flags (filling in the model flags saved beside
+    ``--resume_checkpoint``), join the process group and check the flags
+    (``check_train_args``) before anything is loaded or written.
+
+    :param kind: "model", "super_res" or "classifier": the network being trained.
+    :return: (the flags, the loop's checked settings).
+    """
+    args = parse_args(parser, argv, resume_checkpoint=kind)
+    dist_util.setup_dist()
+    return args, check_train_args(args, kind)
+
+
+def create_network(args: argparse.Namespace, kind: str) -> tuple[nn.Module, object]:
+    """
+    Seed torch from ``--seed`` and build the network to train and its diffusion process.
+
+    :param kind: "model", "super_res" or "classifier".
+    :return: (network, diffusion), the network still on the CPU.
+    """
+    logger.log("creating model and diffusion...")
+    torch.manual_seed(args.seed)
+    return create_from_flags(args, kind)
+
+
 def train_diffusion_model(
-    args, model: nn.Module, diffusion, data: Iterator[Batch], kind: str = "model"
+    args,
+    model: nn.Module,
+    diffusion,
+    data: Iterator[Batch],
+    kind: str = "model",
+    config: Optional[TrainConfig] = None,
 ) -> None:
     """
     What the diffusion training scripts share once model and data exist: put the model on
-    this process's device, make the timestep sampler, run the TrainLoop with the flags of
-    TRAIN_LOOP_FLAGS (writing the run configuration beside every checkpoint), and leave the
-    process group.
+    this process's device, make the timestep sampler, run the TrainLoop (writing the run
+    configuration beside every checkpoint), and leave the process group.
 
     :param args: parsed flags holding ``schedule_sampler``, TRAIN_LOOP_FLAGS and the model
         and diffusion flags.
     :param kind: "model" or "super_res": the network being trained.
+    :param config: the loop's settings from ``check_train_args`` (None: made from ``args``).
     """
     model.to(dist_util.dev())
     schedule_sampler = create_named_schedule_sampler(args.schedule_sampler, diffusion)
     logger.log("training...")
-    TrainLoop(
+    TrainLoop.from_config(
+        config if config is not None else train_config_from_flags(args, kind),
         model=model,
         diffusion=diffusion,
         data=data,
         schedule_sampler=schedule_sampler,
         run_config=training_run_config(kind, args),
-        **{name: getattr(args, name) for name in TRAIN_LOOP_FLAGS},
     ).run_loop()
     dist_util.cleanup()
 
@@ -722,15 +742,6 @@ def find_resume_checkpoint() -> Optional[str]:
     return None
 
 
-def parse_resume_step_from_filename(filename: str) -> int:
-    """
-    :param filename: a path like "path/to/model000100.pt".
-    :return: its step (100), or 0 when the name has no step.
-    """
-    match = re.fullmatch(r"model(\d+)\.pt", os.path.basename(filename))
-    return int(match.group(1)) if match else 0
-
-
 def find_ema_checkpoint(main_checkpoint: Optional[str], step: int, rate: float) -> Optional[str]:
     """
     :return: the ``ema_{rate}_{step:06d}.pt`` file beside ``main_checkpoint`` if it exists,
@@ -740,30 +751,6 @@ def find_ema_checkpoint(main_checkpoint: Optional[str], step: int, rate: float) 
         return None
     path = bf.join(bf.dirname(main_checkpoint), f"ema_{rate}_{step:06d}.pt")
     return path if bf.exists(path) else None
-
-
-def check_resume_checkpoint(resume_checkpoint: str) -> int:
-    """
-    :param resume_checkpoint: --resume_checkpoint: "" or a ``model{N:06d}.pt`` file.
-    :return: the step to resume from (0 for "" or a file name without a step).
-    :raises FileNotFoundError: when the file does not exist (ValueError for a folder).
-    """
-    if not resume_checkpoint:
-        return 0
-    hint = "give a model file saved by an earlier run, e.g. <log dir>/model010000.pt"
-    if not bf.exists(resume_checkpoint):
-        raise FileNotFoundError(
-            f"--resume_checkpoint {resume_checkpoint!r} does not exist: {hint}, or leave it empty"
-        )
-    if bf.isdir(resume_checkpoint):
-        raise ValueError(f"--resume_checkpoint {resume_checkpoint!r} is a folder: {hint}")
-    return parse_resume_step_from_filename(resume_checkpoint)
-
-
-def check_learning_rate(lr: float) -> None:
-    """:raises ValueError: when ``lr`` (--lr) is negative or not finite."""
-    if not (math.isfinite(lr) and lr >= 0):
-        raise ValueError(f"--lr must be a finite number >= 0, e.g. 1e-4; got {lr}")
 
 
 _CHECKPOINT_FILE = re.compile(r"(model|opt)\d+\.pt|ema_[^_]+_\d+\.pt")
@@ -831,23 +818,6 @@ def _all_finite(obj) -> bool:
     return True
 
 
-def check_batch_flags(batch_size: int, microbatch: int) -> int:
-    """
-    :return: the microbatch size to use (the batch size when ``microbatch`` <= 0).
-    :raises ValueError: when the batch size is not positive or not a multiple of it.
-    """
-    if batch_size <= 0:
-        raise ValueError(f"--batch_size must be a positive integer, got {batch_size}")
-    if microbatch <= 0:
-        return batch_size
-    if batch_size % microbatch:
-        raise ValueError(
-            f"--batch_size {batch_size} is not divisible by --microbatch {microbatch}: use a "
-            "microbatch that divides the batch size, or -1 for no microbatching"
-        )
-    return microbatch
-
-
 def check_num_classes(data_dir: str, num_classes: int) -> int:
     """
     Check that a class-conditional model has a label for every class of a data folder.
@@ -865,42 +835,6 @@ def check_num_classes(data_dir: str, num_classes: int) -> int:
             f"set --num_classes {len(classes)} or more"
         )
     return len(classes)
-
-
-def parse_ema_rate(ema_rate: Union[str, float, Sequence[float]]) -> list[float]:
-    """
-    :param ema_rate: a float, a comma-separated string ("0.9999,0.999") or a sequence.
-    :return: the rates as floats (empty for "").
-    """
-    if isinstance(ema_rate, str):
-        parts = [p.strip() for p in ema_rate.split(",") if p.strip()]
-        try:
-            rates = [float(p) for p in parts]
-        except ValueError:
-            raise ValueError(
-                "--ema_rate must be comma-separated numbers such as '0.9999,0.999', "
-                f"got {ema_rate!r}"
-            ) from None
-    elif isinstance(ema_rate, (int, float)):
-        rates = [float(ema_rate)]
-    else:
-        rates = [float(r) for r in ema_rate]
-    bad = [r for r in rates if not 0.0 <= r <= 1.0]
-    if bad:
-        raise ValueError(f"--ema_rate values must lie in [0, 1], got {bad}")
-    return rates
-
-
-def _check_positive(**values: int) -> None:
-    for name, value in values.items():
-        if value <= 0:
-            raise ValueError(f"--{name} must be a positive integer, got {value}")
-
-
-def _check_non_negative(**values: int) -> None:
-    for name, value in values.items():
-        if value < 0:
-            raise ValueError(f"--{name} must be 0 (off) or a positive integer, got {value}")
 
 
 def _check_optimizer_state(state_dict: dict, master_params: list[torch.Tensor], path: str) -> None:

@@ -231,7 +231,35 @@ class TimestepEmbedSequential(nn.Sequential, TimestepBlock):
         return x
 
 
-class Upsample(nn.Module):
+class _Resample(nn.Module):
+    """
+    What ``Upsample`` and ``Downsample`` share: their channel counts, checked.
+
+    :param channels: input channels.
+    :param use_conv: resample with a convolution (which may change the channel count).
+    :param dims: 1, 2 or 3: the signal's dimensions.
+    :param out_channels: output channels (default: ``channels``).
+    """
+
+    def __init__(self, channels: int, use_conv: bool, dims: int, out_channels: Optional[int]):
+        super().__init__()
+        self.channels = channels
+        self.out_channels = out_channels or channels
+        self.use_conv = use_conv
+        self.dims = dims
+        if not use_conv and self.out_channels != channels:
+            raise ValueError(
+                f"{type(self).__name__} without a convolution cannot change the channel count"
+            )
+
+    def _check_channels(self, x: torch.Tensor) -> None:
+        if x.shape[1] != self.channels:
+            raise ValueError(
+                f"{type(self).__name__} expects {self.channels} channels, got {x.shape[1]}"
+            )
+
+
+class Upsample(_Resample):
     """
     Nearest-neighbour upsampling by 2 (the inner two dimensions for 3D signals), then an
     optional 3x3 convolution.
@@ -240,19 +268,12 @@ class Upsample(nn.Module):
     def __init__(
         self, channels: int, use_conv: bool, dims: int = 2, out_channels: Optional[int] = None
     ):
-        super().__init__()
-        self.channels = channels
-        self.out_channels = out_channels or channels
-        self.use_conv = use_conv
-        self.dims = dims
+        super().__init__(channels, use_conv, dims, out_channels)
         if use_conv:
             self.conv = conv_nd(dims, self.channels, self.out_channels, 3, padding=1)
-        elif self.out_channels != channels:
-            raise ValueError("Upsample without a convolution cannot change the channel count")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != self.channels:
-            raise ValueError(f"Upsample expects {self.channels} channels, got {x.shape[1]}")
+        self._check_channels(x)
         if self.dims == 3:
             x = F.interpolate(x, (x.shape[2], x.shape[3] * 2, x.shape[4] * 2), mode="nearest")
         else:
@@ -260,7 +281,7 @@ class Upsample(nn.Module):
         return self.conv(x) if self.use_conv else x
 
 
-class Downsample(nn.Module):
+class Downsample(_Resample):
     """
     Downsampling by 2 (the inner two dimensions for 3D signals): a stride-2 3x3 convolution
     when ``use_conv``, else average pooling.
@@ -269,22 +290,15 @@ class Downsample(nn.Module):
     def __init__(
         self, channels: int, use_conv: bool, dims: int = 2, out_channels: Optional[int] = None
     ):
-        super().__init__()
-        self.channels = channels
-        self.out_channels = out_channels or channels
-        self.use_conv = use_conv
-        self.dims = dims
+        super().__init__(channels, use_conv, dims, out_channels)
         stride = (1, 2, 2) if dims == 3 else 2
         if use_conv:
             self.op = conv_nd(dims, self.channels, self.out_channels, 3, stride=stride, padding=1)
-        elif self.out_channels != channels:
-            raise ValueError("Downsample without a convolution cannot change the channel count")
         else:
             self.op = avg_pool_nd(dims, kernel_size=stride, stride=stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[1] != self.channels:
-            raise ValueError(f"Downsample expects {self.channels} channels, got {x.shape[1]}")
+        self._check_channels(x)
         return self.op(x)
 
 

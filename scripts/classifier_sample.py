@@ -20,11 +20,7 @@ import argparse
 from typing import Optional
 
 from guided_diffusion import dist_util, guidance, logger, run_config, sample_util
-from guided_diffusion.script_util import (
-    add_dict_to_argparser,
-    classifier_defaults,
-    model_and_diffusion_defaults,
-)
+from guided_diffusion.script_util import classifier_defaults, model_and_diffusion_defaults
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -39,39 +35,30 @@ def main(argv: Optional[list[str]] = None) -> None:
     dist_util.setup_dist()
     logger.configure()
 
-    logger.log("creating model and diffusion...")
-    model, diffusion = sample_util.load_model_and_diffusion(args)
-    model = sample_util.guided_model_fn(args, model, diffusion, counts=sampler.counts)
+    model, diffusion = sample_util.load_sampling_model(args, sampler)
     logger.log("loading classifier...")
     classifier = sample_util.load_classifier(args)
 
     model_fn = model if args.class_cond else guidance.labels_to_classifier_only(model)
     logger.log(f"sampling with classifier scale {args.classifier_scale}...")
-    sample_util.sample_from_args(
+    sample_util.sample_and_report(
         args,
         model_fn,
         diffusion,
+        sampler,
         files={"model_path": args.model_path, "classifier_path": args.classifier_path},
         make_kwargs=sample_util.class_label_kwargs(class_labels, num_classes),
-        sample_fn=sampler.sample_fn(diffusion),
         cond_fn=guidance.classifier_cond_fn(classifier, args.classifier_scale),
     )
-    logger.log(sampler.counts.per_image())
-    logger.log("sampling complete")
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    sample_util.add_flags(
-        parser,
+    return sample_util.create_sampling_parser(
+        __doc__,
         sample_util.sampling_defaults(classifier_path="", classifier_scale=1.0, class_labels=""),
+        model_and_diffusion_defaults(),
+        classifier_defaults(),
     )
-    defaults = model_and_diffusion_defaults()
-    defaults.update(classifier_defaults())
-    add_dict_to_argparser(parser, defaults)
-    return parser
 
 
 if __name__ == "__main__":

@@ -22,33 +22,27 @@ Example (the 128x128 ImageNet classifier flags of the paper):
 import argparse
 
 import blobfile as bf
-import torch
 
-from guided_diffusion import dist_util, logger, run_config
+from guided_diffusion import dist_util, logger
 from guided_diffusion.image_datasets import list_classes, load_data
 from guided_diffusion.resample import create_named_schedule_sampler
 from guided_diffusion.flags import (
-    CLASSIFIER_LOOP_FLAGS,
-    TRAIN_FLAG_HELP,
-    args_to_dict,
     classifier_and_diffusion_defaults,
     classifier_train_defaults,
-    create_parser,
+    create_train_parser,
 )
 from guided_diffusion.script_errors import run_program
-from guided_diffusion.script_util import create_from_flags
 from guided_diffusion.train_util import (
     ClassifierTrainLoop,
     check_num_classes,
-    check_train_args,
+    create_network,
+    parse_train_flags,
     training_run_config,
 )
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = run_config.parse_args(create_argparser(), argv, resume_checkpoint="classifier")
-    dist_util.setup_dist()
-    check_train_args(args)
+    args, config = parse_train_flags(create_argparser(), argv, "classifier")
     check_num_classes(args.data_dir, args.num_classes)
     if args.val_data_dir and not bf.isdir(args.val_data_dir):
         raise FileNotFoundError(
@@ -78,32 +72,28 @@ def main(argv: list[str] | None = None) -> None:
         )
     logger.configure()
 
-    logger.log("creating model and diffusion...")
-    torch.manual_seed(args.seed)
-    model, diffusion = create_from_flags(args, "classifier")
+    model, diffusion = create_network(args, "classifier")
     model.to(dist_util.dev())
     schedule_sampler = create_named_schedule_sampler(args.schedule_sampler, diffusion)
 
     logger.log("training classifier model...")
     ClassifierTrainLoop(
         model=model,
-        run_config=training_run_config("classifier", args),
         diffusion=diffusion,
         data=data,
+        config=config,
+        noised=args.noised,
         val_data=val_data,
+        eval_interval=args.eval_interval,
         schedule_sampler=schedule_sampler,
-        use_fp16=args.classifier_use_fp16,
-        **args_to_dict(args, CLASSIFIER_LOOP_FLAGS),
+        run_config=training_run_config("classifier", args),
     ).run_loop()
     dist_util.cleanup()
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    return create_parser(
-        __doc__,
-        classifier_train_defaults(),
-        classifier_and_diffusion_defaults(),
-        helps=TRAIN_FLAG_HELP,
+    return create_train_parser(
+        __doc__, classifier_train_defaults(), classifier_and_diffusion_defaults()
     )
 
 

@@ -11,7 +11,10 @@ The paper's result, small, on real data: classifier guidance trades diversity fo
   5. measure each setting against the held-out digits (evaluations/evaluator.py: FID, sFID,
      precision, recall) and with an independent clean classifier (a support-vector machine
      fitted on the real 8x8 digits, applied to the samples downscaled to 8x8);
-  6. write results.csv, results.md and per setting a PNG grid with one row per digit.
+  6. write results.csv, results.md and per setting a PNG grid with one row per digit;
+  7. with --restoration yes: inpaint and super-resolve held-out digits with RePaint, DDNM, DPS,
+     ILVR and SDEdit (scripts/image_edit.py) and write restoration.csv / restoration.md
+     (guided_diffusion.demo_restoration).
 
 Every stage runs the real command-line program; the exact command lines and each program's
 output are in --out_dir/commands.txt and --out_dir/logs/. Trained models, the reference batch
@@ -44,6 +47,8 @@ sys.path.insert(0, REPO)
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from guided_diffusion import demo_plots  # noqa: E402
+from guided_diffusion import demo_restoration  # noqa: E402
 from guided_diffusion import demo_settings as ds  # noqa: E402
 from guided_diffusion import digits_data  # noqa: E402
 from guided_diffusion.script_errors import run_program  # noqa: E402
@@ -51,6 +56,7 @@ from guided_diffusion.script_errors import run_program  # noqa: E402
 
 # progress bars: redrawn often on a terminal, every 30 s into a log file
 BAR = dict(dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
+SWEEPS = ("samplers", "guidance")
 
 
 class DemoError(ValueError):
@@ -68,45 +74,94 @@ def create_argparser() -> argparse.ArgumentParser:
         help="digits of each class held out as the evaluation reference (never trained on)")
     add("--num_channels", type=int, default=32, help="base width of the diffusion UNet")
     add("--num_res_blocks", type=int, default=1, help="residual blocks per UNet resolution")
-    add("--train_steps", type=int, default=2000, help="diffusion model training steps")
+    add("--train_steps", type=int, default=3000,
+        help="diffusion model training steps (its learning rate decays linearly to 0 over them)")
     add("--classifier_steps", type=int, default=600, help="noisy classifier training steps")
-    add("--batch_size", type=int, default=32, help="training batch size")
+    add("--batch_size", type=int, default=64, help="training batch size")
     add("--lr", type=float, default=3e-4, help="learning rate of both trainings")
     add("--num_samples", type=int, default=250,
         help="images per setting; labels cycle over the digits, so classes are balanced")
     add("--sample_batch_size", type=int, default=125, help="images per sampling model call")
     add("--steps", type=int, default=25, help="sampling steps of every setting unless it says")
+    add("--sampler", default="ancestral",
+        help="sampler of every setting unless it says: ancestral, ddim, dpm++2m, dpm++3m, ...")
     add("--classifier_scales", default="0,1,2,4,8",
         help="the classifier-guidance sweep: one setting per comma-separated scale")
     add("--extra_setting", action="append", default=[], metavar="NAME:key=value,...",
         help="add a setting (repeatable), e.g. 'ddim25:sampler=ddim,steps=25,classifier_scale=2'")
+    add("--sweep", action="append", default=[], choices=SWEEPS,
+        help="add a sweep of settings (repeatable): 'samplers' = every --sweep_samplers at "
+             "every --sweep_evaluations, unguided, classifier-guided and guided inside "
+             "--sweep_interval (plot: fid_vs_evaluations.png); 'guidance' = classifier-free "
+             "guidance, both guidances and autoguidance at every --guidance_scales "
+             "(plot with the classifier sweep: precision_vs_recall.png)")
+    add("--sweep_samplers", default="ancestral,ddim,dpm++2m,dpm++3m",
+        help="samplers of --sweep samplers")
+    add("--sweep_evaluations", default="5,10,15,20,25,50,250",
+        help="model evaluations per image (sampling steps) of --sweep samplers")
+    add("--sweep_classifier_scale", type=float, default=2.0,
+        help="classifier scale of the guided rows of --sweep samplers")
+    add("--sweep_interval", default="0.3,5",
+        help="guidance interval LO,HI (noise level sigma_t / alpha_t) of --sweep samplers")
+    add("--guidance_scales", default="1.5,2,3,4",
+        help="scales of --sweep guidance (1 = plain conditional sampling)")
+    add("--class_dropout_prob", type=float, default=0.1,
+        help="label dropout of the diffusion model's training (> 0 allows classifier-free "
+             "guidance; 0 trains exactly as the original)")
+    add("--ema_rate", default="0.995",
+        help="EMA rate of the diffusion model (sampled from); 1 / (1 - rate) should be well "
+             "below --train_steps, or the average still holds the random initial weights")
+    add("--guide_steps", type=int, default=0,
+        help="training step of the checkpoint kept as autoguidance's guide "
+             "(0: --train_steps / 4)")
     add("--grid_per_class", type=int, default=10, help="images per digit row in the grids")
     add("--seed", type=int, default=0, help="seed of every stage (the same for every setting)")
     add("--evaluate", choices=("auto", "yes", "no"), default="auto",
         help="run the evaluator: auto = when Inception weights are found without a download")
+    demo_restoration.add_arguments(parser)
     return parser
 
 
-def build_settings(args: argparse.Namespace) -> list[ds.Setting]:
-    """:return: the sweep over --classifier_scales plus every --extra_setting."""
-    base = ds.Setting(name="base", steps=args.steps)
+def _numbers(args: argparse.Namespace, flag: str, cast=float, minimum: float = 0) -> list:
+    """:return: the comma-separated numbers of ``--flag``, each >= minimum (DemoError if not)."""
+    text = getattr(args, flag)
     try:
-        scales = [float(s) for s in args.classifier_scales.split(",") if s.strip()]
+        values = [cast(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise DemoError(
-            f"--classifier_scales {args.classifier_scales!r}: expected comma-separated numbers "
-            "such as 0,1,2,4,8"
-        ) from None
-    if any(s < 0 for s in scales):
-        raise DemoError(f"--classifier_scales {args.classifier_scales!r}: scales must be >= 0")
-    settings = ds.scale_sweep(scales, base)
+        values = None
+    if values is None or any(not np.isfinite(v) or v < minimum for v in values):
+        kind = "integers" if cast is int else "numbers"
+        raise DemoError(f"--{flag} {text!r}: expected comma-separated {kind} >= {minimum:g}")
+    return values
+
+
+def build_settings(args: argparse.Namespace) -> list[ds.Setting]:
+    """
+    :return: the sweep over --classifier_scales, every --extra_setting, then each --sweep.
+    """
+    base = ds.Setting(name="base", sampler=args.sampler, steps=args.steps)
+    settings = ds.scale_sweep(_numbers(args, "classifier_scales"), base)
     try:
         settings += [ds.parse_setting(spec, base) for spec in args.extra_setting]
+    except ds.SettingError as err:
+        raise DemoError(f"--extra_setting: {err}") from None
+    if "samplers" in args.sweep:
+        interval = _numbers(args, "sweep_interval")
+        if len(interval) != 2 or not interval[0] < interval[1]:
+            raise DemoError(f"--sweep_interval {args.sweep_interval!r}: expected LO,HI with "
+                            "0 <= LO < HI, e.g. 0.3,5")
+        samplers = [name.strip() for name in args.sweep_samplers.split(",") if name.strip()]
+        settings += ds.sampler_sweep(base, _numbers(args, "sweep_evaluations", int, 1),
+                                     samplers, args.sweep_classifier_scale, tuple(interval))
+    if "guidance" in args.sweep:
+        settings += ds.guidance_sweep(base, _numbers(args, "guidance_scales"),
+                                      checkpoints(args)["guide"])
+    try:
         ds.check_unique(settings)
     except ds.SettingError as err:
         raise DemoError(f"--extra_setting: {err}") from None
     if not settings:
-        raise DemoError("no settings: give --classifier_scales or --extra_setting")
+        raise DemoError("no settings: give --classifier_scales, --extra_setting or --sweep")
     return settings
 
 
@@ -120,6 +175,20 @@ def check_args(args: argparse.Namespace) -> None:
     if args.num_channels % 32:
         raise DemoError(f"--num_channels must be a multiple of 32 (the UNet's 32-group "
                         f"normalisation), got {args.num_channels}")
+    if args.guide_steps < 0 or args.guide_steps > args.train_steps:
+        raise DemoError(f"--guide_steps must lie in 0..--train_steps ({args.train_steps}), "
+                        f"got {args.guide_steps}")
+    if not 0 <= args.class_dropout_prob < 1:
+        raise DemoError(f"--class_dropout_prob must lie in [0, 1), got {args.class_dropout_prob}")
+    try:
+        rate = float(args.ema_rate)
+    except ValueError:
+        rate = float("nan")
+    if not 0 < rate < 1:
+        raise DemoError(f"--ema_rate must be one number in (0, 1), got {args.ema_rate!r}")
+    if "guidance" in args.sweep and args.class_dropout_prob == 0:
+        raise DemoError("--sweep guidance needs --class_dropout_prob > 0 (classifier-free "
+                        "guidance uses the null label the training drops labels to)")
     if args.image_size < 8 or args.image_size % 4:
         raise DemoError(
             f"--image_size must be a multiple of 4 and at least 8, got {args.image_size}")
@@ -214,7 +283,7 @@ def model_flags(args: argparse.Namespace) -> list[str]:
         "--channel_mult", _channel_mult(args.image_size),
         "--attention_resolutions", str(args.image_size // 2), "--num_head_channels", "32",
         "--class_cond", "True", "--num_classes", "10", "--resblock_updown", "True",
-        "--use_scale_shift_norm", "True",
+        "--use_scale_shift_norm", "True", "--class_dropout_prob", str(args.class_dropout_prob),
     ]
 
 
@@ -232,30 +301,53 @@ def classifier_flags(args: argparse.Namespace) -> list[str]:
 DIFFUSION_FLAGS = [
     "--diffusion_steps", "1000", "--noise_schedule", "cosine", "--learn_sigma", "True",
 ]
-EMA_RATE = "0.999"
+
+
+def guide_steps(args: argparse.Namespace) -> int:
+    """:return: the training step of autoguidance's guide (--guide_steps, else a quarter)."""
+    return args.guide_steps or max(1, args.train_steps // 4)
+
+
+def checkpoints(args: argparse.Namespace) -> dict[str, str]:
+    """
+    :return: the demo's checkpoint paths: "model" (the diffusion model's EMA at
+        --train_steps), "guide" (its EMA at guide_steps, autoguidance's guide) and
+        "classifier".
+    """
+    out = os.path.abspath(args.out_dir)
+    ema = os.path.join(out, "diffusion", "ema_{}_{:06d}.pt")
+    return {
+        "model": ema.format(args.ema_rate, args.train_steps),
+        "guide": ema.format(args.ema_rate, guide_steps(args)),
+        "classifier": os.path.join(out, "classifier", f"model{args.classifier_steps:06d}.pt"),
+    }
 
 
 def train(args, runner: Runner, split: digits_data.DigitsSplit) -> tuple[str, str]:
-    """Train the diffusion model and the classifier unless their checkpoints exist."""
+    """
+    Train the diffusion model (saving its guide checkpoint on the way) and the classifier
+    unless their checkpoints exist.
+
+    :return: (the diffusion model's checkpoint, the classifier's).
+    """
     common = ["--seed", str(args.seed), "--batch_size", str(args.batch_size), "--lr", str(args.lr),
               "--log_interval", "10", "--data_dir", split.train_dir,
               "--random_flip", "False"]  # a mirrored digit is not a digit
-    model_dir = os.path.join(runner.out_dir, "diffusion")
-    model = os.path.join(model_dir, f"ema_{EMA_RATE}_{args.train_steps:06d}.pt")
-    classifier_dir = os.path.join(runner.out_dir, "classifier")
-    classifier = os.path.join(classifier_dir, f"model{args.classifier_steps:06d}.pt")
+    paths = checkpoints(args)
     jobs = [
-        ("train_diffusion", "training the diffusion model", model, model_dir, args.train_steps,
+        ("train_diffusion", "training the diffusion model", paths["model"], args.train_steps,
          ["scripts/image_train.py", *model_flags(args), *DIFFUSION_FLAGS, *common,
-          "--ema_rate", EMA_RATE, "--max_steps", str(args.train_steps),
-          "--save_interval", str(args.train_steps)]),
-        ("train_classifier", "training the noisy classifier", classifier, classifier_dir,
+          "--ema_rate", args.ema_rate, "--max_steps", str(args.train_steps),
+          "--lr_anneal_steps", str(args.train_steps),
+          "--save_interval", str(guide_steps(args))]),
+        ("train_classifier", "training the noisy classifier", paths["classifier"],
          args.classifier_steps,
          ["scripts/classifier_train.py", *classifier_flags(args), *DIFFUSION_FLAGS, *common,
-          "--iterations", str(args.classifier_steps),
+          "--iterations", str(args.classifier_steps), "--anneal_lr", "True",
           "--save_interval", str(args.classifier_steps)]),
     ]
-    for name, title, checkpoint, logdir, steps, argv in jobs:
+    for name, title, checkpoint, steps, argv in jobs:
+        logdir = os.path.dirname(checkpoint)
         if os.path.exists(checkpoint):
             print(f"{title}: reusing {checkpoint}")
             continue
@@ -265,7 +357,11 @@ def train(args, runner: Runner, split: digits_data.DigitsSplit) -> tuple[str, st
             argv = [*argv, "--resume_checkpoint", earlier]
         with tqdm(total=steps, desc=title, unit="step", **BAR) as bar:
             runner.run(name, [sys.executable, *argv], logdir, bar, trained_steps(logdir))
-    return model, classifier
+    if "guidance" in args.sweep and not os.path.exists(paths["guide"]):
+        raise DemoError(f"autoguidance's guide {paths['guide']} was not saved by the training "
+                        f"in {os.path.dirname(paths['guide'])}: use a new --out_dir or give "
+                        "--guide_steps of a checkpoint there")
+    return paths["model"], paths["classifier"]
 
 
 def latest_model_checkpoint(logdir: str) -> Optional[str]:
@@ -278,11 +374,12 @@ def latest_model_checkpoint(logdir: str) -> Optional[str]:
 
 
 def sample(args, runner: Runner, setting: ds.Setting, model: str, classifier: str,
-           bar: tqdm) -> tuple[str, float]:
+           bar: tqdm) -> tuple[str, dict[str, float]]:
     """
     Sample one setting unless the same command already wrote its batch.
 
-    :return: (the .npz path, images per second as the sampling program reported it).
+    :return: (the .npz path, {images_per_second, model_evaluations, classifier_evaluations}
+        as the sampling program reported them).
     """
     logdir = os.path.join(runner.out_dir, "samples", setting.name)
     argv = [sys.executable, setting.script(), *model_flags(args), *DIFFUSION_FLAGS,
@@ -295,16 +392,33 @@ def sample(args, runner: Runner, setting: ds.Setting, model: str, classifier: st
     side = args.image_size
     npz = os.path.join(logdir, f"samples_{args.num_samples}x{side}x{side}x3.npz")
     record = os.path.join(logdir, "command.json")
-    if os.path.exists(npz) and _read_json(record).get("argv") == argv[1:]:
+    done = _read_json(record)
+    if os.path.exists(npz) and done.get("argv") == argv[1:] and "model_evaluations" in done:
         bar.update(args.num_samples)
-        return npz, float(_read_json(record)["images_per_second"])
+        return npz, {key: float(done[key]) for key in SAMPLING_FIGURES}
     output = runner.run(f"sample_{setting.name}", argv, logdir, bar, sampled_images)
-    with open(output) as f:
-        rate = re.findall(r"\(([\d.]+) images/s", f.read())
-    ips = float(rate[-1]) if rate else float("nan")
+    figures = sampling_figures(output)
     with open(record, "w") as f:
-        json.dump({"argv": argv[1:], "images_per_second": ips}, f)
-    return npz, ips
+        json.dump({"argv": argv[1:], **figures}, f)
+    return npz, figures
+
+
+SAMPLING_FIGURES = ("images_per_second", "model_evaluations", "classifier_evaluations")
+
+
+def sampling_figures(output: str) -> dict[str, float]:
+    """
+    :return: images per second and model / classifier evaluations per image from a sampling
+        program's output (NaN where it did not say).
+    """
+    with open(output, errors="replace") as f:
+        text = f.read()
+    rate = re.findall(r"\(([\d.]+) images/s", text)
+    counts = re.findall(r"evaluations per image: ([\d.]+) / ([\d.]+)", text)
+    nan = float("nan")
+    model_evals, classifier_evals = map(float, counts[-1]) if counts else (nan, nan)
+    return {"images_per_second": float(rate[-1]) if rate else nan,
+            "model_evaluations": model_evals, "classifier_evaluations": classifier_evals}
 
 
 def _read_json(path: str) -> dict:
@@ -396,6 +510,7 @@ def finish_setting(npz: str, clean, per_class: int) -> tuple[float, str]:
 def main() -> None:
     args = create_argparser().parse_args()
     check_args(args)
+    demo_restoration.check_args(args)
     settings = build_settings(args)
     out = os.path.abspath(args.out_dir)
     started = time.time()
@@ -411,14 +526,18 @@ def main() -> None:
         batches = [sample(args, runner, s, model, classifier, bar) for s in settings]
     metrics = evaluate_all(args, runner, split, settings, [npz for npz, _ in batches])
     clean, clean_accuracy = clean_classifier(split)
+    if args.restoration == "yes":
+        holdout = read_folder(split.holdout_dir)
+        demo_restoration.run_section(args, runner, holdout, model, clean, BAR)
 
     rows, grids = [], []
-    for setting, (npz, ips), m in zip(settings, batches, metrics):
+    for setting, (npz, figures), m in zip(settings, batches, metrics):
         accuracy, grid = finish_setting(npz, clean, args.grid_per_class)
-        rows.append(ds.result_row(setting, {**m, "accuracy": accuracy, "images_per_second": ips}))
+        rows.append(ds.result_row(setting, {**m, "accuracy": accuracy, **figures}))
         grids.append(grid)
     csv_path, md_path = ds.write_results(rows, out)
-    report(rows, grids, csv_path, md_path, runner, clean_accuracy, time.time() - started)
+    plots = demo_plots.write_figures(settings, rows, out)
+    report(rows, grids, plots, csv_path, md_path, runner, clean_accuracy, time.time() - started)
 
 
 def evaluate_all(args, runner: Runner, split: digits_data.DigitsSplit,
@@ -455,8 +574,8 @@ def clean_classifier(split: digits_data.DigitsSplit):
     return clean, float(clean.score(digits_data.images_to_digit_features(images), labels))
 
 
-def report(rows: list[dict], grids: list[str], csv_path: str, md_path: str, runner: Runner,
-           clean_acc: float, seconds: float) -> None:
+def report(rows: list[dict], grids: list[str], plots: list[str], csv_path: str, md_path: str,
+           runner: Runner, clean_acc: float, seconds: float) -> None:
     """Print the table and where everything is."""
     print()
     print(ds.format_markdown(rows))
@@ -466,6 +585,8 @@ def report(rows: list[dict], grids: list[str], csv_path: str, md_path: str, runn
     print("grids (one row per digit):")
     for grid in grids:
         print(f"  {grid}")
+    for plot in plots:
+        print(f"plot: {plot}")
     print(f"command lines: {runner.commands}\nprogram outputs: {runner.log_dir}")
     print(f"total time: {seconds / 60:.1f} min")
 

@@ -14,7 +14,7 @@ from typing import Optional
 
 from guided_diffusion import dist_util, flags, logger, run_config, sample_io, sample_util
 from guided_diffusion.image_datasets import indexed_images
-from guided_diffusion.script_util import add_dict_to_argparser, model_and_diffusion_defaults
+from guided_diffusion.script_util import model_and_diffusion_defaults
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -68,12 +68,9 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    return sample_util.create_sampling_parser(
+        __doc__, flags.nll_defaults(), model_and_diffusion_defaults()
     )
-    sample_util.add_flags(parser, flags.nll_defaults())
-    add_dict_to_argparser(parser, model_and_diffusion_defaults())
-    return parser
 
 
 if __name__ == "__main__":

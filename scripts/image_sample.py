@@ -19,7 +19,7 @@ import argparse
 from typing import Optional
 
 from guided_diffusion import dist_util, logger, run_config, sample_util
-from guided_diffusion.script_util import add_dict_to_argparser, model_and_diffusion_defaults
+from guided_diffusion.script_util import model_and_diffusion_defaults
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -36,36 +36,21 @@ def main(argv: Optional[list[str]] = None) -> None:
     dist_util.setup_dist()
     logger.configure()
 
-    logger.log("creating model and diffusion...")
-    model, diffusion = sample_util.load_model_and_diffusion(args)
-    model = sample_util.guided_model_fn(args, model, diffusion, counts=sampler.counts)
+    model, diffusion = sample_util.load_sampling_model(args, sampler)
 
     logger.log("sampling...")
-    make_kwargs = sample_util.no_kwargs
+    labels = sample_util.no_kwargs
     if args.class_cond:
-        make_kwargs = sample_util.class_label_kwargs(class_labels, sample_util.num_classes_of(args))
-    sample_util.sample_from_args(
-        args,
-        model,
-        diffusion,
-        files={"model_path": args.model_path},
-        make_kwargs=make_kwargs,
-        sample_fn=sampler.sample_fn(diffusion),
+        labels = sample_util.class_label_kwargs(class_labels, sample_util.num_classes_of(args))
+    sample_util.sample_and_report(
+        args, model, diffusion, sampler, files={"model_path": args.model_path}, make_kwargs=labels
     )
-    logger.log(sampler.counts.per_image())
-    logger.log("sampling complete")
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    return sample_util.create_sampling_parser(
+        __doc__, sample_util.sampling_defaults(class_labels=""), model_and_diffusion_defaults()
     )
-    sample_util.add_flags(
-        parser,
-        sample_util.sampling_defaults(class_labels=""),
-    )
-    add_dict_to_argparser(parser, model_and_diffusion_defaults())
-    return parser
 
 
 if __name__ == "__main__":

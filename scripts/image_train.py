@@ -21,40 +21,24 @@ beside it are found automatically). `torchrun --nproc_per_node N` works as well 
 
 import argparse
 
-import torch
-
-from guided_diffusion import dist_util, flags, logger, run_config
+from guided_diffusion import flags, logger
 from guided_diffusion.image_datasets import load_data
 from guided_diffusion.script_errors import run_program
-from guided_diffusion.script_util import create_from_flags
-from guided_diffusion.train_util import check_train_args, train_diffusion_model
+from guided_diffusion.train_util import create_network, parse_train_flags, train_diffusion_model
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = run_config.parse_args(create_argparser(), argv, resume_checkpoint="model")
-    dist_util.setup_dist()
-    check_train_args(args)
-    data = load_data(
-        data_dir=args.data_dir,
-        batch_size=args.batch_size,
-        image_size=args.image_size,
-        class_cond=args.class_cond,
-        random_flip=args.random_flip,
-    )
+    args, config = parse_train_flags(create_argparser(), argv, "model")
+    data = load_data(**flags.args_to_dict(args, flags.DATA_FLAGS))
     logger.configure()
 
-    logger.log("creating model and diffusion...")
-    torch.manual_seed(args.seed)
-    model, diffusion = create_from_flags(args, "model")
-    train_diffusion_model(args, model, diffusion, data)
+    model, diffusion = create_network(args, "model")
+    train_diffusion_model(args, model, diffusion, data, kind="model", config=config)
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    return flags.create_parser(
-        __doc__,
-        flags.diffusion_train_defaults(),
-        flags.model_and_diffusion_defaults(),
-        helps=flags.TRAIN_FLAG_HELP,
+    return flags.create_train_parser(
+        __doc__, flags.diffusion_train_defaults(), flags.model_and_diffusion_defaults()
     )
 
 

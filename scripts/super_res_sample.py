@@ -19,7 +19,7 @@ import argparse
 from typing import Optional
 
 from guided_diffusion import dist_util, guidance, logger, run_config, sample_io, sample_util
-from guided_diffusion.script_util import add_dict_to_argparser, sr_model_and_diffusion_defaults
+from guided_diffusion.script_util import sr_model_and_diffusion_defaults
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -40,39 +40,27 @@ def main(argv: Optional[list[str]] = None) -> None:
         )
         num_samples = len(base)
 
-    logger.log("creating model and diffusion...")
-    model, diffusion = sample_util.load_model_and_diffusion(args, super_res=True)
-    model = sample_util.guided_model_fn(
-        args, model, diffusion, super_res=True, counts=sampler.counts
-    )
+    model, diffusion = sample_util.load_sampling_model(args, sampler, super_res=True)
 
     logger.log(f"upsampling {num_samples} images to {args.large_size}x{args.large_size}...")
     # the base labels stay beside their images; they go to the model only when it takes them
     model_fn = model if args.class_cond else guidance.labels_to_classifier_only(model)
-    sample_util.sample_from_args(
+    sample_util.sample_and_report(
         args,
         model_fn,
         diffusion,
+        sampler,
         files={"model_path": args.model_path, "base_samples": args.base_samples},
         image_size=args.large_size,
         make_kwargs=sample_util.base_sample_kwargs(base),
-        sample_fn=sampler.sample_fn(diffusion),
         num_samples=num_samples,
     )
-    logger.log(sampler.counts.per_image())
-    logger.log("sampling complete")
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    return sample_util.create_sampling_parser(
+        __doc__, sample_util.sampling_defaults(base_samples=""), sr_model_and_diffusion_defaults()
     )
-    sample_util.add_flags(
-        parser,
-        sample_util.sampling_defaults(base_samples=""),
-    )
-    add_dict_to_argparser(parser, sr_model_and_diffusion_defaults())
-    return parser
 
 
 if __name__ == "__main__":

@@ -21,31 +21,22 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from guided_diffusion import dist_util, flags, logger, run_config
+from guided_diffusion import flags, logger
 from guided_diffusion.image_datasets import load_data
 from guided_diffusion.script_errors import run_program
-from guided_diffusion.script_util import create_from_flags
-from guided_diffusion.train_util import check_train_args, train_diffusion_model
+from guided_diffusion.train_util import create_network, parse_train_flags, train_diffusion_model
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = run_config.parse_args(create_argparser(), argv, resume_checkpoint="super_res")
-    dist_util.setup_dist()
-    check_train_args(args)
+    args, config = parse_train_flags(create_argparser(), argv, "super_res")
     data = load_superres_data(
-        args.data_dir,
-        args.batch_size,
-        large_size=args.large_size,
-        small_size=args.small_size,
-        class_cond=args.class_cond,
-        random_flip=args.random_flip,
-    )
+        args.data_dir, args.batch_size, args.large_size, args.small_size, args.class_cond,
+        args.random_flip,
+    )  # fmt: skip
     logger.configure()
 
-    logger.log("creating model...")
-    torch.manual_seed(args.seed)
-    model, diffusion = create_from_flags(args, "super_res")
-    train_diffusion_model(args, model, diffusion, data, kind="super_res")
+    model, diffusion = create_network(args, "super_res")
+    train_diffusion_model(args, model, diffusion, data, kind="super_res", config=config)
 
 
 def load_superres_data(
@@ -78,11 +69,8 @@ def _add_low_res(data, small_size: int):
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    return flags.create_parser(
-        __doc__,
-        flags.diffusion_train_defaults(),
-        flags.sr_model_and_diffusion_defaults(),
-        helps=flags.TRAIN_FLAG_HELP,
+    return flags.create_train_parser(
+        __doc__, flags.diffusion_train_defaults(), flags.sr_model_and_diffusion_defaults()
     )
 
 

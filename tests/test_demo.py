@@ -52,6 +52,9 @@ def test_default_settings_are_the_scale_sweep(demo):
         (["--extra_setting", "classifier_0:steps=3"], "distinct names"),
         (["--extra_setting", "a:steps=-3"], "--extra_setting"),
         (["--classifier_scales", ""], "no settings"),
+        (["--sweep", "samplers", "--sweep_interval", "5,1"], "--sweep_interval"),
+        (["--sweep", "samplers", "--sweep_evaluations", "0,5"], "--sweep_evaluations"),
+        (["--sweep", "guidance", "--guidance_scales", "2,nan"], "--guidance_scales"),
     ],
 )
 def test_bad_settings_flags(demo, argv, message):
@@ -65,11 +68,43 @@ def test_bad_settings_flags(demo, argv, message):
         (["--num_samples", "0"], "--num_samples"),
         (["--image_size", "10"], "--image_size"),
         (["--num_channels", "48"], "multiple of 32"),
+        (["--ema_rate", "0.99,0.999"], "--ema_rate"),
+        (["--ema_rate", "1"], "--ema_rate"),
+        (["--guide_steps", "5000"], "--guide_steps"),
+        (["--class_dropout_prob", "1"], "--class_dropout_prob"),
+        (["--sweep", "guidance", "--class_dropout_prob", "0"], "--class_dropout_prob > 0"),
     ],
 )
 def test_bad_counts(demo, argv, message):
     with pytest.raises(demo.DemoError, match=message):
         demo.check_args(_args(demo, *argv))
+
+
+def test_sweeps_add_settings(demo, tmp_path):
+    args = _args(demo, "--out_dir", str(tmp_path), "--sweep", "samplers", "--sweep", "guidance",
+                 "--sweep_evaluations", "5,20", "--sweep_samplers", "ddim,dpm++3m",
+                 "--train_steps", "800", "--classifier_scales", "0,2")
+    settings = demo.build_settings(args)
+    names = [s.name for s in settings]
+    assert names[:2] == ["classifier_0", "classifier_2"]
+    assert "dpmpp3m_20_cg2_interval" in names and "ddim_5" in names
+    assert len(names) == 2 + 2 * 2 * 3 + 3 * 4
+    auto = settings[names.index("auto_2")]
+    guide = os.path.join(str(tmp_path), "diffusion", "ema_0.995_000200.pt")
+    assert dict(auto.extra_flags)["guide_model_path"] == guide == demo.checkpoints(args)["guide"]
+    assert demo.checkpoints(args)["model"].endswith("ema_0.995_000800.pt")
+    sweep_args = _args(demo, "--sampler", "dpm++2m", "--steps", "10")
+    assert {(s.sampler, s.steps) for s in demo.build_settings(sweep_args)} == {("dpm++2m", 10)}
+
+
+def test_sampling_figures(demo, tmp_path):
+    log = tmp_path / "out.txt"
+    log.write_text("sampling: 100%|####| 250/250\ncreated 250 samples (41.5 images/s)\n"
+                   "model evaluations / classifier evaluations per image: 20 / 9\n")
+    assert demo.sampling_figures(str(log)) == {
+        "images_per_second": 41.5, "model_evaluations": 20.0, "classifier_evaluations": 9.0}
+    log.write_text("nothing")
+    assert all(np.isnan(v) for v in demo.sampling_figures(str(log)).values())
 
 
 def test_progress_readers(demo, tmp_path):

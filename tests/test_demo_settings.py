@@ -73,13 +73,55 @@ def test_results_files(tmp_path):
     csv_path, md_path = ds.write_results(rows, str(tmp_path))
     with open(csv_path) as f:
         read = list(csv.DictReader(f))
-    assert list(read[0]) == list(ds.RESULT_COLUMNS)
+    assert list(read[0]) == list(ds.RESULT_COLUMNS + ds.EXTRA_COLUMNS)
+    assert read[0]["model_evaluations"] == "" and read[0]["guidance_interval"] == ""
     assert read[0]["setting"] == "classifier_4" and float(read[0]["fid"]) == 12.3456
     assert read[0]["guidance_scale"] == "" and read[1]["guidance_scale"] == "2.0"
     assert math.isnan(float(read[1]["fid"]))
     lines = open(md_path).read().splitlines()
-    assert lines[0] == "| " + " | ".join(ds.RESULT_COLUMNS) + " |"
+    assert lines[0] == "| " + " | ".join(ds.RESULT_COLUMNS + ds.EXTRA_COLUMNS) + " |"
     assert lines[2].startswith("| classifier_4 | ancestral | 50 | 4 |  | 12.346 | 150.2 |")
     assert lines[3].startswith("| cfg | ancestral | 50 | 0 | 2 | nan |")
     assert len(lines) == 4
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.md"]
+
+
+def test_sampler_sweep_rows_flags_and_curves():
+    sweep = ds.sampler_sweep(BASE, [5, 20], ["ancestral", "dpm++2m"], 2.0, (0.3, 5.0))
+    names = [s.name for s in sweep]
+    assert len(sweep) == 12 and len(set(names)) == 12
+    assert names[:4] == ["ancestral_5", "ancestral_20", "dpmpp2m_5", "dpmpp2m_20"]
+    by_name = {s.name: s for s in sweep}
+    plain, guided, interval = (by_name["dpmpp2m_20"], by_name["dpmpp2m_20_cg2"],
+                               by_name["dpmpp2m_20_cg2_interval"])
+    assert plain.sampling_flags() == ["--timestep_respacing", "20", "--sampler", "dpm++2m"]
+    assert plain.script() == ds.PLAIN_PROGRAM and guided.script() == ds.CLASSIFIER_PROGRAM
+    assert guided.sampling_flags()[-2:] == ["--classifier_scale", "2"]
+    assert interval.sampling_flags()[-2:] == ["--guidance_interval", "0.3,5"]
+    assert interval.guidance_interval() == "0.3,5" and guided.guidance_interval() == ""
+    assert {s.figure for s in sweep} == {ds.FID_FIGURE}
+    assert {s.group for s in sweep} == {
+        "ancestral", "dpm++2m", "ancestral, classifier 2", "dpm++2m, classifier 2",
+        "ancestral, classifier 2 in (0.3, 5]", "dpm++2m, classifier 2 in (0.3, 5]"}
+    row = ds.result_row(interval, dict(fid=1.0, sfid=1.0, precision=0.5, recall=0.5,
+                                       accuracy=1.0, images_per_second=2.0,
+                                       model_evaluations=20.0, classifier_evaluations=9.0))
+    assert row["guidance_interval"] == "0.3,5" and row["classifier_evaluations"] == 9.0
+
+
+def test_guidance_sweep_methods():
+    sweep = ds.guidance_sweep(BASE, [1.5, 3], "/run/ema_0.995_000500.pt")
+    by_name = {s.name: s for s in sweep}
+    assert sorted(by_name) == ["auto_1.5", "auto_3", "both_1.5", "both_3", "cfg_1.5", "cfg_3"]
+    assert by_name["cfg_3"].script() == ds.PLAIN_PROGRAM
+    assert by_name["cfg_3"].sampling_flags() == ["--timestep_respacing", "50",
+                                                 "--guidance_scale", "3"]
+    assert by_name["both_3"].script() == ds.CLASSIFIER_PROGRAM
+    assert by_name["both_3"].sampling_flags()[-4:] == ["--classifier_scale", "3",
+                                                       "--guidance_scale", "3"]
+    assert by_name["auto_1.5"].sampling_flags()[-4:] == [
+        "--guidance_scale", "1.5", "--guide_model_path", "/run/ema_0.995_000500.pt"]
+    assert {s.group for s in sweep} == {"classifier-free", "classifier-free + classifier",
+                                        "autoguidance"}
+    assert {s.figure for s in sweep} == {ds.PR_FIGURE} == {
+        s.figure for s in ds.scale_sweep([0, 1], BASE)}
