@@ -207,13 +207,13 @@ def run_method(runner, task: Task, method: str, flags: Sequence[str], common: li
     :param common: the flags every run shares (model, input, steps, seed, batch size).
     :return: (the .npz it wrote, seconds per image, the method's own flags as text).
     """
-    logdir = os.path.join(runner.out_dir, "restoration", f"{task.name}_{method}")
+    name = f"{task.name}_{method}" + ("_unconditional" if "--guidance_scale" in common else "")
+    logdir = os.path.join(runner.out_dir, "restoration", name)  # both label choices kept
     side = _side(common)
     output = os.path.join(logdir, f"edited_{count}x{side}x{side}x3.npz")
     own = [*task.operator_flags, "--method", method, *flags]
     argv = [sys.executable, "scripts/image_edit.py", *common, *own]
-    seconds = run_cached(runner, f"restore_{task.name}_{method}", argv, logdir, output, bar,
-                         _edit_seconds)
+    seconds = run_cached(runner, f"restore_{name}", argv, logdir, output, bar, _edit_seconds)
     return output, seconds, " ".join(own)
 
 

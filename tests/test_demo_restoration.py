@@ -212,6 +212,7 @@ def test_labels_withheld_on_a_model_with_a_null_class(digits, tmp_path):
     with open(csv_path) as f:
         methods = [row["method"] for row in csv.DictReader(f)]
     assert methods[:3] == ["measurement", "unconditional", "repaint"]
+    assert os.path.isdir(tmp_path / "out" / "restoration" / "sr4_ilvr_unconditional")
 
 
 @pytest.mark.slow
