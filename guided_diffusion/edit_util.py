@@ -277,15 +277,16 @@ def load_models(
     args: argparse.Namespace, given_labels: Optional[np.ndarray], count: int, seed: int
 ) -> Models:
     """
-    Load ``--model_path`` and, with ``--classifier_path``, the classifier for guidance at
-    ``--classifier_scale``; choose each image's class (``image_labels``) when the model
-    or the classifier needs one.
+    Load ``--model_path`` (classifier-free guided at ``--guidance_scale`` unless 1) and,
+    with ``--classifier_path``, the classifier for guidance at ``--classifier_scale``;
+    choose each image's class (``image_labels``) when the model or the classifier needs one.
 
     :param given_labels: the input's labels (arr_1), or None.
     :param count: the number of images.
     """
     logger.log("creating model and diffusion...")
     model, diffusion = load_model_and_diffusion(args)
+    model = guidance.guided_model(model, args.guidance_scale)  # classifier-free, when not 1
     cond_fn = None
     if args.classifier_path:
         logger.log(f"loading classifier (scale {args.classifier_scale})...")

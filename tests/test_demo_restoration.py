@@ -126,10 +126,12 @@ class StandInRunner:
     def __init__(self, out_dir, digits):
         self.out_dir = str(out_dir)
         self.calls = []
+        self.argvs = []
         self.digits = digits
 
     def run(self, name, argv, logdir, bar):
         self.calls.append(argv[1])
+        self.argvs.append(argv)
         os.makedirs(logdir, exist_ok=True)
         log = os.path.join(self.out_dir, f"{name}.txt")
         flags = dict(zip(argv[2::2], argv[3::2]))
@@ -184,6 +186,33 @@ def test_section_rows_grids_and_reuse(digits, tmp_path):
     other = (images[::-1].copy(), labels[::-1].copy())  # other digits under the same flags
     dr.run_section(_args(steps=4), runner, other, "model.pt", clean, {"disable": True})
     assert len(runner.calls) == 26  # every edit again; the labels, so label only, are the same
+
+
+def test_labels_withheld_on_a_model_with_a_null_class(digits, tmp_path):
+    import json as json_module
+
+    from guided_diffusion import run_config
+
+    model = str(tmp_path / "model.pt")
+    assert not dr.labels_withheld("auto", model)  # no run configuration: labels given
+    for prob, withheld in ((0.0, False), (0.1, True)):
+        config = {"format": run_config.FORMAT, "kind": "model",
+                  "model_flags": {"class_cond": True, "class_dropout_prob": prob}}
+        with open(run_config.config_path(model), "w") as f:
+            json_module.dump(config, f)
+        assert dr.labels_withheld("auto", model) is withheld
+        assert dr.labels_withheld("given", model) is False
+        assert dr.labels_withheld("withheld", model) is True
+    images, labels, clean = digits
+    runner = StandInRunner(tmp_path / "out", np.stack([images[labels == d][0] for d in range(10)]))
+    csv_path, _, _ = dr.run_section(_args(restoration_labels="auto"), runner, (images, labels),
+                                    model, clean, {"disable": True})
+    scales = [argv[argv.index("--guidance_scale") + 1] for argv in runner.argvs]
+    assert scales == ["0"] * 9  # every program: the null class
+    with open(csv_path) as f:
+        methods = [row["method"] for row in csv.DictReader(f)]
+    assert methods[:3] == ["measurement", "unconditional", "repaint"]
+    assert os.path.isdir(tmp_path / "out" / "restoration" / "sr4_ilvr_unconditional")
 
 
 @pytest.mark.slow
