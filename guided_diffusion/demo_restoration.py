@@ -6,15 +6,20 @@ Two tasks on the first ``--restoration_per_class`` held-out digits of every clas
 
 - ``inpaint``: the lower half hidden (``--mask half``); RePaint, DDNM, DPS and SDEdit (which
   keeps the known upper half at every step). PSNR over the hidden half.
-- ``sr``: average-pooling super-resolution by ``--restoration_sr_factor``; DDNM, DPS, ILVR
+- ``sr4``: average-pooling super-resolution by ``--restoration_sr_factor`` (default 4: the 8x8
+  digits seen as 2x2 averages; ``sr2`` with factor 2); DDNM, DPS, ILVR
   (with the average-pooling low-pass filter of the same factor, the measurement's own
   projection) and SDEdit (from the nearest-upsampled measurement). PSNR over every pixel.
 
+The demo's model is class-conditional. With a null class (trained with
+``--class_dropout_prob`` > 0) the labels are withheld by default (``--restoration_labels
+auto``): every method runs on the null class (``--guidance_scale 0``), so the digit's identity
+can only come from the measurement. Without one, every method is given each digit's true label.
+
 Two baselines per task let a reader judge the methods: ``measurement`` (the measurement shown
 as an image: the hidden half grey, or the low-resolution digit upsampled by repeating pixels)
-and ``label only`` (the same model sampling from each digit's label alone with
-``scripts/image_sample.py``, the measurement ignored). The demo's model is class-conditional
-without a null class, so every model-based row is given each digit's true label: ``label only``
+and the same model sampling without the measurement (``scripts/image_sample.py``):
+``unconditional`` when the labels are withheld, ``label only`` when they are given, which
 shows how much of the accuracy the label gives by itself.
 
 Each row reports the clean classifier's accuracy on the restored digits, the PSNR and the
@@ -40,6 +45,7 @@ from .edit_util import psnr, to_float
 from . import io_util
 from .io_util import atomic_write
 from .operators import named_mask
+from .run_config import read_run_config
 from .sample_io import save_png
 
 COLUMNS = ("task", "method", "accuracy", "psnr", "psnr_region", "seconds_per_image", "flags")
@@ -68,20 +74,45 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
              "with RePaint, DDNM, DPS, ILVR and SDEdit (scripts/image_edit.py)")
     add("--restoration_per_class", type=int, default=10,
         help="held-out digits of each class the restoration section restores")
-    add("--restoration_sr_factor", type=int, default=0,
-        help="super-resolution factor of the restoration section; 0: 4 from 16-pixel images "
-             "up, 2 on 8x8 digits (4x would leave a 2x2 measurement)")
+    add("--restoration_labels", choices=("auto", "given", "withheld"), default="auto",
+        help="restore with each digit's true label (given) or with the model's null class "
+             "(withheld: --guidance_scale 0, needs --class_dropout_prob > 0); auto: withheld "
+             "when the trained model has a null class")
+    add("--restoration_sr_factor", type=int, default=4,
+        help="super-resolution factor of the restoration section (4: 2x2 -> 8x8 on the digits)")
 
 
-def sr_factor(args: argparse.Namespace) -> int:
-    """:return: the super-resolution factor (``--restoration_sr_factor``, 0 resolved)."""
-    factor = args.restoration_sr_factor or (4 if args.image_size >= 16 else 2)
+def check_args(args: argparse.Namespace) -> None:
+    """
+    Reject the section's bad flags before the demo does any work (with ``--restoration yes``).
+
+    :param args: the demo's flags (image_size, holdout_per_class and the section's).
+    """
+    if args.restoration != "yes":
+        return
+    factor = args.restoration_sr_factor
     if factor < 2 or args.image_size % factor:
         raise RestorationError(
             f"--restoration_sr_factor must divide --image_size {args.image_size} and be at "
-            f"least 2 (or 0 for automatic), got {args.restoration_sr_factor}"
+            f"least 2, got {factor}"
         )
-    return factor
+    if not 1 <= args.restoration_per_class <= args.holdout_per_class:
+        raise RestorationError(
+            f"--restoration_per_class must lie in 1..{args.holdout_per_class} (the held-out "
+            f"digits of each class, --holdout_per_class), got {args.restoration_per_class}"
+        )
+
+
+def labels_withheld(choice: str, model: str) -> bool:
+    """
+    :param choice: ``--restoration_labels``: auto, given or withheld.
+    :param model: the diffusion checkpoint; auto reads its run configuration.
+    :return: whether the methods run on the null class instead of the true labels.
+    """
+    if choice != "auto":
+        return choice == "withheld"
+    config = read_run_config(model) or {}
+    return float(config.get("model_flags", {}).get("class_dropout_prob", 0.0)) > 0
 
 
 def make_tasks(image_size: int, factor: int) -> list[Task]:
@@ -176,31 +207,34 @@ def run_method(runner, task: Task, method: str, flags: Sequence[str], common: li
     :param common: the flags every run shares (model, input, steps, seed, batch size).
     :return: (the .npz it wrote, seconds per image, the method's own flags as text).
     """
-    logdir = os.path.join(runner.out_dir, "restoration", f"{task.name}_{method}")
+    name = f"{task.name}_{method}" + ("_unconditional" if "--guidance_scale" in common else "")
+    logdir = os.path.join(runner.out_dir, "restoration", name)  # both label choices kept
     side = _side(common)
     output = os.path.join(logdir, f"edited_{count}x{side}x{side}x3.npz")
     own = [*task.operator_flags, "--method", method, *flags]
     argv = [sys.executable, "scripts/image_edit.py", *common, *own]
-    seconds = run_cached(runner, f"restore_{task.name}_{method}", argv, logdir, output, bar,
-                         _edit_seconds)
+    seconds = run_cached(runner, f"restore_{name}", argv, logdir, output, bar, _edit_seconds)
     return output, seconds, " ".join(own)
 
 
-def run_label_only(runner, labels: np.ndarray, model: str, steps: int, seed: int,
-                   side: int, bar) -> tuple[str, float]:
+def run_unmeasured(runner, labels: np.ndarray, model: str, guidance: list[str], steps: int,
+                   seed: int, side: int, bar) -> tuple[str, float]:
     """
-    Sample one image per label with ``scripts/image_sample.py`` (no measurement).
+    Sample one image per label with ``scripts/image_sample.py``: the baseline without the
+    measurement.
 
+    :param guidance: ``["--guidance_scale", "0"]`` to withhold the labels, or [].
     :return: (the .npz it wrote, seconds per image).
     """
-    logdir = os.path.join(runner.out_dir, "restoration", "label_only")
+    name = "unconditional" if guidance else "label_only"
+    logdir = os.path.join(runner.out_dir, "restoration", name)
     count = len(labels)
     output = os.path.join(logdir, f"samples_{count}x{side}x{side}x3.npz")
     argv = [sys.executable, "scripts/image_sample.py", "--model_path", model,
             "--num_samples", str(count), "--batch_size", str(count), "--seed", str(seed),
-            "--timestep_respacing", str(steps), "--class_labels", ",".join(map(str, labels))]
-    seconds = run_cached(runner, "restore_label_only", argv, logdir, output, bar,
-                         _sample_seconds)
+            "--timestep_respacing", str(steps), "--class_labels", ",".join(map(str, labels)),
+            *guidance]
+    seconds = run_cached(runner, f"restore_{name}", argv, logdir, output, bar, _sample_seconds)
     return output, seconds
 
 
@@ -272,7 +306,8 @@ def run_section(args: argparse.Namespace, runner, holdout: tuple[np.ndarray, np.
     """
     from tqdm import tqdm
 
-    tasks = make_tasks(args.image_size, sr_factor(args))
+    check_args(args)
+    tasks = make_tasks(args.image_size, args.restoration_sr_factor)
     images, labels = select_digits(*holdout, args.restoration_per_class)
     folder = os.path.join(runner.out_dir, "restoration")
     os.makedirs(folder, exist_ok=True)
@@ -280,22 +315,24 @@ def run_section(args: argparse.Namespace, runner, holdout: tuple[np.ndarray, np.
     inputs = os.path.join(folder, f"digits_{len(images)}_{digest}.npz")  # new digits: new runs
     with atomic_write(inputs, "wb") as f:
         np.savez(f, arr_0=images, arr_1=labels)
+    withheld = labels_withheld(args.restoration_labels, model)
+    guidance = ["--guidance_scale", "0"] if withheld else []
     common = ["--model_path", model, "--input", inputs, "--image_size", str(args.image_size),
               "--timestep_respacing", str(args.steps), "--seed", str(args.seed),
-              "--batch_size", str(min(args.sample_batch_size, len(images)))]
+              "--batch_size", str(min(args.sample_batch_size, len(images))), *guidance]
     total = 1 + sum(len(task.methods) for task in tasks)
     rows, grids = [], []
     with tqdm(total=total, desc="restoring", unit="run", **bar_options) as bar:
-        label_only = run_label_only(runner, labels, model, args.steps, args.seed,
+        unmeasured = run_unmeasured(runner, labels, model, guidance, args.steps, args.seed,
                                     args.image_size, bar)
         for task in tasks:
             task_rows, grid = _run_task(runner, task, common, images, labels, clean,
-                                        label_only, bar)
+                                        unmeasured, bar)
             rows += task_rows
             grids.append(grid)
     csv_path, md_path = write_table(rows, runner.out_dir)
-    print(f"\nrestoration of {len(images)} held-out digits, {args.steps} steps "
-          f"(every model row is given the digit's true label):")
+    given = "labels withheld (the null class)" if withheld else "each digit's true label given"
+    print(f"\nrestoration of {len(images)} held-out digits, {args.steps} steps, {given}:")
     with open(md_path) as f:
         print(f.read(), end="")
     print(f"results: {csv_path}\n         {md_path}\ngrids (original, measurement, each method):")
@@ -304,8 +341,11 @@ def run_section(args: argparse.Namespace, runner, holdout: tuple[np.ndarray, np.
 
 
 def _run_task(runner, task: Task, common: list[str], images: np.ndarray, labels: np.ndarray,
-              clean, label_only: tuple[str, float], bar) -> tuple[list[dict], str]:
-    """:return: (the task's rows: measurement, label only, each method; its grid's path)."""
+              clean, unmeasured: tuple[str, float], bar) -> tuple[list[dict], str]:
+    """
+    :param unmeasured: (the .npz, seconds per image) of the baseline without measurement.
+    :return: (the task's rows: measurement, the unmeasured baseline, each method; its grid).
+    """
     side = images.shape[1]
     hidden = 1.0 - named_mask("half", side).numpy() if task.hidden_only else None
     region = "hidden pixels" if task.hidden_only else "all pixels"
@@ -315,12 +355,14 @@ def _run_task(runner, task: Task, common: list[str], images: np.ndarray, labels:
         with np.load(npz) as batch:
             outputs.append((method, batch["arr_0"], seconds, own, batch["degraded"]))
     measurement = outputs[0][4]
-    with np.load(label_only[0]) as batch:
+    with np.load(unmeasured[0]) as batch:
         sampled = batch["arr_0"]
+    withheld = "--guidance_scale" in common
     rows = []
     for method, restored, seconds, own in [
         ("measurement", measurement, 0.0, " ".join(task.operator_flags)),
-        ("label only", sampled, label_only[1], "scripts/image_sample.py"),
+        ("unconditional" if withheld else "label only", sampled, unmeasured[1],
+         "scripts/image_sample.py" + (" --guidance_scale 0" if withheld else "")),
         *[entry[:4] for entry in outputs],
     ]:
         accuracy, value = score(restored, images, labels, clean, hidden)

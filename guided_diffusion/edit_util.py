@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from . import dist_util, flags, guidance, logger, sample_util, shards
-from .image_datasets import _list_image_files_recursively, _read_rgb, center_crop_arr
+from .image_datasets import center_crop_arr, list_image_files, read_rgb
 from .io_util import atomic_write
 from .model_loading import load_classifier, load_model_and_diffusion
 from .operators import MASK_NAMES, OPERATOR_NAMES, mask_from_image, named_mask
@@ -67,11 +67,11 @@ def read_images(
             )
         images = np.repeat(images, 3, axis=3) if images.shape[3] == 1 else images[..., :3]
     else:
-        files = _list_image_files_recursively(path) if bf.isdir(path) else [path]
+        files = list_image_files(path) if bf.isdir(path) else [path]
         if not files:
             raise SamplingInputError(f"--input {path}: the folder holds no images")
         try:
-            images = np.stack([center_crop_arr(_read_rgb(f), image_size) for f in files])
+            images = np.stack([center_crop_arr(read_rgb(f), image_size) for f in files])
         except ValueError as err:
             raise SamplingInputError(f"--input: {err}") from None
     if limit > 0:
@@ -121,7 +121,7 @@ def load_mask(spec: str, image_size: int, ratio: float, seed: int) -> torch.Tens
             f"--mask {spec!r} is neither an image file nor one of {', '.join(MASK_NAMES)}"
         )
     try:
-        pixels = np.array(_read_rgb(spec))
+        pixels = np.array(read_rgb(spec))
     except ValueError as err:
         raise SamplingInputError(f"--mask: {err}") from None
     if pixels.shape[:2] != (image_size, image_size):
@@ -277,15 +277,16 @@ def load_models(
     args: argparse.Namespace, given_labels: Optional[np.ndarray], count: int, seed: int
 ) -> Models:
     """
-    Load ``--model_path`` and, with ``--classifier_path``, the classifier for guidance at
-    ``--classifier_scale``; choose each image's class (``image_labels``) when the model
-    or the classifier needs one.
+    Load ``--model_path`` (classifier-free guided at ``--guidance_scale`` unless 1) and,
+    with ``--classifier_path``, the classifier for guidance at ``--classifier_scale``;
+    choose each image's class (``image_labels``) when the model or the classifier needs one.
 
     :param given_labels: the input's labels (arr_1), or None.
     :param count: the number of images.
     """
     logger.log("creating model and diffusion...")
     model, diffusion = load_model_and_diffusion(args)
+    model = guidance.guided_model(model, args.guidance_scale)  # classifier-free, when not 1
     cond_fn = None
     if args.classifier_path:
         logger.log(f"loading classifier (scale {args.classifier_scale})...")

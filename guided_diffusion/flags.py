@@ -274,6 +274,9 @@ def nll_defaults() -> dict[str, object]:
 EDIT_METHODS = ("repaint", "sdedit", "ilvr", "dps", "ddnm")
 
 EDIT_FLAG_HELP = {
+    "guidance_scale": "classifier-free guidance scale s: eps(null) + s (eps(y) - eps(null)); "
+    "1: the model as it is, 0: the null class alone (the labels withheld); other than 1 "
+    "needs a model trained with --class_dropout_prob > 0",
     "method": f"editing method: {', '.join(EDIT_METHODS)}",
     "operator": f"degradation applied to the input: {', '.join(OPERATOR_NAMES)} "
     "(repaint needs inpaint; ddnm an operator with a pseudo-inverse: none, inpaint, "
@@ -360,6 +363,7 @@ def edit_common_defaults(clip_denoised: bool = True) -> dict[str, object]:
         model_path="",
         seed=None,
         grid=True,
+        guidance_scale=1.0,
     )
 
 

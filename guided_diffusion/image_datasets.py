@@ -227,7 +227,7 @@ class ImageDataset(Dataset):
 
     def __getitem__(self, idx: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """:return: (image [3 x resolution x resolution] float32 in [-1, 1], {"y": label})."""
-        pil_image = _read_rgb(self.local_images[idx])
+        pil_image = read_rgb(self.local_images[idx])
         if self.random_crop:
             arr = random_crop_arr(pil_image, self.resolution)
         else:
@@ -241,7 +241,7 @@ class ImageDataset(Dataset):
         return np.transpose(arr, [2, 0, 1]), out_dict  # HWC -> CHW
 
 
-def _read_rgb(path: str) -> Image.Image:
+def read_rgb(path: str) -> Image.Image:
     """Read an image file fully and convert it to RGB, naming the file on failure."""
     try:
         with bf.BlobFile(path, "rb") as f:

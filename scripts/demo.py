@@ -536,6 +536,7 @@ def finish_setting(npz: str, clean, per_class: int) -> tuple[float, str]:
 def main() -> None:
     args = create_argparser().parse_args()
     check_args(args)
+    demo_restoration.check_args(args)
     settings = build_settings(args)
     out = os.path.abspath(args.out_dir)
     started = time.time()

@@ -37,7 +37,8 @@ def _args(**overrides) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     dr.add_arguments(parser)
     args = parser.parse_args([])
-    values = dict(image_size=8, steps=3, seed=0, sample_batch_size=125, restoration_per_class=2)
+    values = dict(image_size=8, steps=3, seed=0, sample_batch_size=125, restoration_per_class=2,
+                  holdout_per_class=30, restoration="yes")
     values.update(overrides)
     for key, value in values.items():
         setattr(args, key, value)
@@ -55,13 +56,32 @@ def test_select_digits_interleaves_the_classes():
             dr.select_digits(images, labels, per_class=bad)
 
 
-def test_sr_factor_automatic_and_checked():
-    assert dr.sr_factor(_args(image_size=8)) == 2  # 4x would leave 2x2 pixels
-    assert dr.sr_factor(_args(image_size=16)) == 4
-    assert dr.sr_factor(_args(image_size=8, restoration_sr_factor=4)) == 4
-    for bad in (1, 3):
-        with pytest.raises(dr.RestorationError, match="--restoration_sr_factor must divide"):
-            dr.sr_factor(_args(image_size=8, restoration_sr_factor=bad))
+def test_bad_flags_are_refused_before_any_work():
+    dr.check_args(_args())  # the defaults (4x super-resolution): fine
+    dr.check_args(_args(restoration="no", restoration_sr_factor=3))  # section off: not checked
+    for overrides, message in [
+        (dict(restoration_sr_factor=3), "--restoration_sr_factor must divide --image_size 8"),
+        (dict(restoration_sr_factor=1), "--restoration_sr_factor must divide"),
+        (dict(restoration_sr_factor=16), "--restoration_sr_factor must divide"),
+        (dict(restoration_per_class=0), r"--restoration_per_class must lie in 1..30"),
+        (dict(restoration_per_class=31), r"--restoration_per_class must lie in 1..30"),
+    ]:
+        with pytest.raises(dr.RestorationError, match=message):
+            dr.check_args(_args(**overrides))
+
+
+def test_bad_flag_is_one_line_and_nothing_written(tmp_path):
+    out = tmp_path / "demo"
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "scripts", "demo.py"), "--out_dir", str(out),
+         "--restoration", "yes", "--restoration_per_class", "40"],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        "demo: error: --restoration_per_class must lie in 1..30 (the held-out digits of each "
+        "class, --holdout_per_class), got 40"]
+    assert not out.exists()
 
 
 def test_tasks_name_their_operators_and_methods():
@@ -106,10 +126,12 @@ class StandInRunner:
     def __init__(self, out_dir, digits):
         self.out_dir = str(out_dir)
         self.calls = []
+        self.argvs = []
         self.digits = digits
 
     def run(self, name, argv, logdir, bar):
         self.calls.append(argv[1])
+        self.argvs.append(argv)
         os.makedirs(logdir, exist_ok=True)
         log = os.path.join(self.out_dir, f"{name}.txt")
         flags = dict(zip(argv[2::2], argv[3::2]))
@@ -141,17 +163,17 @@ def test_section_rows_grids_and_reuse(digits, tmp_path):
     assert [(r["task"], r["method"]) for r in rows] == [
         ("inpaint", "measurement"), ("inpaint", "label only"), ("inpaint", "repaint"),
         ("inpaint", "ddnm"), ("inpaint", "dps"), ("inpaint", "sdedit"),
-        ("sr2", "measurement"), ("sr2", "label only"), ("sr2", "ddnm"), ("sr2", "dps"),
-        ("sr2", "ilvr"), ("sr2", "sdedit")]
+        ("sr4", "measurement"), ("sr4", "label only"), ("sr4", "ddnm"), ("sr4", "dps"),
+        ("sr4", "ilvr"), ("sr4", "sdedit")]
     by_method = {(r["task"], r["method"]): r for r in rows}
     restored = by_method["inpaint", "repaint"]
     assert float(restored["accuracy"]) > 0.9 and float(restored["psnr"]) > 100
     assert float(restored["seconds_per_image"]) == 0.25
-    assert float(by_method["sr2", "label only"]["accuracy"]) == 0.0  # every digit wrong
-    assert float(by_method["sr2", "label only"]["seconds_per_image"]) == 0.25
+    assert float(by_method["sr4", "label only"]["accuracy"]) == 0.0  # every digit wrong
+    assert float(by_method["sr4", "label only"]["seconds_per_image"]) == 0.25
     assert float(by_method["inpaint", "measurement"]["psnr"]) < 10  # the hidden half all 0
-    assert by_method["sr2", "ilvr"]["flags"].endswith("--ilvr_filter avgpool")
-    assert [os.path.basename(g) for g in grids] == ["grid_inpaint.png", "grid_sr2.png"]
+    assert by_method["sr4", "ilvr"]["flags"].endswith("--ilvr_filter avgpool")
+    assert [os.path.basename(g) for g in grids] == ["grid_inpaint.png", "grid_sr4.png"]
     from PIL import Image
 
     assert Image.open(grids[0]).size == (10 * 33 + 1, 6 * 33 + 1)  # 6 rows of 10 digits
@@ -164,6 +186,33 @@ def test_section_rows_grids_and_reuse(digits, tmp_path):
     other = (images[::-1].copy(), labels[::-1].copy())  # other digits under the same flags
     dr.run_section(_args(steps=4), runner, other, "model.pt", clean, {"disable": True})
     assert len(runner.calls) == 26  # every edit again; the labels, so label only, are the same
+
+
+def test_labels_withheld_on_a_model_with_a_null_class(digits, tmp_path):
+    import json as json_module
+
+    from guided_diffusion import run_config
+
+    model = str(tmp_path / "model.pt")
+    assert not dr.labels_withheld("auto", model)  # no run configuration: labels given
+    for prob, withheld in ((0.0, False), (0.1, True)):
+        config = {"format": run_config.FORMAT, "kind": "model",
+                  "model_flags": {"class_cond": True, "class_dropout_prob": prob}}
+        with open(run_config.config_path(model), "w") as f:
+            json_module.dump(config, f)
+        assert dr.labels_withheld("auto", model) is withheld
+        assert dr.labels_withheld("given", model) is False
+        assert dr.labels_withheld("withheld", model) is True
+    images, labels, clean = digits
+    runner = StandInRunner(tmp_path / "out", np.stack([images[labels == d][0] for d in range(10)]))
+    csv_path, _, _ = dr.run_section(_args(restoration_labels="auto"), runner, (images, labels),
+                                    model, clean, {"disable": True})
+    scales = [argv[argv.index("--guidance_scale") + 1] for argv in runner.argvs]
+    assert scales == ["0"] * 9  # every program: the null class
+    with open(csv_path) as f:
+        methods = [row["method"] for row in csv.DictReader(f)]
+    assert methods[:3] == ["measurement", "unconditional", "repaint"]
+    assert os.path.isdir(tmp_path / "out" / "restoration" / "sr4_ilvr_unconditional")
 
 
 @pytest.mark.slow
@@ -187,5 +236,5 @@ def test_demo_restoration_end_to_end(tmp_path):
     commands = (out / "commands.txt").read_text()
     for method in ("repaint", "ddnm", "dps", "sdedit", "ilvr"):
         assert "scripts/image_edit.py" in commands and f"--method {method}" in commands
-    assert (out / "restoration" / "grid_sr2.png").exists()
-    assert "| sr2 | ilvr |" in result.stdout
+    assert (out / "restoration" / "grid_sr4.png").exists()
+    assert "| sr4 | ilvr |" in result.stdout

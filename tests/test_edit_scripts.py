@@ -115,6 +115,45 @@ def test_image_edit_same_result_alone_and_on_two_ranks(ckpt, inputs, tmp_path):
     assert np.array_equal(one["arr_0"], two["arr_0"]) and np.array_equal(one["arr_1"], two["arr_1"])
 
 
+@pytest.fixture(scope="module")
+def cfg_ckpt(tmp_path_factory):
+    """A tiny conditional checkpoint with the null-class row (--class_dropout_prob 0.2)."""
+    import torch
+
+    from guided_diffusion import script_util
+    from test_sample_scripts import randomise_zero_init
+
+    torch.manual_seed(0)
+    values = {**script_util.model_and_diffusion_defaults(), **MODEL}
+    model, _ = script_util.create_model_and_diffusion(
+        **{**values, "class_cond": True, "class_dropout_prob": 0.2}
+    )
+    randomise_zero_init(model)
+    path = str(tmp_path_factory.mktemp("cfg") / "cfg.pt")
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def test_image_edit_guidance_scale_0_withholds_the_labels(ckpt, cfg_ckpt, inputs, tmp_path):
+    def edited(label: str, scale: str) -> np.ndarray:
+        argv = edit_flags(
+            {"cond": cfg_ckpt}, inputs, "cond", "--class_dropout_prob", "0.2", "--method",
+            "ddnm", "--operator", "sr_avgpool", "--sr_factor", "2", "--class_labels", label,
+            "--guidance_scale", scale,
+        )  # fmt: skip
+        out = tmp_path / f"{label}_{scale}"
+        run("image_edit.py", argv, out)
+        return load(out / "edited_5x16x16x3.npz")["arr_0"]
+
+    assert not np.array_equal(edited("0", "1"), edited("1", "1"))  # conditional: labels count
+    assert np.array_equal(edited("0", "0"), edited("1", "0"))  # the null class alone
+    argv = edit_flags(ckpt, inputs, "cond", "--method", "ddnm", "--guidance_scale", "0")
+    result = run("image_edit.py", argv, tmp_path / "refused", check=False)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--class_dropout_prob > 0" in lines[0], lines
+
+
 def test_ddim_invert_encode_then_decode(ckpt, inputs, tmp_path):
     common = [*flags(MODEL), "--class_cond", "True", *STEPS, "--model_path", ckpt["cond"]]
     encoded = run(

@@ -287,3 +287,20 @@ def test_module_keeps_the_original_names():
     for name in ["load_data", "ImageDataset", "center_crop_arr", "random_crop_arr",
                  "_list_image_files_recursively"]:
         assert hasattr(image_datasets, name)
+
+
+def test_read_rgb_is_public_for_other_readers(tmp_path):
+    # The editing programs read inputs and masks through the public helpers.
+    from guided_diffusion import edit_util
+
+    path = str(tmp_path / "grey.png")
+    Image.fromarray(np.full((3, 5), 200, np.uint8)).save(path)
+    image = image_datasets.read_rgb(path)
+    assert image.mode == "RGB" and image.size == (5, 3)
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(ValueError, match="cannot read image file .*bad.png"):
+        image_datasets.read_rgb(str(bad))
+    private = [name for name, value in vars(edit_util).items() if name.startswith("_")
+               and not name.startswith("__") and getattr(image_datasets, name, None) is value]
+    assert private == []
