@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from test_data_hardening import absurd_npz
 
 from guided_diffusion import dist_util, logger
@@ -161,3 +162,14 @@ def test_an_unwritable_output_folder_fails_before_sampling(monkeypatch, capsys, 
     )
     assert_one_line_error(status, err, "image_sample.py", str(blocker))
     assert "loading" not in err
+
+
+def test_a_truncated_checkpoint_is_one_line_naming_it(monkeypatch, capsys, tmp_path, log_dir):
+    path = tmp_path / "model.pt"
+    torch.save({"weight": torch.zeros(1000)}, path)
+    path.write_bytes(path.read_bytes()[:1000])
+    status, err = run_main_block(
+        monkeypatch, capsys, "scripts/image_sample.py", "--model_path", str(path)
+    )
+    assert_one_line_error(status, err, "image_sample.py", f"{path} is damaged or incomplete")
+    assert "miniz" not in err and len(err.strip().splitlines()[-1]) < 250
