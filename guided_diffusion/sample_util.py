@@ -15,7 +15,6 @@ its label when labels are drawn and its step noise, so a run gives the same file
 import argparse
 import dataclasses
 import secrets
-import sys
 import time
 from dataclasses import dataclass
 from typing import Callable, Iterator, Optional

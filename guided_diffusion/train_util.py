@@ -49,7 +49,6 @@ from .flags import (  # noqa: F401  (importable here as before)
     diffusion_train_defaults,
 )
 from .fp16_util import (
-    INITIAL_LOG_LOSS_SCALE,
     MixedPrecisionTrainer,
     NonFiniteLossError,
     check_precision,

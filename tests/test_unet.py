@@ -197,6 +197,17 @@ def test_resample_blocks():
     )
 
 
+@pytest.mark.parametrize("block", [Upsample, Downsample])
+def test_resample_blocks_name_themselves_in_their_errors(block):
+    with pytest.raises(ValueError, match=f"{block.__name__} without a convolution cannot change"):
+        block(32, use_conv=False, out_channels=64)
+    with pytest.raises(ValueError, match=f"{block.__name__} expects 32 channels, got 16"):
+        block(32, use_conv=True)(torch.zeros(1, 16, 4, 4))
+    assert [name for name, _ in block(32, use_conv=True).named_parameters()][0].split(".")[0] == (
+        "conv" if block is Upsample else "op"
+    )  # the original's state-dict keys
+
+
 def test_checkpointing_gives_same_gradients_and_double_backward():
     torch.manual_seed(0)
     x = torch.randn(2, 32, 8, 8, requires_grad=True)
