@@ -66,13 +66,13 @@ def plot_fid_vs_evaluations(
         style = "--" if "interval" in group else (":" if "classifier" in group else "-")
         ax.plot([r["steps"] for r in rs], [r["fid"] for r in rs], style, marker="o",
                 markersize=3, label=group)
+    ax.set_xscale("log")  # before the label below is placed on the axis' left end
     reference = [r for r in groups.get("ancestral", []) if int(r["steps"]) == 250]
     if reference:
         fid = float(reference[0]["fid"])
         ax.axhline(fid, color="grey", linewidth=0.8)
         ax.axhline(1.1 * fid, color="grey", linewidth=0.8, linestyle="--")
         ax.text(ax.get_xlim()[0], 1.1 * fid, " ancestral 250 + 10%", va="bottom", fontsize=7)
-    ax.set_xscale("log")
     ax.set_xlabel("model evaluations per image")
     ax.set_ylabel("FID (lower is better)")
     ax.set_title("FID against sampling cost")

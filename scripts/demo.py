@@ -103,6 +103,9 @@ def create_argparser() -> argparse.ArgumentParser:
     add("--sweep_variants", default="unguided,guided,interval",
         help="rows of --sweep samplers: unguided, guided (--sweep_classifier_scale) and/or "
              "interval (guided inside --sweep_interval)")
+    add("--sweep_guided_evaluations", default="",
+        help="model evaluations of the guided and interval rows of --sweep samplers "
+             "(default: --sweep_evaluations)")
     add("--sweep_classifier_scale", type=float, default=2.0,
         help="classifier scale of the guided rows of --sweep samplers")
     add("--sweep_interval", default="0.3,5",
@@ -159,9 +162,14 @@ def build_settings(args: argparse.Namespace) -> list[ds.Setting]:
         if not variants or set(variants) - set(ds.SWEEP_VARIANTS):
             raise DemoError(f"--sweep_variants {args.sweep_variants!r}: expected a comma-separated "
                             f"subset of {','.join(ds.SWEEP_VARIANTS)}")
-        settings += ds.sampler_sweep(base, _numbers(args, "sweep_evaluations", int, 1),
-                                     samplers, args.sweep_classifier_scale, tuple(interval),
-                                     variants)
+        evaluations = _numbers(args, "sweep_evaluations", int, 1)
+        guided = (_numbers(args, "sweep_guided_evaluations", int, 1)
+                  if args.sweep_guided_evaluations else evaluations)
+        for counts, kinds in ((evaluations, ["unguided"]), (guided, ["guided", "interval"])):
+            kinds = [v for v in kinds if v in variants]
+            if kinds:
+                settings += ds.sampler_sweep(base, counts, samplers, args.sweep_classifier_scale,
+                                             tuple(interval), kinds)
     if "guidance" in args.sweep:
         settings += ds.guidance_sweep(base, _numbers(args, "guidance_scales"),
                                       checkpoints(args)["guide"])

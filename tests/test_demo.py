@@ -94,6 +94,12 @@ def test_sweeps_add_settings(demo, tmp_path):
     guide = os.path.join(str(tmp_path), "diffusion", "ema_0.995_000200.pt")
     assert dict(auto.extra_flags)["guide_model_path"] == guide == demo.checkpoints(args)["guide"]
     assert demo.checkpoints(args)["model"].endswith("ema_0.995_000800.pt")
+    fewer = demo.build_settings(_args(demo, "--sweep", "samplers", "--sweep_samplers", "ddim",
+                                      "--sweep_evaluations", "5,10,20",
+                                      "--sweep_guided_evaluations", "20",
+                                      "--classifier_scales", "0"))
+    assert [s.name for s in fewer] == ["classifier_0", "ddim_5", "ddim_10", "ddim_20",
+                                       "ddim_20_cg2", "ddim_20_cg2_interval"]
     sweep_args = _args(demo, "--sampler", "dpm++2m", "--steps", "10")
     assert {(s.sampler, s.steps) for s in demo.build_settings(sweep_args)} == {("dpm++2m", 10)}
 
