@@ -186,17 +186,22 @@ def scale_sweep(scales: Sequence[float], base: Setting) -> list[Setting]:
     ]
 
 
+SWEEP_VARIANTS = ("unguided", "guided", "interval")
+
+
 def sampler_sweep(
     base: Setting,
     evaluations: Sequence[int],
     samplers: Sequence[str],
     classifier_scale: float,
     interval: tuple[float, float],
+    variants: Sequence[str] = SWEEP_VARIANTS,
 ) -> list[Setting]:
     """
     The solver comparison (FID against model evaluations): every sampler at every number of
     evaluations, unguided, classifier-guided at ``classifier_scale``, and guided only inside
-    the guidance interval (lo, hi] of the noise level sigma_t / alpha_t.
+    the guidance interval (lo, hi] of the noise level sigma_t / alpha_t (``variants``, a
+    subset of SWEEP_VARIANTS, chooses among these three).
 
     :return: settings named ``{sampler}_{n}``, ``{sampler}_{n}_cg{scale}`` and
         ``{sampler}_{n}_cg{scale}_interval`` ('+' written 'p'), one FID_FIGURE curve per
@@ -204,17 +209,17 @@ def sampler_sweep(
     """
     lo, hi = interval
     scale = _number(classifier_scale)
-    variants = [
-        ("", "", 0.0, ()),
-        (f"_cg{scale}", f", classifier {scale}", float(classifier_scale), ()),
-        (f"_cg{scale}_interval", f", classifier {scale} in ({lo:g}, {hi:g}]",
-         float(classifier_scale), (("guidance_interval", f"{lo:g},{hi:g}"),)),
-    ]
+    rows = {
+        "unguided": ("", "", 0.0, ()),
+        "guided": (f"_cg{scale}", f", classifier {scale}", float(classifier_scale), ()),
+        "interval": (f"_cg{scale}_interval", f", classifier {scale} in ({lo:g}, {hi:g}]",
+                     float(classifier_scale), (("guidance_interval", f"{lo:g},{hi:g}"),)),
+    }
     return [
         replace(base, name=f"{sampler.replace('+', 'p')}_{n}{suffix}", sampler=sampler,
                 steps=n, classifier_scale=cs, extra_flags=base.extra_flags + flags,
                 group=sampler + label, figure=FID_FIGURE)
-        for suffix, label, cs, flags in variants
+        for suffix, label, cs, flags in (rows[v] for v in SWEEP_VARIANTS if v in variants)
         for sampler in samplers
         for n in evaluations
     ]

@@ -51,6 +51,7 @@ from guided_diffusion import demo_plots  # noqa: E402
 from guided_diffusion import demo_restoration  # noqa: E402
 from guided_diffusion import demo_settings as ds  # noqa: E402
 from guided_diffusion import digits_data  # noqa: E402
+from guided_diffusion.io_util import atomic_write  # noqa: E402
 from guided_diffusion.script_errors import run_program  # noqa: E402
 
 
@@ -99,6 +100,9 @@ def create_argparser() -> argparse.ArgumentParser:
         help="samplers of --sweep samplers")
     add("--sweep_evaluations", default="5,10,15,20,25,50,250",
         help="model evaluations per image (sampling steps) of --sweep samplers")
+    add("--sweep_variants", default="unguided,guided,interval",
+        help="rows of --sweep samplers: unguided, guided (--sweep_classifier_scale) and/or "
+             "interval (guided inside --sweep_interval)")
     add("--sweep_classifier_scale", type=float, default=2.0,
         help="classifier scale of the guided rows of --sweep samplers")
     add("--sweep_interval", default="0.3,5",
@@ -151,8 +155,13 @@ def build_settings(args: argparse.Namespace) -> list[ds.Setting]:
             raise DemoError(f"--sweep_interval {args.sweep_interval!r}: expected LO,HI with "
                             "0 <= LO < HI, e.g. 0.3,5")
         samplers = [name.strip() for name in args.sweep_samplers.split(",") if name.strip()]
+        variants = [v.strip() for v in args.sweep_variants.split(",") if v.strip()]
+        if not variants or set(variants) - set(ds.SWEEP_VARIANTS):
+            raise DemoError(f"--sweep_variants {args.sweep_variants!r}: expected a comma-separated "
+                            f"subset of {','.join(ds.SWEEP_VARIANTS)}")
         settings += ds.sampler_sweep(base, _numbers(args, "sweep_evaluations", int, 1),
-                                     samplers, args.sweep_classifier_scale, tuple(interval))
+                                     samplers, args.sweep_classifier_scale, tuple(interval),
+                                     variants)
     if "guidance" in args.sweep:
         settings += ds.guidance_sweep(base, _numbers(args, "guidance_scales"),
                                       checkpoints(args)["guide"])
@@ -261,7 +270,7 @@ def sampled_images(output: str) -> int:
     """:return: the image count of the sampling program's last progress bar update."""
     try:
         with open(output, errors="replace") as f:
-            found = re.findall(r"sampling:\s+\d+%\|[^|]*\|\s*(\d+)/\d+", f.read())
+            found = re.findall(r"\d+%\|[^|]*\|\s*(\d+)/\d+", f.read())
     except OSError:
         return 0
     return int(found[-1]) if found else 0
@@ -442,8 +451,23 @@ def inception_weights_available() -> bool:
 EVALUATOR_LINES = {"FID": "fid", "sFID": "sfid", "Precision": "precision", "Recall": "recall"}
 
 
+def _file_key(path: str) -> list:
+    """:return: what identifies a file's contents cheaply: its path, size and mtime."""
+    info = os.stat(path)
+    return [os.path.abspath(path), info.st_size, info.st_mtime_ns]
+
+
 def evaluate(runner: Runner, ref: str, npz: str, name: str, bar: tqdm) -> dict[str, float]:
-    """:return: fid, sfid, precision and recall from the evaluator's output."""
+    """
+    :return: fid, sfid, precision and recall from the evaluator's output, reused from
+        ``metrics.json`` beside the batch when neither the batch nor the reference changed.
+    """
+    record = os.path.join(os.path.dirname(npz), "metrics.json")
+    key = [_file_key(ref), _file_key(npz)]
+    done = _read_json(record)
+    if done.get("key") == key and set(done.get("metrics", ())) == set(EVALUATOR_LINES.values()):
+        bar.update(1)
+        return done["metrics"]
     output = runner.run(f"evaluate_{name}", [sys.executable, "evaluations/evaluator.py", ref, npz],
                         runner.out_dir, bar)
     metrics = {}
@@ -452,6 +476,8 @@ def evaluate(runner: Runner, ref: str, npz: str, name: str, bar: tqdm) -> dict[s
             label, _, value = line.partition(": ")
             if label in EVALUATOR_LINES:
                 metrics[EVALUATOR_LINES[label]] = float(value)
+    with atomic_write(record, "w") as f:
+        json.dump({"key": key, "metrics": metrics}, f)
     bar.update(1)
     return metrics
 

@@ -55,6 +55,7 @@ def test_default_settings_are_the_scale_sweep(demo):
         (["--sweep", "samplers", "--sweep_interval", "5,1"], "--sweep_interval"),
         (["--sweep", "samplers", "--sweep_evaluations", "0,5"], "--sweep_evaluations"),
         (["--sweep", "guidance", "--guidance_scales", "2,nan"], "--guidance_scales"),
+        (["--sweep", "samplers", "--sweep_variants", "guided,other"], "--sweep_variants"),
     ],
 )
 def test_bad_settings_flags(demo, argv, message):
@@ -97,6 +98,29 @@ def test_sweeps_add_settings(demo, tmp_path):
     assert {(s.sampler, s.steps) for s in demo.build_settings(sweep_args)} == {("dpm++2m", 10)}
 
 
+def test_evaluation_is_reused_until_a_batch_changes(demo, tmp_path, monkeypatch):
+    ref, npz = tmp_path / "ref.npz", tmp_path / "samples.npz"
+    ref.write_bytes(b"r")
+    npz.write_bytes(b"s")
+    calls = []
+
+    def fake_run(name, argv, logdir, bar, progress=None):
+        calls.append(argv[-1])
+        out = tmp_path / f"{name}.txt"
+        out.write_text("FID: 12.5\nsFID: 30.25\nPrecision: 0.5\nRecall: 0.25\n")
+        return str(out)
+
+    runner = demo.Runner(str(tmp_path))
+    monkeypatch.setattr(runner, "run", fake_run)
+    bar = demo.tqdm(total=3, disable=True)
+    first = demo.evaluate(runner, str(ref), str(npz), "x", bar)
+    assert first == {"fid": 12.5, "sfid": 30.25, "precision": 0.5, "recall": 0.25}
+    assert demo.evaluate(runner, str(ref), str(npz), "x", bar) == first and len(calls) == 1
+    npz.write_bytes(b"new samples")
+    demo.evaluate(runner, str(ref), str(npz), "x", bar)
+    assert len(calls) == 2
+
+
 def test_sampling_figures(demo, tmp_path):
     log = tmp_path / "out.txt"
     log.write_text("sampling: 100%|####| 250/250\ncreated 250 samples (41.5 images/s)\n"
@@ -113,6 +137,8 @@ def test_progress_readers(demo, tmp_path):
     log.write_text("loading\rsampling:  20%|##        | 50/250 [00:03<00:12]\r"
                    "sampling:  40%|####      | 100/250 [00:06<00:09]")
     assert demo.sampled_images(str(log)) == 100
+    log.write_text("sample:  50%|#####     | 125/250 [00:03<00:03, 34.54img/s]")  # shards' bar
+    assert demo.sampled_images(str(log)) == 125
     read = demo.trained_steps(str(tmp_path))
     assert read("") == 0
     (tmp_path / "progress.csv").write_text("loss,step\n1.0,0\n0.5,10\n")

@@ -103,6 +103,8 @@ def test_sampler_sweep_rows_flags_and_curves():
     assert {s.group for s in sweep} == {
         "ancestral", "dpm++2m", "ancestral, classifier 2", "dpm++2m, classifier 2",
         "ancestral, classifier 2 in (0.3, 5]", "dpm++2m, classifier 2 in (0.3, 5]"}
+    only = ds.sampler_sweep(BASE, [5], ["ddim"], 2.0, (0.3, 5.0), variants=["interval"])
+    assert [s.name for s in only] == ["ddim_5_cg2_interval"]
     row = ds.result_row(interval, dict(fid=1.0, sfid=1.0, precision=0.5, recall=0.5,
                                        accuracy=1.0, images_per_second=2.0,
                                        model_evaluations=20.0, classifier_evaluations=9.0))
