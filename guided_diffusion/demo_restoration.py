@@ -48,7 +48,8 @@ from .operators import named_mask
 from .run_config import read_run_config
 from .sample_io import save_png
 
-COLUMNS = ("task", "method", "accuracy", "psnr", "psnr_region", "seconds_per_image", "flags")
+COLUMNS = ("task", "method", "labels", "accuracy", "psnr", "psnr_region", "seconds_per_image",
+           "flags")
 
 
 class RestorationError(ValueError):
@@ -358,6 +359,7 @@ def _run_task(runner, task: Task, common: list[str], images: np.ndarray, labels:
     with np.load(unmeasured[0]) as batch:
         sampled = batch["arr_0"]
     withheld = "--guidance_scale" in common
+    labels_used = "withheld" if withheld else "given"  # to every model row
     rows = []
     for method, restored, seconds, own in [
         ("measurement", measurement, 0.0, " ".join(task.operator_flags)),
@@ -367,6 +369,7 @@ def _run_task(runner, task: Task, common: list[str], images: np.ndarray, labels:
     ]:
         accuracy, value = score(restored, images, labels, clean, hidden)
         rows.append(dict(task=task.name, method=method, accuracy=accuracy, psnr=value,
+                         labels="" if method == "measurement" else labels_used,
                          psnr_region=region, seconds_per_image=seconds, flags=own))
     grid = os.path.join(runner.out_dir, "restoration", f"grid_{task.name}.png")
     batches = [images, measurement, *[entry[1] for entry in outputs]]

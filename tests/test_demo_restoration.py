@@ -167,6 +167,7 @@ def test_section_rows_grids_and_reuse(digits, tmp_path):
         ("sr4", "ilvr"), ("sr4", "sdedit")]
     by_method = {(r["task"], r["method"]): r for r in rows}
     restored = by_method["inpaint", "repaint"]
+    assert restored["labels"] == "given"  # a model without a run configuration: no null class
     assert float(restored["accuracy"]) > 0.9 and float(restored["psnr"]) > 100
     assert float(restored["seconds_per_image"]) == 0.25
     assert float(by_method["sr4", "label only"]["accuracy"]) == 0.0  # every digit wrong
@@ -210,8 +211,9 @@ def test_labels_withheld_on_a_model_with_a_null_class(digits, tmp_path):
     scales = [argv[argv.index("--guidance_scale") + 1] for argv in runner.argvs]
     assert scales == ["0"] * 9  # every program: the null class
     with open(csv_path) as f:
-        methods = [row["method"] for row in csv.DictReader(f)]
-    assert methods[:3] == ["measurement", "unconditional", "repaint"]
+        rows = list(csv.DictReader(f))
+    assert [row["method"] for row in rows[:3]] == ["measurement", "unconditional", "repaint"]
+    assert [row["labels"] for row in rows[:3]] == ["", "withheld", "withheld"]
     assert os.path.isdir(tmp_path / "out" / "restoration" / "sr4_ilvr_unconditional")
 
 
