@@ -119,6 +119,15 @@ def _final_sample(
     return loop
 
 
+def processed_xstart(
+    x0: torch.Tensor, clip_denoised: bool, denoised_fn: Optional[Callable]
+) -> torch.Tensor:
+    """:return: an x0 prediction through ``denoised_fn``, then clipped to [-1, 1] if asked."""
+    if denoised_fn is not None:
+        x0 = denoised_fn(x0)
+    return x0.clamp(-1, 1) if clip_denoised else x0
+
+
 class GaussianDiffusion:
     """
     Utilities for training and sampling diffusion models.
@@ -289,9 +298,7 @@ class GaussianDiffusion:
             model_log_variance = _extract_into_tensor(log_variance, t, x.shape)
 
         def process_xstart(x0):
-            if denoised_fn is not None:
-                x0 = denoised_fn(x0)
-            return x0.clamp(-1, 1) if clip_denoised else x0
+            return processed_xstart(x0, clip_denoised, denoised_fn)
 
         if self.model_mean_type == ModelMeanType.PREVIOUS_X:
             pred_xstart = process_xstart(self._predict_xstart_from_xprev(x, t, model_output))

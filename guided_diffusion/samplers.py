@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Sequence
 import numpy as np
 import torch
 
+from . import gaussian_diffusion as gd
 from . import guidance
 
 if TYPE_CHECKING:
@@ -246,7 +247,7 @@ def dpm_solver_stepper(
             out = diffusion.condition_score(cond_fn, out, x, t, model_kwargs=model_kwargs)
             # the guided x0 is processed as the unguided one was: near t = T it is the shift
             # divided by sqrt(alpha_bar) (~1e4), which the multistep history would carry on
-            out["pred_xstart"] = _processed_xstart(out["pred_xstart"], clip_denoised, denoised_fn)
+            out["pred_xstart"] = gd.processed_xstart(out["pred_xstart"], clip_denoised, denoised_fn)
         x0 = out["pred_xstart"]
         if solver == "unipc" and last_step is not None and i > 0:  # UniC: correct x_t
             x_s, k = last_step
@@ -268,15 +269,6 @@ def dpm_solver_stepper(
         return {"sample": sample, "pred_xstart": x0}
 
     return step
-
-
-def _processed_xstart(
-    x0: torch.Tensor, clip_denoised: bool, denoised_fn: Optional[Callable]
-) -> torch.Tensor:
-    """:return: x0 through ``denoised_fn`` and clipped to [-1, 1], as p_mean_variance does."""
-    if denoised_fn is not None:
-        x0 = denoised_fn(x0)
-    return x0.clamp(-1, 1) if clip_denoised else x0
 
 
 # ---------------------------------------------------------------- dispatch
