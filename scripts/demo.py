@@ -51,6 +51,7 @@ from guided_diffusion import demo_plots  # noqa: E402
 from guided_diffusion import demo_restoration  # noqa: E402
 from guided_diffusion import demo_settings as ds  # noqa: E402
 from guided_diffusion import digits_data  # noqa: E402
+from guided_diffusion.guidance import parse_guidance_interval  # noqa: E402
 from guided_diffusion.io_util import atomic_write  # noqa: E402
 from guided_diffusion.script_errors import run_program  # noqa: E402
 
@@ -153,10 +154,13 @@ def build_settings(args: argparse.Namespace) -> list[ds.Setting]:
     except ds.SettingError as err:
         raise DemoError(f"--extra_setting: {err}") from None
     if "samplers" in args.sweep:
-        interval = _numbers(args, "sweep_interval")
-        if len(interval) != 2 or not interval[0] < interval[1]:
-            raise DemoError(f"--sweep_interval {args.sweep_interval!r}: expected LO,HI with "
-                            "0 <= LO < HI, e.g. 0.3,5")
+        try:
+            interval = parse_guidance_interval(args.sweep_interval, "--sweep_interval")
+        except ValueError as err:
+            raise DemoError(str(err)) from None
+        if interval is None:
+            raise DemoError("--sweep_interval is empty: expected LO,HI with 0 <= LO < HI, "
+                            "e.g. 0.3,5")
         samplers = [name.strip() for name in args.sweep_samplers.split(",") if name.strip()]
         variants = [v.strip() for v in args.sweep_variants.split(",") if v.strip()]
         if not variants or set(variants) - set(ds.SWEEP_VARIANTS):
