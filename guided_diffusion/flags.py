@@ -463,8 +463,8 @@ SAMPLING_FLAG_HELP = {
     "the prediction becomes "
     "guide + s (main - guide) with s = --guidance_scale",
     "sampler": "ancestral (the original), ddim (also --use_ddim True), dpm++2m, dpm++3m "
-    "(DPM-Solver++, Lu et al. 2022) or unipc (Zhao et al. 2023); one model evaluation per "
-    "step of --timestep_respacing",
+    "(DPM-Solver++, Lu et al. 2022), dpm++2m-sde (its stochastic form: fresh noise at every "
+    "step) or unipc (Zhao et al. 2023); one model evaluation per step of --timestep_respacing",
     "guidance_interval": "'LO,HI': guide only where the noise level sigma_t / alpha_t lies in "
     "(LO, HI], skipping the guidance evaluations elsewhere (Kynkaanniemi et al. 2024; e.g. "
     "'0.28,5.42'); empty: guide at every step",

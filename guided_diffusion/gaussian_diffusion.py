@@ -445,9 +445,11 @@ class GaussianDiffusion:
             * torch.sqrt(1 - alpha_bar / alpha_bar_prev)
         )
         noise = (randn or torch.randn_like)(x)
+        # 1 - ab_prev - sigma^2 = (1 - ab_prev) e^(-2 h) at eta 1: float32 cancellation can
+        # make it slightly negative over a long step (NaN in the original), hence the clamp
         mean_pred = (
             out["pred_xstart"] * torch.sqrt(alpha_bar_prev)
-            + torch.sqrt(1 - alpha_bar_prev - sigma**2) * eps
+            + torch.sqrt((1 - alpha_bar_prev - sigma**2).clamp(min=0)) * eps
         )
         nonzero_mask = (t != 0).float().view(-1, *([1] * (x.dim() - 1)))
         sample = mean_pred + nonzero_mask * sigma * noise
@@ -626,7 +628,7 @@ class GaussianDiffusion:
         """
         step = samplers.dpm_solver_stepper(
             self, model, order=order, solver=solver, clip_denoised=clip_denoised,
-            denoised_fn=denoised_fn, cond_fn=cond_fn, model_kwargs=model_kwargs,
+            denoised_fn=denoised_fn, cond_fn=cond_fn, model_kwargs=model_kwargs, randn=randn,
         )
         desc = f"{solver} order {order}"
         return self._loop_progressive(
@@ -636,15 +638,17 @@ class GaussianDiffusion:
     dpm_solver_sample_loop = _final_sample(
         dpm_solver_sample_loop_progressive,
         """
-        Deterministic multistep DPM-Solver++ sampling (Lu et al. 2022) of order 1 (= DDIM
-        with eta 0), 2 ("2M") or 3 ("3M"), one model evaluation per timestep; same
-        arguments as p_sample_loop. With cond_fn, guidance shifts the noise prediction as
-        in condition_score.
+        Multistep DPM-Solver++ sampling (Lu et al. 2022) of order 1 (= DDIM with eta 0), 2
+        ("2M") or 3 ("3M"), one model evaluation per timestep; same arguments as
+        p_sample_loop. With cond_fn, guidance shifts the noise prediction as in
+        condition_score.
 
         :param order: the solver's order (UniPC: its predictor's).
-        :param solver: "dpm++", or "unipc" for UniPC's predictor-corrector (Zhao et al. 2023).
-        :param randn: optional source of the starting noise when ``noise`` is None (the
-            solvers draw no other noise).
+        :param solver: "dpm++" (deterministic), "dpm++sde" (the stochastic form, order 1 =
+            DDIM with eta 1, or 2) or "unipc" for UniPC's predictor-corrector (Zhao et al.
+            2023).
+        :param randn: optional source of the starting noise when ``noise`` is None, and of
+            the stochastic solver's step noise (default torch.randn_like).
         """,
     )
 

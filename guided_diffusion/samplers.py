@@ -24,6 +24,17 @@ h * integral_0^1 e^(h (v - 1)) v^k dv (psi_1 = phi2). Given predictions m_j at
 lambda_s + r_j h, the combination sum_j a_j (m_j - m0) / r_j matches it up to x0^(p) when
 sum_j a_j r_j^(k-1) = psi_k for k = 1..p: UniPC's predictor uses earlier points (r_j < 0), its
 corrector adds the prediction at the new point (r = 1), raising the order by one at no cost.
+
+The reverse SDE has the same kind of solution (Lu et al. 2022, "DPM-Solver++", its SDE
+variant): with fresh noise z ~ N(0, I) and eta = 1,
+
+    x_t = (sigma_t / sigma_s) e^(-eta h) x_s + alpha_t (1 + eta) int_0^h e^(-(1 + eta)(h - u)) x0(u) du
+          + sigma_t sqrt(-expm1(-2 eta h)) z,
+
+and eta = 0 gives the ODE's. With x0 constant the integral term is alpha_t (-expm1(-(1 + eta) h))
+m0, which at eta = 1 is exactly the posterior q(x_t | x_s, x0 = m0): DDPM's step with the
+fixed small variance, i.e. DDIM with eta 1. The linear term adds alpha_t (1 + expm1(-(1 + eta)
+h) / ((1 + eta) h)) (h x0'), with h x0' estimated from the last two predictions as in 2M.
 """
 
 import math
@@ -39,9 +50,15 @@ from . import guidance
 if TYPE_CHECKING:
     from .gaussian_diffusion import GaussianDiffusion
 
-SAMPLERS = ("ancestral", "ddim", "dpm++2m", "dpm++3m", "unipc")
+SAMPLERS = ("ancestral", "ddim", "dpm++2m", "dpm++3m", "dpm++2m-sde", "unipc")
 # multistep samplers: name -> (solver, order) for dpm_solver_sample_loop
-MULTISTEP = {"dpm++2m": ("dpm++", 2), "dpm++3m": ("dpm++", 3), "unipc": ("unipc", 2)}
+MULTISTEP = {
+    "dpm++2m": ("dpm++", 2),
+    "dpm++3m": ("dpm++", 3),
+    "dpm++2m-sde": ("dpm++sde", 2),
+    "unipc": ("unipc", 2),
+}
+SOLVERS = ("dpm++", "dpm++sde", "unipc")
 # The weight of D2 in the third-order update: 2 is the Taylor expansion's (order 3); 1 is
 # the widely circulated "3M" form, which tests/test_samplers.py measures at order 2.
 EXACT_D2_WEIGHT = 2.0
@@ -146,6 +163,41 @@ def dpm_solver_pp_update(
     return x_t
 
 
+def sde_dpm_solver_pp_update(
+    x: torch.Tensor,
+    x0s: Sequence[torch.Tensor],
+    lambdas: Sequence[float],
+    step: SolverStep,
+    noise: torch.Tensor,
+    eta: float = 1.0,
+) -> torch.Tensor:
+    """
+    One multistep step of the stochastic DPM-Solver++ (the module docstring's SDE solution):
+    first order (= DDPM's posterior step, DDIM with eta 1, when ``eta`` is 1) or second order
+    ("SDE-DPM-Solver++(2M)", the linear term integrated exactly).
+
+    :param x: [N x ...] the sample at the newest point s.
+    :param x0s: 1 or 2 data predictions [N x ...], newest (at s) first.
+    :param lambdas: their lambda values, same order.
+    :param step: sigma at s and alpha, sigma, lambda at the target point t.
+    :param noise: [N x ...] standard normal noise for this step.
+    :param eta: the amount of noise: 1 the reverse SDE, 0 the probability-flow ODE.
+    :return: [N x ...] the sample at t.
+    """
+    if len(x0s) not in (1, 2):
+        raise ValueError(f"SDE-DPM-Solver++ steps have order 1 or 2, got {len(x0s)} predictions")
+    sigma_s, alpha_t, sigma_t, lambda_t = step
+    m0 = x0s[0]
+    h = lambda_t - lambdas[0]
+    decay = -math.expm1(-(1.0 + eta) * h)  # 1 - e^-(1 + eta) h
+    x_t = (sigma_t / sigma_s * math.exp(-eta * h)) * x + (alpha_t * decay) * m0
+    if len(x0s) == 2:
+        r = (lambdas[0] - lambdas[1]) / h
+        linear = 1.0 - decay / ((1.0 + eta) * h)  # ~ h/2 at eta 0, ~ h at eta 1
+        x_t = x_t + (alpha_t * linear / r) * (m0 - x0s[1])
+    return x_t + (sigma_t * math.sqrt(-math.expm1(-2.0 * eta * h))) * noise
+
+
 def _matching_weights(rs: Sequence[float], h: float) -> np.ndarray:
     """
     Solve sum_j a_j r_j^(k-1) = psi_k (k = 1..len(rs)) for the weights a (module docstring),
@@ -212,6 +264,7 @@ def dpm_solver_stepper(
     cond_fn: Optional[Callable] = None,
     model_kwargs: Optional[dict] = None,
     d2_weight: float = EXACT_D2_WEIGHT,
+    randn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
 ) -> Callable[[torch.Tensor, torch.Tensor], dict]:
     """
     A multistep solver as a step function for the diffusion's loop driver: called at
@@ -222,13 +275,18 @@ def dpm_solver_stepper(
 
     :param order: 1, 2 or 3: DPM-Solver++'s order, UniPC's predictor order (its corrector
         adds one).
-    :param solver: "dpm++" (Lu et al. 2022) or "unipc" (Zhao et al. 2023).
+    :param solver: "dpm++" (Lu et al. 2022), "dpm++sde" (its stochastic form, order 1 or 2)
+        or "unipc" (Zhao et al. 2023).
     :param d2_weight: see dpm_solver_pp_update.
+    :param randn: the stochastic solver's step noise, randn(x) -> noise like x (default
+        torch.randn_like).
     :return: step(x [N x ...], t [N]) -> dict with "sample" and "pred_xstart".
     """
-    if order not in (1, 2, 3) or solver not in ("dpm++", "unipc"):
+    top = 2 if solver == "dpm++sde" else 3
+    if solver not in SOLVERS or order not in range(1, top + 1):
         raise ValueError(
-            f"expected solver 'dpm++' or 'unipc' of order 1, 2 or 3, got {solver!r}, {order}"
+            f"expected solver 'dpm++' or 'unipc' of order 1, 2 or 3, or 'dpm++sde' of order "
+            f"1 or 2, got {solver!r}, {order}"
         )
     alpha, sigma, lam = (v.tolist() for v in vp_log_snr(diffusion.alphas_cumprod))  # floats
     num_steps = diffusion.num_timesteps
@@ -264,6 +322,9 @@ def dpm_solver_stepper(
         target = SolverStep(sigma[i], alpha[i - 1], sigma[i - 1], lam[i - 1])
         if solver == "unipc":
             sample = unipc_update(x, x0s, lambdas, target)
+        elif solver == "dpm++sde":
+            step_noise = (randn or torch.randn_like)(x)
+            sample = sde_dpm_solver_pp_update(x, x0s, lambdas, target, step_noise)
         else:
             sample = dpm_solver_pp_update(x, x0s, lambdas, target, d2_weight)
         return {"sample": sample, "pred_xstart": x0}
@@ -293,10 +354,10 @@ def sample(
     """
     Draw a batch of samples with one of ``SAMPLERS``: "ancestral" (Ho et al. 2020,
     ``p_sample_loop``), "ddim" (Song et al. 2021, ``ddim_sample_loop`` with ``eta``),
-    "dpm++2m" / "dpm++3m" (Lu et al. 2022) and "unipc" (Zhao et al. 2023, order 3: a
-    second-order predictor with its corrector), the last three through
-    ``dpm_solver_sample_loop``, each over every
-    timestep of ``diffusion`` (one model evaluation per timestep).
+    "dpm++2m" / "dpm++3m" (Lu et al. 2022), "dpm++2m-sde" (its stochastic second-order
+    form, fresh noise at every step) and "unipc" (Zhao et al. 2023, order 3: a second-order
+    predictor with its corrector), the last four through ``dpm_solver_sample_loop``, each
+    over every timestep of ``diffusion`` (one model evaluation per timestep).
 
     :param shape: (N, C, H, W).
     :param guidance_interval: (lo, hi): call ``cond_fn`` only where sigma_t / alpha_t lies

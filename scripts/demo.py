@@ -86,7 +86,8 @@ def create_argparser() -> argparse.ArgumentParser:
     add("--sample_batch_size", type=int, default=125, help="images per sampling model call")
     add("--steps", type=int, default=25, help="sampling steps of every setting unless it says")
     add("--sampler", default="ancestral",
-        help="sampler of every setting unless it says: ancestral, ddim, dpm++2m, dpm++3m, ...")
+        help="sampler of every setting unless it says: ancestral, ddim, dpm++2m, dpm++3m, "
+             "dpm++2m-sde, unipc")
     add("--classifier_scales", default="0,1,2,4,8",
         help="the classifier-guidance sweep: one setting per comma-separated scale")
     add("--extra_setting", action="append", default=[], metavar="NAME:key=value,...",
@@ -97,7 +98,7 @@ def create_argparser() -> argparse.ArgumentParser:
              "--sweep_interval (plot: fid_vs_evaluations.png); 'guidance' = classifier-free "
              "guidance, both guidances and autoguidance at every --guidance_scales "
              "(plot with the classifier sweep: precision_vs_recall.png)")
-    add("--sweep_samplers", default="ancestral,ddim,dpm++2m,dpm++3m",
+    add("--sweep_samplers", default="ancestral,ddim,dpm++2m,dpm++3m,dpm++2m-sde",
         help="samplers of --sweep samplers")
     add("--sweep_evaluations", default="5,10,15,20,25,50,250",
         help="model evaluations per image (sampling steps) of --sweep samplers")

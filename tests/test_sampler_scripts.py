@@ -28,11 +28,16 @@ def images(log_dir, n: int = 4) -> np.ndarray:
     return load(log_dir / f"samples_{n}x16x16x3.npz")["arr_0"].astype(int)
 
 
-def test_dpm_solver_same_file_alone_and_with_two_ranks(ckpt, tmp_path):
-    args = with_steps(sample_flags(ckpt, num_samples=4, batch_size=2), 5) + ["--sampler", "dpm++3m"]
+@pytest.mark.parametrize("sampler", ["dpm++3m", "dpm++2m-sde"])
+def test_dpm_solver_same_file_alone_and_with_two_ranks(ckpt, tmp_path, sampler):
+    """The stochastic solver's step noise is per image too: the same file for any split."""
+    args = with_steps(sample_flags(ckpt, num_samples=4, batch_size=2), 5) + ["--sampler", sampler]
     alone = run("image_sample.py", args, tmp_path / "one")
     run("image_sample.py", args, tmp_path / "two", launcher="torchrun")
+    run("image_sample.py", with_steps(sample_flags(ckpt, num_samples=4, batch_size=4), 5)
+        + ["--sampler", sampler], tmp_path / "batch")  # fmt: skip
     assert np.array_equal(images(tmp_path / "one"), images(tmp_path / "two"))
+    assert np.array_equal(images(tmp_path / "one"), images(tmp_path / "batch"))
     assert images(tmp_path / "one").std() > 5
     assert "model evaluations / classifier evaluations per image: 5 / 0" in alone.stdout
 

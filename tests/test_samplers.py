@@ -220,6 +220,123 @@ def test_unipc_weights_reduce_to_dpm_solver_phi_functions():
     assert (a * np.array(rs)).sum() == pytest.approx(-2 * phi3)
 
 
+# ---------------------------------------------------------------- the stochastic solver
+
+
+def seeded(seed: int = 5):
+    """A randn(x) with its own generator: the same step noise for every run."""
+    generator = torch.Generator().manual_seed(seed)
+    return lambda x: torch.randn(x.shape, generator=generator)
+
+
+def sde_moments(diffusion, order: int, alphas_cumprod=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    The exact mean and standard deviation per pixel of SDE-DPM-Solver++'s samples of the
+    Gaussian data: with the exact model and no clipping a sample is affine in the starting
+    noise and each step's noise, so one run on unit impulses gives every coefficient.
+    Batch element 0 has all noise 0, element 1 starting noise 1, element 2 + k the k-th
+    step's noise 1.
+    """
+    num_steps = diffusion.num_timesteps
+    shape = (num_steps + 1, 1, 4, 4)
+    start = torch.zeros(shape)
+    start[1] = 1.0
+    calls = []
+
+    def impulse(x):
+        z = torch.zeros_like(x)
+        z[2 + len(calls)] = 1.0
+        calls.append(z)
+        return z
+
+    out = diffusion.dpm_solver_sample_loop(
+        GaussianModel(diffusion, alphas_cumprod), shape, noise=start, clip_denoised=False,
+        order=order, solver="dpm++sde", randn=impulse,
+    )  # fmt: skip
+    assert len(calls) == num_steps - 1  # fresh noise at every step but the last (to x0)
+    coefficients = (out[1:] - out[0]).double()
+    return out[0].double(), coefficients.pow(2).sum(0).sqrt()
+
+
+def sde_std_error(diffusion, order: int, alphas_cumprod=None) -> float:
+    """
+    Largest error of the samples' standard deviation: a perfect solver of the reverse SDE
+    reaches index 0 with x_0 ~ N(alpha MU, alpha^2 S^2 + sigma^2), and its final data
+    prediction then has standard deviation alpha S^2 / sqrt(alpha^2 S^2 + sigma^2).
+    """
+    _, std = sde_moments(diffusion, order, alphas_cumprod)
+    ab = torch.tensor(diffusion.alphas_cumprod[0]).double()
+    s2 = S[0].double() ** 2
+    return (std - ab.sqrt() * s2 / (ab * s2 + 1 - ab).sqrt()).abs().max().item()
+
+
+@pytest.mark.parametrize("order, low, high", [(1, 0.9, 1.1), (2, 1.85, 2.2)])
+def test_sde_solver_converges_in_distribution_with_its_order(order, low, high):
+    """Measured errors of the standard deviation on a lambda-uniform grid at 10 / 20 / 40 /
+    80 / 160 steps: first order 0.48 / 0.28 / 0.15 / 0.078 / 0.040, 2M 0.36 / 0.13 / 0.031 /
+    0.0072 / 0.0018 (weak order 2); the mean is exact to float rounding."""
+    errors = []
+    for n in (40, 80, 160):
+        diffusion = grid_diffusion(lambda_grid(n))
+        mean, _ = sde_moments(diffusion, order)
+        assert (mean - MU[0]).abs().max() < 1e-4
+        errors.append(sde_std_error(diffusion, order))
+    orders = [math.log2(a / b) for a, b in zip(errors, errors[1:])]
+    assert low <= orders[-1] <= high, (errors, orders)
+
+
+def test_sde_2m_at_20_steps_is_closer_in_distribution_than_ddpm():
+    """Measured on the cosine schedule respaced to 10 / 20 / 40 steps: first order (DDPM's
+    fixed-small-variance step) 0.24 / 0.13 / 0.067, 2M 0.078 / 0.042 / 0.016."""
+    ab = base_alphas_cumprod()
+    for n in (10, 20, 40):
+        first, second = (sde_std_error(spaced(n), order, ab) for order in (1, 2))
+        assert second < first / 2.5, (n, first, second)
+
+
+def test_first_order_sde_solver_is_ddpm_with_the_posterior_variance():
+    """SDE-DPM-Solver++ of order 1 is the step to q(x_t | x_s, x0): DDIM with eta 1 and
+    ancestral sampling with the fixed small variance, given the same noise."""
+    ab = base_alphas_cumprod()
+    diffusion = spaced(12, var_type=gd.ModelVarType.FIXED_SMALL)
+
+    sde = diffusion.dpm_solver_sample_loop(
+        GaussianModel(diffusion, ab), SHAPE, noise=noise(), clip_denoised=False, order=1,
+        solver="dpm++sde", randn=seeded(),
+    )  # fmt: skip
+    ddim = solve(diffusion, "ddim", alphas_cumprod=ab, eta=1.0, randn=seeded())
+    ancestral = solve(diffusion, "ancestral", alphas_cumprod=ab, randn=seeded())
+    torch.testing.assert_close(sde, ancestral, atol=1e-5, rtol=1e-5)  # measured 1e-6
+    # DDIM's float32 coefficient sqrt(1 - ab_prev - sigma^2) cancels: measured 6e-5 apart
+    torch.testing.assert_close(sde, ddim, atol=3e-4, rtol=0)
+    assert not torch.allclose(sde, solve(diffusion, "ddim", alphas_cumprod=ab), atol=1e-3)
+
+
+def test_ddim_with_eta_one_over_a_long_step_is_finite():
+    """1 - ab_prev - sigma^2 vanishes at eta 1 and float32 made it negative: NaN at 2 steps."""
+    ab = base_alphas_cumprod()
+    diffusion = spaced(2, var_type=gd.ModelVarType.FIXED_SMALL)
+    torch.manual_seed(0)
+    out = solve(diffusion, "ddim", alphas_cumprod=ab, eta=1.0)
+    assert torch.isfinite(out).all()
+
+
+def test_sde_update_without_noise_is_the_ode_solution():
+    """At eta 0 the SDE step is the ODE's: first order DDIM, second order the exact
+    integral of a linear x0 (phi2), which 2M approximates by the midpoint (-phi1 / 2)."""
+    x, m0, m1 = torch.randn(3, 2, 5, generator=torch.Generator().manual_seed(0))
+    step = samplers.SolverStep(sigma_s=0.9, alpha_t=0.6, sigma_t=0.8, lambda_t=-0.1)
+    lambdas = [-0.5, -0.9]
+    zero = torch.zeros_like(x)
+    first = samplers.sde_dpm_solver_pp_update(x, [m0], lambdas[:1], step, zero, eta=0.0)
+    torch.testing.assert_close(first, samplers.dpm_solver_pp_update(x, [m0], lambdas[:1], step))
+    h, r = 0.4, 1.0
+    phi1 = math.expm1(-h)
+    phi2 = phi1 / h + 1
+    second = samplers.sde_dpm_solver_pp_update(x, [m0, m1], lambdas, step, zero, eta=0.0)
+    torch.testing.assert_close(second, first + 0.6 * phi2 / r * (m0 - m1))
+
+
 def test_respaced_solver_uses_the_respaced_steps_and_the_model_sees_original_timesteps():
     diffusion = spaced(10)
     model = GaussianModel(diffusion, base_alphas_cumprod())
@@ -255,24 +372,28 @@ def test_first_order_solver_equals_ddim_and_2m_at_two_steps_too():
     )
 
 
-@pytest.mark.parametrize("sampler", ["dpm++2m", "dpm++3m"])
+MULTISTEP = ["dpm++2m", "dpm++3m", "dpm++2m-sde"]
+
+
+@pytest.mark.parametrize("sampler", MULTISTEP)
 def test_noise_x0_and_previous_x_models_of_the_same_data_agree(sampler):
     ab = base_alphas_cumprod()
     results = [
-        solve(spaced(15, mean_type=mean_type), sampler, alphas_cumprod=ab, clip_denoised=True)
+        solve(spaced(15, mean_type=mean_type), sampler, alphas_cumprod=ab, clip_denoised=True,
+              randn=seeded())
         for mean_type in (gd.ModelMeanType.EPSILON, gd.ModelMeanType.START_X, gd.ModelMeanType.PREVIOUS_X)
-    ]
+    ]  # fmt: skip
     for other in results[1:]:
         torch.testing.assert_close(other, results[0], atol=2e-4, rtol=1e-4)
 
 
-@pytest.mark.parametrize("sampler", ["dpm++2m", "dpm++3m"])
+@pytest.mark.parametrize("sampler", MULTISTEP)
 def test_learned_and_fixed_variance_models_of_the_same_mean_give_the_same_samples(sampler):
     ab = base_alphas_cumprod()
     fixed = spaced(10, var_type=gd.ModelVarType.FIXED_LARGE)
     learned = spaced(10, var_type=gd.ModelVarType.LEARNED_RANGE)
-    a = solve(fixed, sampler, model=GaussianModel(fixed, ab))
-    b = solve(learned, sampler, model=GaussianModel(learned, ab, learn_sigma=True))
+    a = solve(fixed, sampler, model=GaussianModel(fixed, ab), randn=seeded())
+    b = solve(learned, sampler, model=GaussianModel(learned, ab, learn_sigma=True), randn=seeded())
     assert torch.equal(a, b)
 
 
@@ -478,7 +599,7 @@ def test_sampler_from_flags_rejects_unknown_and_conflicting():
         samplers.sampler_from_flags("dpm++2m", True)
 
 
-@pytest.mark.parametrize("sampler", ["dpm++2m", "dpm++3m", "unipc"])
+@pytest.mark.parametrize("sampler", ["dpm++2m", "dpm++3m", "dpm++2m-sde", "unipc"])
 def test_guided_x0_is_clipped_like_the_unguided_one(sampler):
     # At t = T of the cosine schedule sqrt(alpha_bar) ~ 5e-5: a guidance shift of the noise
     # prediction moves x0 by ~1e4. The multistep history must hold the clipped x0, as it does
@@ -486,7 +607,7 @@ def test_guided_x0_is_clipped_like_the_unguided_one(sampler):
     diffusion = spaced(20)
     guided = dict(cond_fn=lambda x, t, **kwargs: torch.full_like(x, 0.05), clip_denoised=True,
                   alphas_cumprod=base_alphas_cumprod())
-    sample = solve(diffusion, sampler, **guided)
-    unguided = solve(diffusion, sampler, **dict(guided, cond_fn=None))
+    sample = solve(diffusion, sampler, randn=seeded(), **guided)
+    unguided = solve(diffusion, sampler, randn=seeded(), **dict(guided, cond_fn=None))
     shift = (sample - unguided).abs().mean()
     assert 0 < shift < 0.2  # a weak guidance moves the samples a little, not to the clip
