@@ -296,7 +296,8 @@ def load_models(
     labels = None
     if args.class_cond or cond_fn is not None:
         num_classes = sample_util.num_classes_of(args)
-        labels = image_labels(args.class_labels, given_labels, count, num_classes, seed)
+        origin = sample_util.class_count_origin(args)
+        labels = image_labels(args.class_labels, given_labels, count, num_classes, seed, origin)
     return Models(model=model, diffusion=diffusion, cond_fn=cond_fn, labels=labels)
 
 
@@ -375,22 +376,30 @@ def make_edit_fn(
 
 
 def image_labels(
-    text: str, given: Optional[np.ndarray], count: int, num_classes: int, seed: int
+    text: str,
+    given: Optional[np.ndarray],
+    count: int,
+    num_classes: int,
+    seed: int,
+    origin: Optional[str] = None,
 ) -> np.ndarray:
     """
     The class of each image: ``--class_labels`` cycled, else the input's labels, else
     random classes drawn from ``seed``.
 
+    :param origin: where ``num_classes`` comes from, for messages
+        (``sample_util.class_count_origin``; default: ``--num_classes``).
     :return: int64 [count].
     """
-    chosen = sample_util.parse_class_labels(text, num_classes)
+    origin = origin or f"--num_classes {num_classes}"
+    chosen = sample_util.parse_class_labels(text, num_classes, origin)
     if chosen is not None:
         return np.array([chosen[i % len(chosen)] for i in range(count)], np.int64)
     if given is not None:
         if given.min() < 0 or given.max() >= num_classes:
             raise SamplingInputError(
                 f"the input's labels (arr_1) lie in {given.min()}..{given.max()}, outside "
-                f"0..{num_classes - 1} (--num_classes {num_classes})"
+                f"0..{num_classes - 1} ({origin})"
             )
         return given.astype(np.int64)
     return np.random.default_rng(seed).integers(0, num_classes, count).astype(np.int64)

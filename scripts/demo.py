@@ -39,6 +39,7 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from typing import Callable, Optional
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -125,6 +126,10 @@ def create_argparser() -> argparse.ArgumentParser:
              "(0: --train_steps / 4)")
     add("--grid_per_class", type=int, default=10, help="images per digit row in the grids")
     add("--seed", type=int, default=0, help="seed of every stage (the same for every setting)")
+    add("--sample_seed", type=int, default=None,
+        help="another seed for the sampling stage only (the trained models are reused), to "
+             "see how much a figure owes to the draw of images; its rows are named "
+             "SETTING_seedK")
     add("--evaluate", choices=("auto", "yes", "no"), default="auto",
         help="run the evaluator: auto = when Inception weights are found without a download")
     demo_restoration.add_arguments(parser)
@@ -184,7 +189,14 @@ def build_settings(args: argparse.Namespace) -> list[ds.Setting]:
         raise DemoError(f"--extra_setting: {err}") from None
     if not settings:
         raise DemoError("no settings: give --classifier_scales, --extra_setting or --sweep")
+    if sample_seed(args) != args.seed:
+        settings = [replace(s, name=f"{s.name}_seed{args.sample_seed}") for s in settings]
     return settings
+
+
+def sample_seed(args: argparse.Namespace) -> int:
+    """:return: the seed of the sampling programs: --sample_seed, else --seed."""
+    return args.seed if args.sample_seed is None else args.sample_seed
 
 
 def check_args(args: argparse.Namespace) -> None:
@@ -407,7 +419,7 @@ def sample(args, runner: Runner, setting: ds.Setting, model: str, classifier: st
     argv = [sys.executable, setting.script(), *model_flags(args), *DIFFUSION_FLAGS,
             "--model_path", model, "--num_samples", str(args.num_samples),
             "--batch_size", str(min(args.sample_batch_size, args.num_samples)),
-            "--seed", str(args.seed), "--class_labels", ",".join(map(str, range(10))),
+            "--seed", str(sample_seed(args)), "--class_labels", ",".join(map(str, range(10))),
             *setting.sampling_flags()]
     if setting.script() == ds.CLASSIFIER_PROGRAM:
         argv += [*classifier_flags(args), "--classifier_path", classifier]

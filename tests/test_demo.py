@@ -104,6 +104,37 @@ def test_sweeps_add_settings(demo, tmp_path):
     assert {(s.sampler, s.steps) for s in demo.build_settings(sweep_args)} == {("dpm++2m", 10)}
 
 
+def test_sample_seed_renames_the_rows_and_seeds_only_the_sampling(demo, tmp_path):
+    args = _args(demo, "--out_dir", str(tmp_path), "--classifier_scales", "0,2",
+                 "--sample_seed", "3")
+    settings = demo.build_settings(args)
+    assert [s.name for s in settings] == ["classifier_0_seed3", "classifier_2_seed3"]
+    assert [s.name for s in demo.build_settings(_args(demo, "--classifier_scales", "0",
+                                                      "--sample_seed", "0"))] == ["classifier_0"]
+    seen = []
+
+    class FakeRunner:
+        out_dir = str(tmp_path)
+
+        def run(self, name, argv, logdir, bar, progress=None):
+            seen.append(argv)
+            os.makedirs(logdir, exist_ok=True)
+            out = tmp_path / f"{name}.txt"
+            out.write_text("(9.5 images/s)\nmodel evaluations / classifier evaluations per image: 25 / 0\n")
+            return str(out)
+
+    class Bar:
+        def update(self, n):
+            pass
+
+    npz, figures = demo.sample(args, FakeRunner(), settings[0], "model.pt", "classifier.pt", Bar())
+    argv = seen[0]
+    assert argv[argv.index("--seed") + 1] == "3"
+    assert os.path.dirname(npz) == os.path.join(str(tmp_path), "samples", "classifier_0_seed3")
+    assert figures["model_evaluations"] == 25
+    assert demo.sample_seed(_args(demo, "--seed", "4")) == 4
+
+
 def test_evaluation_is_reused_until_a_batch_changes(demo, tmp_path, monkeypatch):
     ref, npz = tmp_path / "ref.npz", tmp_path / "samples.npz"
     ref.write_bytes(b"r")

@@ -237,3 +237,16 @@ def test_edit_flag_help_names_every_method_operator_and_mask():
     assert all(name in help_text["mask"] for name in operators.MASK_NAMES)
     parser = import_script("image_edit").create_argparser()
     assert "RePaint: steps per jump back (paper: 10)" in parser.format_help()
+
+
+def test_out_of_range_labels_name_where_the_class_count_comes_from():
+    from guided_diffusion.edit_util import image_labels
+
+    origin = "the 3 classes of the training folder, from runs/model.json"
+    with pytest.raises(SamplingInputError, match="outside 0..2 \\(the 3 classes of the training"):
+        image_labels("", np.array([0, 5]), 2, 3, seed=0, origin=origin)
+    with pytest.raises(SamplingInputError, match="0..2 \\(the 3 classes of the training folder"):
+        image_labels("1,4", None, 2, 3, seed=0, origin=origin)
+    with pytest.raises(SamplingInputError, match="\\(--num_classes 3\\)"):
+        image_labels("", np.array([7]), 1, 3, seed=0)
+    assert image_labels("1,2", None, 3, 3, seed=0).tolist() == [1, 2, 1]
