@@ -36,6 +36,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -259,12 +260,17 @@ class Runner:
         start = bar.n
         with open(output, "w") as out:
             proc = subprocess.Popen(argv, env=env, cwd=REPO, stdout=out, stderr=subprocess.STDOUT)
-            while proc.poll() is None:
-                time.sleep(0.5)
-                if progress is not None:
-                    done = min(start + progress(output), bar.total)
-                    if done > bar.n:
-                        bar.update(done - bar.n)
+            try:
+                while proc.poll() is None:
+                    time.sleep(0.5)
+                    if progress is not None:
+                        done = min(start + progress(output), bar.total)
+                        if done > bar.n:
+                            bar.update(done - bar.n)
+            finally:  # interrupted or killed (SIGTERM, see main): stop the program too
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait()
         if proc.returncode != 0:
             bar.close()
             with open(output, errors="replace") as f:
@@ -559,6 +565,8 @@ def finish_setting(npz: str, clean, per_class: int) -> tuple[float, str]:
 
 
 def main() -> None:
+    # SIGTERM unwinds like Ctrl-C, so the program running at the time is stopped too
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     args = create_argparser().parse_args()
     check_args(args)
     demo_restoration.check_args(args)

@@ -135,6 +135,31 @@ def test_sample_seed_renames_the_rows_and_seeds_only_the_sampling(demo, tmp_path
     assert demo.sample_seed(_args(demo, "--seed", "4")) == 4
 
 
+def test_an_interrupted_demo_stops_the_program_it_runs(demo, tmp_path):
+    runner = demo.Runner(str(tmp_path))
+    pid_file = tmp_path / "pid"
+    child = ("import os, time; open(os.environ['PID_FILE'], 'w').write(str(os.getpid())); "
+             "time.sleep(60)")
+
+    def interrupt(output):
+        if pid_file.exists() and pid_file.read_text():
+            raise KeyboardInterrupt
+        return 0
+
+    class Bar:
+        n, total = 0, 1
+
+    os.environ["PID_FILE"] = str(pid_file)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            runner.run("sleeper", [sys.executable, "-c", child], str(tmp_path), Bar(), interrupt)
+    finally:
+        del os.environ["PID_FILE"]
+    pid = int(pid_file.read_text())
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)  # terminated and reaped
+
+
 def test_evaluation_is_reused_until_a_batch_changes(demo, tmp_path, monkeypatch):
     ref, npz = tmp_path / "ref.npz", tmp_path / "samples.npz"
     ref.write_bytes(b"r")
