@@ -61,11 +61,14 @@ def plot_fid_vs_evaluations(
         return None
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5))
+    palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    samplers = list(dict.fromkeys(group.split(",")[0] for group in groups))  # one colour each
     for group, rs in groups.items():
         rs = sorted(rs, key=lambda r: int(r["steps"]))
         style = "--" if "interval" in group else (":" if "classifier" in group else "-")
+        color = palette[samplers.index(group.split(",")[0]) % len(palette)]
         ax.plot([r["steps"] for r in rs], [r["fid"] for r in rs], style, marker="o",
-                markersize=3, label=group)
+                markersize=3, label=group, color=color)
     ax.set_xscale("log")  # before the label below is placed on the axis' left end
     reference = [r for r in groups.get("ancestral", []) if int(r["steps"]) == 250]
     if reference:
