@@ -25,8 +25,9 @@ lambda_s + r_j h, the combination sum_j a_j (m_j - m0) / r_j matches it up to x0
 sum_j a_j r_j^(k-1) = psi_k for k = 1..p: UniPC's predictor uses earlier points (r_j < 0), its
 corrector adds the prediction at the new point (r = 1), raising the order by one at no cost.
 
-The reverse SDE has the same kind of solution (Lu et al. 2022, "DPM-Solver++", its SDE
-variant): with fresh noise z ~ N(0, I) and eta = 1,
+The reverse SDE has the same kind of solution (the stochastic form of DPM-Solver++, Lu et
+al. 2022; "sde-dpmsolver++" in common implementations): with fresh noise z ~ N(0, I) and
+eta = 1,
 
     x_t = (sigma_t / sigma_s) e^(-eta h) x_s + alpha_t (1 + eta) int_0^h e^(-(1 + eta)(h - u)) x0(u) du
           + sigma_t sqrt(-expm1(-2 eta h)) z,
@@ -34,7 +35,9 @@ variant): with fresh noise z ~ N(0, I) and eta = 1,
 and eta = 0 gives the ODE's. With x0 constant the integral term is alpha_t (-expm1(-(1 + eta) h))
 m0, which at eta = 1 is exactly the posterior q(x_t | x_s, x0 = m0): DDPM's step with the
 fixed small variance, i.e. DDIM with eta 1. The linear term adds alpha_t (1 + expm1(-(1 + eta)
-h) / ((1 + eta) h)) (h x0'), with h x0' estimated from the last two predictions as in 2M.
+h) / ((1 + eta) h)) (h x0'), with h x0' estimated from the last two predictions as in 2M
+(common implementations use the midpoint weight (-expm1(-2h)) / 2 instead, equal to first order
+in h).
 """
 
 import math
