@@ -61,7 +61,8 @@ MULTISTEP = {
     "dpm++2m-sde": ("dpm++sde", 2),
     "unipc": ("unipc", 2),
 }
-SOLVERS = ("dpm++", "dpm++sde", "unipc")
+# solver -> its highest order (UniPC: its predictor's)
+MAX_ORDER = {"dpm++": 3, "dpm++sde": 2, "unipc": 3}
 # The weight of D2 in the third-order update: 2 is the Taylor expansion's (order 3); 1 is
 # the widely circulated "3M" form, which tests/test_samplers.py measures at order 2.
 EXACT_D2_WEIGHT = 2.0
@@ -285,12 +286,9 @@ def dpm_solver_stepper(
         torch.randn_like).
     :return: step(x [N x ...], t [N]) -> dict with "sample" and "pred_xstart".
     """
-    top = 2 if solver == "dpm++sde" else 3
-    if solver not in SOLVERS or order not in range(1, top + 1):
-        raise ValueError(
-            f"expected solver 'dpm++' or 'unipc' of order 1, 2 or 3, or 'dpm++sde' of order "
-            f"1 or 2, got {solver!r}, {order}"
-        )
+    if order not in range(1, MAX_ORDER.get(solver, 0) + 1):
+        valid = ", ".join(f"{name!r} of order 1 to {top}" for name, top in MAX_ORDER.items())
+        raise ValueError(f"expected solver {valid}; got {solver!r}, {order}")
     alpha, sigma, lam = (v.tolist() for v in vp_log_snr(diffusion.alphas_cumprod))  # floats
     num_steps = diffusion.num_timesteps
     history: list[tuple[torch.Tensor, float]] = []  # (x0, lambda), newest first

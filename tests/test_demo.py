@@ -135,7 +135,7 @@ def test_sample_seed_renames_the_rows_and_seeds_only_the_sampling(demo, tmp_path
     assert demo.sample_seed(_args(demo, "--seed", "4")) == 4
 
 
-def test_an_interrupted_demo_stops_the_program_it_runs(demo, tmp_path):
+def test_an_interrupted_demo_stops_the_program_it_runs(demo, tmp_path, monkeypatch):
     runner = demo.Runner(str(tmp_path))
     pid_file = tmp_path / "pid"
     child = ("import os, time; open(os.environ['PID_FILE'], 'w').write(str(os.getpid())); "
@@ -149,12 +149,9 @@ def test_an_interrupted_demo_stops_the_program_it_runs(demo, tmp_path):
     class Bar:
         n, total = 0, 1
 
-    os.environ["PID_FILE"] = str(pid_file)
-    try:
-        with pytest.raises(KeyboardInterrupt):
-            runner.run("sleeper", [sys.executable, "-c", child], str(tmp_path), Bar(), interrupt)
-    finally:
-        del os.environ["PID_FILE"]
+    monkeypatch.setenv("PID_FILE", str(pid_file))
+    with pytest.raises(KeyboardInterrupt):
+        runner.run("sleeper", [sys.executable, "-c", child], str(tmp_path), Bar(), interrupt)
     pid = int(pid_file.read_text())
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)  # terminated and reaped

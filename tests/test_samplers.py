@@ -448,6 +448,12 @@ def test_real_networks_class_conditional_and_super_resolution(kind):
     assert counts == samplers.EvaluationCounts(model=6, classifier=0)
 
 
+@pytest.mark.parametrize("solver, order", [("dpm++sde", 3), ("dpm++", 4), ("unipc", 0), ("euler", 1)])
+def test_solver_orders_beyond_each_solver_are_rejected(solver, order):
+    with pytest.raises(ValueError, match="'dpm\\+\\+sde' of order 1 to 2"):
+        samplers.dpm_solver_stepper(spaced(4), lambda x, t: x, order=order, solver=solver)
+
+
 def test_unknown_sampler_names_the_valid_ones():
     with pytest.raises(ValueError, match="dpm\\+\\+2m"):
         solve(spaced(4), "euler")
