@@ -215,6 +215,9 @@ def check_args(args: argparse.Namespace) -> None:
                         f"got {args.guide_steps}")
     if not 0 <= args.class_dropout_prob < 1:
         raise DemoError(f"--class_dropout_prob must lie in [0, 1), got {args.class_dropout_prob}")
+    for name in ("seed", "sample_seed"):
+        if (getattr(args, name) or 0) < 0:
+            raise DemoError(f"--{name} must be a non-negative integer, got {getattr(args, name)}")
     try:
         rate = float(args.ema_rate)
     except ValueError:

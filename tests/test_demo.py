@@ -73,6 +73,8 @@ def test_bad_settings_flags(demo, argv, message):
         (["--ema_rate", "1"], "--ema_rate"),
         (["--guide_steps", "5000"], "--guide_steps"),
         (["--class_dropout_prob", "1"], "--class_dropout_prob"),
+        (["--seed", "-1"], "--seed must be a non-negative"),
+        (["--sample_seed", "-2"], "--sample_seed must be a non-negative"),
         (["--sweep", "guidance", "--class_dropout_prob", "0"], "--class_dropout_prob > 0"),
     ],
 )
