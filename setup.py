@@ -12,15 +12,20 @@ setup(
     install_requires=[
         "torch>=2.1",
         "numpy",
-        "scipy",
         "pillow",
         "tqdm",
         "blobfile>=1.0.5",
     ],
+    # Every optional import of the programs is listed with its extra in
+    # guided_diffusion/extras.py; tests/test_extras.py holds this file to that list.
     extras_require={
         "mpi": ["mpi4py"],
-        # scripts/demo.py: the built-in digits (sklearn.datasets.load_digits) and their judge
-        "demo": ["scikit-learn"],
-        "dev": ["pytest", "mpi4py", "mpich", "scikit-learn"],
+        # scripts/demo.py: the built-in digits and their judge (scikit-learn), the plots
+        "demo": ["scikit-learn", "matplotlib"],
+        "tensorboard": ["tensorboard"],
+        # the tests: every extra above, an MPI library for the multi-rank runs, and scipy as
+        # an independent reference for the metrics
+        "dev": ["pytest", "mpi4py", "mpich", "scikit-learn", "matplotlib", "tensorboard",
+                "scipy"],
     },
 )

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .extras import require
+
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 DIGIT_SIDE = 8
 DIGIT_MAX = 16  # sklearn's digits hold integer ink levels 0..16
@@ -34,20 +36,11 @@ class DigitsSplit:
     image_size: int
 
 
-def _require_sklearn():
-    try:
-        import sklearn  # noqa: F401
-    except ImportError:
-        raise SystemExit(
-            'error: the digits data needs scikit-learn: pip install -e ".[demo]"'
-        ) from None
-
-
 def load_digit_arrays() -> tuple[np.ndarray, np.ndarray]:
     """
     :return: (images uint8 [1797 x 8 x 8] with ink levels 0..16, labels int64 [1797]).
     """
-    _require_sklearn()
+    require("sklearn", purpose="the digits data")
     from sklearn.datasets import load_digits
 
     digits = load_digits()
@@ -173,7 +166,7 @@ def fit_clean_classifier(features: np.ndarray, labels: np.ndarray):
     :param labels: int [N].
     :return: a fitted sklearn classifier (``predict``, ``score``).
     """
-    _require_sklearn()
+    require("sklearn", purpose="the digits data")
     from sklearn.svm import SVC
 
     return SVC(gamma=0.001, C=10.0).fit(features, labels)

@@ -33,6 +33,7 @@ from typing import IO, Any, Optional
 import torch
 
 from . import dist_util
+from .extras import install_command
 from .io_util import is_local_path
 
 DEBUG = 10
@@ -164,8 +165,8 @@ class TensorBoardOutputFormat(KVWriter):
         except ImportError as exc:
             raise ValueError(
                 "the 'tensorboard' log format needs the tensorboard package "
-                "(`pip install tensorboard`); or leave it out of format_strs / "
-                "OPENAI_LOG_FORMAT"
+                f"(`{install_command('tensorboard')}`, or `pip install tensorboard`); or leave "
+                "it out of format_strs / OPENAI_LOG_FORMAT"
             ) from exc
         self.writer = SummaryWriter(log_dir=directory)
         self.step = 0

@@ -53,6 +53,7 @@ from guided_diffusion import demo_plots  # noqa: E402
 from guided_diffusion import demo_restoration  # noqa: E402
 from guided_diffusion import demo_settings as ds  # noqa: E402
 from guided_diffusion import digits_data  # noqa: E402
+from guided_diffusion.extras import require  # noqa: E402
 from guided_diffusion.guidance import parse_guidance_interval  # noqa: E402
 from guided_diffusion.io_util import atomic_write  # noqa: E402
 from guided_diffusion.script_errors import run_program  # noqa: E402
@@ -61,6 +62,7 @@ from guided_diffusion.script_errors import run_program  # noqa: E402
 # progress bars: redrawn often on a terminal, every 30 s into a log file
 BAR = dict(dynamic_ncols=True, mininterval=0.5 if sys.stderr.isatty() else 30.0)
 SWEEPS = ("samplers", "guidance")
+DEMO_PACKAGES = ("sklearn", "matplotlib")  # optional packages the demo needs (its [demo] extra)
 
 
 class DemoError(ValueError):
@@ -571,6 +573,8 @@ def main() -> None:
     # SIGTERM unwinds like Ctrl-C, so the program running at the time is stopped too
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     args = create_argparser().parse_args()
+    # the digits and their judge (scikit-learn) and the plots (matplotlib), before any training
+    require(*DEMO_PACKAGES, purpose="the demo")
     check_args(args)
     demo_restoration.check_args(args)
     settings = build_settings(args)

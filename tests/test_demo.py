@@ -12,7 +12,6 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn")
 
 from guided_diffusion import digits_data  # noqa: E402
 from guided_diffusion.sample_io import save_samples_npz  # noqa: E402
@@ -276,6 +275,23 @@ def test_bad_flag_is_one_line(tmp_path):
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("demo: error: --extra_setting: setting 'a b")
     assert not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("package, distribution", [("matplotlib", "matplotlib"),
+                                                   ("sklearn", "scikit-learn")])
+def test_a_missing_demo_package_ends_the_demo_before_any_work(tmp_path, package, distribution):
+    # the package made unimportable in the demo's own process, as on a machine without it
+    out = tmp_path / "x"
+    code = (f"import runpy, sys; sys.modules[{package!r}] = None; "
+            f"sys.argv = ['scripts/demo.py', '--out_dir', {str(out)!r}]; "
+            "runpy.run_path('scripts/demo.py', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True,
+                            text=True, timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f'demo: error: the demo needs {distribution}, which is not installed: '
+        'pip install -e ".[demo]"']
+    assert not out.exists()  # nothing trained, nothing written
 
 
 def test_latest_model_checkpoint_continues_an_earlier_run(demo, tmp_path):

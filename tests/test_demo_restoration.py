@@ -14,7 +14,6 @@ import sys
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn")
 
 from guided_diffusion import demo_restoration as dr  # noqa: E402
 from guided_diffusion import digits_data  # noqa: E402

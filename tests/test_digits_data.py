@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("sklearn")
 
 from guided_diffusion import digits_data  # noqa: E402
 from guided_diffusion.image_datasets import list_classes, load_data  # noqa: E402
