@@ -21,6 +21,7 @@ setup(
         "mpi": ["mpi4py"],
         # scripts/demo.py: the built-in digits (sklearn.datasets.load_digits) and their judge
         "demo": ["scikit-learn"],
-        "dev": ["pytest", "mpi4py", "mpich", "scikit-learn"],
+        # torchmetrics and prdc: independent KID and density / coverage in tests/test_metrics.py
+        "dev": ["pytest", "mpi4py", "mpich", "scikit-learn", "torchmetrics", "prdc"],
     },
 )
