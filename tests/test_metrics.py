@@ -394,6 +394,17 @@ def test_kid_subsets_are_distinct_seeded_and_bounded():
         kid_subsets(50, 40, subsets=1, subset_size=41)
 
 
+def test_kid_of_whole_batches_is_one_estimate_with_zero_std():
+    ref, sample = pool3_like(40, 0.0, 20, dim=8), pool3_like(40, 0.2, 21, dim=8)
+    whole = formula_mmd2(ref.astype(np.float64), sample.astype(np.float64))
+    assert kernel_inception_distance(ref, sample, 100, 40, device="cpu") == (
+        pytest.approx(whole, rel=1e-12), 0.0
+    )
+    # a smaller subset, or a larger sample set: subsets differ, and so do their estimates
+    assert kernel_inception_distance(ref, sample, 100, 39, device="cpu")[1] > 0
+    assert kernel_inception_distance(ref, pool3_like(41, 0.2, 21, dim=8), 100, 40, device="cpu")[1] > 0
+
+
 def test_kid_is_unbiased_where_fid_is_not():
     # two sets from one distribution: KID averages to ~0 at any size (its standard error
     # shrinks), while FID is biased upwards at small sizes
