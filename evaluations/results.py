@@ -61,20 +61,24 @@ def select_metrics(metrics: str | Sequence[str] | None, has_fd_extractor: bool) 
     return tuple(name for name in METRIC_NAMES if name in chosen)
 
 
+def metric_keys(results: dict[str, float | str | None]) -> list[str]:
+    """:return: the metrics' keys of evaluate()'s results in printing order (LABELS', then FD's)."""
+    return [key for key in LABELS if key in results] + [
+        key for key in results if key.startswith("FD_")
+    ]
+
+
 def format_results(results: dict[str, float | str | None]) -> list[str]:
     """
     :return: one "<label>: <value>" line per metric in evaluate()'s results, in METRIC_NAMES
              order (the original evaluator's five lines first).
     """
     lines = []
-    for key, label in LABELS.items():
-        if key not in results:
-            continue
+    for key in metric_keys(results):
         value = results[key]
         if key == "inception_score" and value is None:
             value = f"unavailable ({results['inception_score_unavailable']})"
-        lines.append(f"{label}: {value}")
-    lines += [f"{key}: {value}" for key, value in results.items() if key.startswith("FD_")]
+        lines.append(f"{LABELS.get(key, key)}: {value}")
     return lines
 
 
@@ -107,14 +111,11 @@ def results_record(
     :param sample_batch: the sample batch's path.
     :param results: evaluate()'s results.
     :param settings: how they were computed (metrics, k, KID subsets, extractors).
-    :return: {"evaluator_version", "batches": {"reference", "sample"}, "metrics",
+    :return: {"evaluator_version", "batches": {"reference", "sample"}, "metrics" (in the
+             printed order),
              "inception_score_unavailable" (when it is), "settings"}.
     """
-    metrics = {
-        key: _finite_or_none(value)
-        for key, value in results.items()
-        if key != "inception_score_unavailable"
-    }
+    metrics = {key: _finite_or_none(results[key]) for key in metric_keys(results)}
     record: dict[str, object] = {
         "evaluator_version": __version__,
         "batches": {"reference": batch_record(ref_batch), "sample": batch_record(sample_batch)},

@@ -181,7 +181,7 @@ def test_json_holds_every_printed_metric_hashes_counts_and_version(tmp_path, cap
         assert record["batches"][key] == {"path": path, "sha256": digest, "images": count}
     metrics = record["metrics"]
     assert list(metrics) == [
-        "inception_score", "fid", "sfid", "kid", "kid_std", "precision", "recall", "density", "coverage"
+        "inception_score", "fid", "sfid", "precision", "recall", "kid", "kid_std", "density", "coverage"
     ]
     labels = {value: key for key, value in results.LABELS.items()}
     for label, text in values.items():

@@ -357,3 +357,25 @@ def test_export_program_from_torch_hub(tmp_path, monkeypatch, capsys):
     assert loaded == [("facebookresearch/dinov2", "dinov2_vitl14")]
     assert f"wrote {out} (traced at 28x28" in capsys.readouterr().out
     assert load_torchscript_extractor(out, 28, "cpu").name == "dinov2_vitl14"
+
+
+def test_json_records_fd_and_the_extractors_hash(tmp_path, capsys):
+    import hashlib
+    import json
+
+    ref, sample = write_batches(tmp_path)
+    path = save_script(TinyFeatures(), tmp_path / "net.pt")
+    out = str(tmp_path / "r.json")
+    main([ref, sample, "--device", "cpu", "--metrics", "fid,fd", "--fd_extractor", path,
+          "--fd_image_size", "16", "--json", out], extractor=FakeExtractor())
+    printed = capsys.readouterr().out.strip().splitlines()
+    with open(out) as f:
+        record = json.load(f)
+    assert list(record["metrics"]) == ["fid", "FD_net"]
+    assert printed[-1] == f"wrote {out}" and printed[-2] == f"FD_net: {record['metrics']['FD_net']}"
+    with open(path, "rb") as f:
+        digest = hashlib.sha256(f.read()).hexdigest()
+    assert record["settings"]["fd"] == {
+        "name": "FD_net", "extractor": path, "extractor_id": f"torchscript:{digest}:size=16",
+        "image_size": 16,
+    }
