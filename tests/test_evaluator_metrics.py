@@ -252,3 +252,41 @@ def test_default_output_is_the_original_lines_then_the_new_ones(tmp_path, capsys
     main([ref, sample, "--device", "cpu"], extractor=FakeExtractor())
     lines = capsys.readouterr().out.strip().splitlines()
     assert [line.split(": ")[0] + ": " for line in lines[-9:]] == DEFAULT_LINES
+
+
+# ----------------------------------------------------------------------------------------------
+# The scripts that measure the new metrics
+
+
+def _script(name: str, *args: str) -> str:
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run(
+        [sys.executable, os.path.join(root, "evaluations", name), *args],
+        capture_output=True, text=True, timeout=300, cwd="/",
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    return run.stdout
+
+
+def test_benchmark_prints_what_kid_density_coverage_add():
+    out = _script("benchmark_metrics.py", "--sizes", "60", "--dim", "16", "--devices", "cpu",
+                  "--new", "--images_per_second", "20")
+    assert re.search(r"60 x 60 on cpu: original metrics .* KID .* s \(100 subsets of 60, float64\); "
+                     r".* s = .*% of the metrics", out), out
+    assert re.search(r"with Inception features of 60 images at 20.0 images/s \(3 s\): the evaluator "
+                     r"takes \d+ s, KID \+ density/coverage add .* s = .*%", out), out
+
+
+def test_compare_metrics_agrees_with_prdc_and_torchmetrics(tmp_path):
+    rng = np.random.default_rng(24)
+    ref, sample = tmp_path / "r.npz", tmp_path / "s.npz"
+    np.savez(ref, pool=np.abs(rng.standard_normal((80, 32))).astype(np.float32))
+    np.savez(sample, pool=np.abs(rng.standard_normal((70, 32)) + 0.2).astype(np.float32))
+    out = _script("compare_metrics.py", "--ref", str(ref), "--sample", str(sample),
+                  "--kid_subsets", "5", "--kid_subset_size", "30")
+    differences = [float(x) for x in re.findall(r"(\d\.\de[-+]\d\d)", out)]
+    assert "vs torchmetrics poly_mmd" in out and "vs prdc, k = 5, ours in float64" in out
+    assert len(differences) == 4 + 8 and max(differences) < 1e-6, out
