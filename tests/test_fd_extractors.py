@@ -120,7 +120,8 @@ def test_an_extractor_adds_fd_after_the_default_lines(tmp_path, capsys):
     ref, sample = write_batches(tmp_path)
     path = save_script(TinyFeatures(), tmp_path / "dinov2_vitl14.pt")
     inception = FakeExtractor()
-    main([ref, sample, "--device", "cpu", "--fd_extractor", path, "--batch_size", "4"], extractor=inception)
+    main([ref, sample, "--device", "cpu", "--fd_extractor", path, "--batch_size", "4",
+          "--fd_image_size", "16", "--kid_subsets", "10"], extractor=inception)
     lines = capsys.readouterr().out.strip().splitlines()[-10:]
     assert [line.split(": ")[0] + ": " for line in lines[:9]] == DEFAULT_LINES
     assert lines[9].startswith("FD_dinov2_vitl14: ")
