@@ -519,8 +519,8 @@ def kernel_inception_distance(
     it is unbiased in the number of images. When ``subset_size`` is both sets' size, every
     subset is the whole of both sets: the estimate is computed once and its std is 0.
 
-    Each subset costs three [m x d] x [d x m] products: about 30 s for the default 100 x 1,000
-    at d = 2048 in float64 on two CPU cores. float64 keeps the result to ~1e-12 relative;
+    Each subset costs three [m x d] x [d x m] products: 30-55 s for the default 100 x 1,000
+    at d = 2048 in float64 on two shared CPU cores. float64 keeps the result to ~1e-12 relative;
     float32 products are twice as fast but only good to ~1e-5 of a small KID.
 
     :param ref_feats: [N x D] reference features.
