@@ -23,9 +23,9 @@ setup(
         # scripts/demo.py: the built-in digits and their judge (scikit-learn), the plots
         "demo": ["scikit-learn", "matplotlib"],
         "tensorboard": ["tensorboard"],
-        # the tests: every extra above, an MPI library for the multi-rank runs, and scipy as
-        # an independent reference for the metrics
+        # the tests: every extra above, an MPI library for the multi-rank runs, scipy as an
+        # independent reference for the metrics, import-linter and grimp for the import contract
         "dev": ["pytest", "mpi4py", "mpich", "scikit-learn", "matplotlib", "tensorboard",
-                "scipy"],
+                "scipy", "import-linter>=2.1", "grimp"],
     },
 )
