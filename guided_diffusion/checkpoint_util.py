@@ -159,6 +159,19 @@ def read_state_dict(path: Union[str, os.PathLike], map_location="cpu") -> dict[s
     return obj
 
 
+def read_shapes(path: Union[str, os.PathLike]) -> dict[str, tuple[int, ...]]:
+    """
+    The keys and shapes of a state dict file, read without loading its tensors (the file is
+    memory-mapped, so this is cheap even for a large checkpoint).
+
+    :raises FileNotFoundError: no such file.
+    :raises ValueError: the file is not a state dict saved by ``torch.save``.
+    """
+    obj = read_checkpoint(path, mmap=True)
+    _check_state_dict(obj, os.fspath(path))
+    return {k: tuple(v.shape) for k, v in obj.items()}
+
+
 def _check_finite(state_dict: Mapping[str, torch.Tensor], source: str) -> None:
     """Raise a ValueError when a floating-point tensor holds NaN or infinite values."""
     bad = [
