@@ -5,68 +5,24 @@ restoration methods that use a degradation operator live in ``restoration``.
 
 All functions take the (possibly re-spaced) diffusion and the model as the samplers do,
 work on images [N x C x H x W] in [-1, 1], and index steps like the diffusion: index t
-means the level alphas_cumprod[t], index -1 the clean image. Per-step noise comes from
-torch's global generator, so seeding it makes a run reproducible.
+means the level alphas_cumprod[t], index -1 the clean image (``diffusion.schedule``), and run
+the one sampling loop (``gaussian_diffusion.sample_loop_progressive``). Per-step noise comes
+from torch's global generator, so seeding it makes a run reproducible.
 """
 
 import math
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from typing import Callable, Optional
 
 import torch
 
 from . import samplers
-from .gaussian_diffusion import GaussianDiffusion
-
-StepFn = Callable[[torch.Tensor, int], dict]
-
-
-# ---------------------------------------------------------------- shared pieces
-
-
-def alpha_bar(diffusion: GaussianDiffusion, t: int) -> float:
-    """alphas_cumprod at index t; 1.0 at t = -1 (the clean image)."""
-    return 1.0 if t < 0 else float(diffusion.alphas_cumprod[t])
-
-
-def timesteps(t: int, x: torch.Tensor) -> torch.Tensor:
-    """The [N] tensor of timestep index t for the batch x."""
-    return torch.full((x.shape[0],), t, dtype=torch.long, device=x.device)
+from .gaussian_diffusion import GaussianDiffusion, last, sample_loop_progressive, timesteps
 
 
 def noised(diffusion: GaussianDiffusion, x0: torch.Tensor, t: int, noise=None) -> torch.Tensor:
-    """x0 diffused to level t (a sample of q(x_t | x_0)); x0 itself at t = -1."""
-    if t < 0:
-        return x0
-    if noise is None:
-        noise = torch.randn_like(x0)
-    return math.sqrt(alpha_bar(diffusion, t)) * x0 + math.sqrt(1 - alpha_bar(diffusion, t)) * noise
-
-
-def drive(
-    steps: Iterable[int], x: torch.Tensor, step: StepFn, progress: bool = False, desc: str = ""
-) -> Iterator[dict]:
-    """
-    The loop every method here runs: apply ``step(x, i)`` for each i in ``steps``, feeding
-    each output's "sample" to the next step, without gradients, yielding every output.
-    """
-    if progress:
-        from tqdm.auto import tqdm
-
-        steps = tqdm(list(steps), desc=desc, unit="step")
-    for i in steps:
-        with torch.no_grad():
-            out = step(x, i)
-        yield out
-        x = out["sample"]
-
-
-def last(outputs: Iterator[dict], key: str = "sample") -> torch.Tensor:
-    """The ``key`` entry of the last output of a progressive loop."""
-    final = None
-    for final in outputs:
-        pass
-    return final[key]
+    """x0 diffused to level t (``q_sample``); x0 itself at t = -1 (the clean image)."""
+    return x0 if t < 0 else diffusion.q_sample(x0, timesteps(t, x0), noise)
 
 
 # ---------------------------------------------------------------- DDIM inversion
@@ -98,11 +54,12 @@ def ddim_invert(
             model, x, t_in, clip_denoised=False, model_kwargs=model_kwargs
         )
         eps = diffusion._predict_eps_from_xstart(x, t_in, out["pred_xstart"])
-        ab_next = alpha_bar(diffusion, t)
+        ab_next = diffusion.schedule.alpha_bar(t)
         sample = math.sqrt(ab_next) * out["pred_xstart"] + math.sqrt(1 - ab_next) * eps
         return {"sample": sample, "pred_xstart": out["pred_xstart"]}
 
-    return last(drive(range(diffusion.num_timesteps), images, step, progress, "DDIM inversion"))
+    indices = range(diffusion.num_timesteps)
+    return last(sample_loop_progressive(step, images, indices, progress, "DDIM inversion"))
 
 
 def ddim_decode(
@@ -176,7 +133,7 @@ def sdedit(
             return out
 
         x_start = noised(diffusion, x, start, e)
-        x = last(drive(range(start, -1, -1), x_start, step, progress, "SDEdit"))
+        x = last(sample_loop_progressive(step, x_start, range(start, -1, -1), progress, "SDEdit"))
     return x
 
 
@@ -221,7 +178,8 @@ def ilvr_progressive(
         return out
 
     x = noise if noise is not None else torch.randn_like(reference)
-    return drive(range(diffusion.num_timesteps - 1, -1, -1), x, step, progress, "ILVR")
+    indices = range(diffusion.num_timesteps - 1, -1, -1)
+    return sample_loop_progressive(step, x, indices, progress, "ILVR")
 
 
 def ilvr(

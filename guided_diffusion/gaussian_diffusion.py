@@ -1,8 +1,8 @@
 """
 The Gaussian diffusion process of Ho et al. (2020) with the learned variances of
-Nichol & Dhariwal (2021), DDIM sampling (Song et al. 2021), classifier guidance
-(Dhariwal & Nichol 2021) and DPM-Solver++ sampling (Lu et al. 2022; the solver itself is in
-samplers.py).
+Nichol & Dhariwal (2021), DDIM sampling (Song et al. 2021) and classifier guidance
+(Dhariwal & Nichol 2021), and the one sampling loop (``sample_loop_progressive``) that these
+loops, the solvers of ``samplers`` and the methods of ``editing`` and ``restoration`` share.
 
 Schedules are float64 numpy arrays; values gathered per timestep become float32
 tensors. The order in which random numbers are drawn matches the original
@@ -10,17 +10,16 @@ guided-diffusion release, so a fixed seed gives the same samples.
 """
 
 import enum
-import functools
 import inspect
 import math
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import numpy as np
 import torch
 
-from . import samplers
 from .losses import discretized_gaussian_log_likelihood, normal_kl
 from .nn import mean_flat
+from .schedule import NoiseSchedule
 
 BETA_SCHEDULES = ("linear", "cosine")
 
@@ -93,10 +92,68 @@ class LossType(enum.Enum):
         return self in (LossType.KL, LossType.RESCALED_KL)
 
 
-StepFn = Callable[[torch.Tensor, torch.Tensor], dict]
+# step(x, i) -> {"sample": x at the next index, "pred_xstart": ...}: one step of a sampling
+# loop from process index i (an int)
+StepFn = Callable[[torch.Tensor, int], dict]
 # randn(x) -> standard normal noise of x's shape, dtype and device: the source of the
 # sampling noise (default torch.randn_like); see image_seeds.ImageRandom for per-image noise.
 RandnFn = Callable[[torch.Tensor], torch.Tensor]
+
+
+def timesteps(index: int, x: torch.Tensor) -> torch.Tensor:
+    """:return: the [N] int64 tensor of timestep ``index`` for the batch ``x``."""
+    return torch.full((x.shape[0],), index, dtype=torch.long, device=x.device)
+
+
+def sample_loop_progressive(
+    step: StepFn, x: torch.Tensor, indices: Iterable[int], progress: bool = False, desc: str = ""
+) -> Iterator[dict]:
+    """
+    The one sampling loop: apply ``step(x, i)`` at each index i of ``indices`` without
+    gradients, feed each output's "sample" to the next step, and yield every output.
+
+    :param x: [N x ...] the starting point (noise at the first index).
+    :param progress: show a tqdm progress bar titled ``desc``.
+    """
+    if progress:
+        from tqdm.auto import tqdm
+
+        indices = tqdm(list(indices), desc=desc, unit="step")
+    for i in indices:
+        with torch.no_grad():
+            out = step(x, i)
+        yield out
+        x = out["sample"]
+
+
+def starting_noise(
+    shape: Sequence[int],
+    noise: Optional[torch.Tensor] = None,
+    device=None,
+    randn: Optional[RandnFn] = None,
+    model=None,
+) -> torch.Tensor:
+    """
+    :return: ``noise`` if given, else standard normal noise of ``shape`` from ``randn`` (or
+        torch's global generator) on ``device`` (default: ``model``'s).
+    """
+    if not isinstance(shape, (tuple, list)):
+        raise ValueError(f"shape must be a tuple or list such as (N, C, H, W), got {shape!r}")
+    if noise is not None:
+        return noise
+    if device is None:
+        device = next(model.parameters()).device
+    if randn is not None:
+        return randn(torch.empty(*shape, device=device))
+    return torch.randn(*shape, device=device)
+
+
+def last(outputs: Iterator[dict], key: str = "sample") -> torch.Tensor:
+    """:return: the ``key`` entry of the last output of a progressive loop."""
+    final = None
+    for final in outputs:
+        pass
+    return final[key]
 
 
 def _final_sample(
@@ -111,7 +168,7 @@ def _final_sample(
     name = progressive.__name__.removesuffix("_progressive")
 
     def loop(self, *args, **kwargs) -> torch.Tensor:
-        return self._last(getattr(self, progressive.__name__)(*args, **kwargs))
+        return last(getattr(self, progressive.__name__)(*args, **kwargs))
 
     loop.__name__, loop.__qualname__ = name, f"GaussianDiffusion.{name}"
     loop.__doc__ = doc
@@ -197,6 +254,12 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (
             (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
         )
+        self.schedule = NoiseSchedule(self.alphas_cumprod, self._model_timesteps())
+
+    def _model_timesteps(self) -> np.ndarray:
+        """:return: [T] the timestep the model receives at each index (``_scale_timesteps``)."""
+        t = np.arange(self.num_timesteps, dtype=np.float64)
+        return t * (1000.0 / self.num_timesteps) if self.rescale_timesteps else t
 
     # ------------------------------------------------------------------ forward process
 
@@ -486,53 +549,13 @@ class GaussianDiffusion:
 
     # ------------------------------------------------------------------ loops
 
-    def _loop_progressive(
-        self,
-        step: StepFn,
-        model,
-        shape: Sequence[int],
-        indices: Optional[Sequence[int]],
-        noise: Optional[torch.Tensor],
-        device,
-        progress: bool,
-        desc: str,
-        randn: Optional[RandnFn] = None,
+    def _sample_progressive(
+        self, step: StepFn, model, shape, noise, device, progress, desc, randn
     ) -> Iterator[dict]:
-        """
-        The one driver behind every sampling loop: start from ``noise`` (or fresh
-        Gaussian noise of ``shape``, from ``randn`` when given) and apply ``step(x, t)``
-        at each index in turn (None: T-1 down to 0), yielding its output dict.
-        """
-        if indices is None:
-            indices = list(range(self.num_timesteps))[::-1]
-        if not isinstance(shape, (tuple, list)):
-            raise ValueError(f"shape must be a tuple or list such as (N, C, H, W), got {shape!r}")
-        if device is None:
-            device = next(model.parameters()).device
-        if noise is not None:
-            x = noise
-        elif randn is not None:
-            x = randn(torch.empty(*shape, device=device))
-        else:
-            x = torch.randn(*shape, device=device)
-        if progress:
-            from tqdm.auto import tqdm
-
-            indices = tqdm(indices, desc=desc, unit="step")
-        for i in indices:
-            t = torch.tensor([i] * shape[0], device=device)
-            with torch.no_grad():
-                out = step(x, t)
-            yield out
-            x = out["sample"]
-
-    @staticmethod
-    def _last(outputs: Iterator[dict]) -> torch.Tensor:
-        """:return: the "sample" of the last of ``outputs``."""
-        final = None
-        for final in outputs:
-            pass
-        return final["sample"]
+        """Run ``step`` over the indices T-1 down to 0, from ``starting_noise``."""
+        x = starting_noise(shape, noise, device, randn, model)
+        indices = range(self.num_timesteps - 1, -1, -1)
+        return sample_loop_progressive(step, x, indices, progress, desc)
 
     def p_sample_loop_progressive(
         self,
@@ -551,13 +574,14 @@ class GaussianDiffusion:
         """
         Like p_sample_loop, but yield the output dict of p_sample at every step.
         """
-        step = functools.partial(
-            self.p_sample, model, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-            cond_fn=cond_fn, model_kwargs=model_kwargs, randn=randn,
-        )  # fmt: skip
-        return self._loop_progressive(
-            step, model, shape, None, noise, device, progress, "sampling", randn
-        )
+        def step(x: torch.Tensor, i: int) -> dict:
+            return self.p_sample(
+                model, x, timesteps(i, x), clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+                cond_fn=cond_fn, model_kwargs=model_kwargs, randn=randn,
+            )  # fmt: skip
+
+        return self._sample_progressive(step, model, shape, noise, device, progress, "sampling",
+                                        randn)
 
     p_sample_loop = _final_sample(
         p_sample_loop_progressive,
@@ -592,63 +616,19 @@ class GaussianDiffusion:
         """
         Like ddim_sample_loop, but yield the output dict of ddim_sample at every step.
         """
-        step = functools.partial(
-            self.ddim_sample, model, clip_denoised=clip_denoised, denoised_fn=denoised_fn,
-            cond_fn=cond_fn, model_kwargs=model_kwargs, eta=eta, randn=randn,
-        )  # fmt: skip
-        return self._loop_progressive(
-            step, model, shape, None, noise, device, progress, "DDIM", randn
-        )
+        def step(x: torch.Tensor, i: int) -> dict:
+            return self.ddim_sample(
+                model, x, timesteps(i, x), clip_denoised=clip_denoised, denoised_fn=denoised_fn,
+                cond_fn=cond_fn, model_kwargs=model_kwargs, eta=eta, randn=randn,
+            )  # fmt: skip
+
+        return self._sample_progressive(step, model, shape, noise, device, progress, "DDIM",
+                                        randn)
 
     ddim_sample_loop = _final_sample(
         ddim_sample_loop_progressive,
         """
         DDIM sampling (Song et al. 2021); same arguments as p_sample_loop plus eta.
-        """,
-    )
-
-    def dpm_solver_sample_loop_progressive(
-        self,
-        model,
-        shape: Sequence[int],
-        noise: Optional[torch.Tensor] = None,
-        clip_denoised: bool = True,
-        denoised_fn: Optional[Callable] = None,
-        cond_fn: Optional[Callable] = None,
-        model_kwargs: Optional[dict] = None,
-        device=None,
-        progress: bool = False,
-        order: int = 2,
-        solver: str = "dpm++",
-        randn: Optional[RandnFn] = None,
-    ) -> Iterator[dict]:
-        """
-        Like dpm_solver_sample_loop, but yield a dict with "sample" and "pred_xstart" at
-        every step.
-        """
-        step = samplers.dpm_solver_stepper(
-            self, model, order=order, solver=solver, clip_denoised=clip_denoised,
-            denoised_fn=denoised_fn, cond_fn=cond_fn, model_kwargs=model_kwargs, randn=randn,
-        )
-        desc = f"{solver} order {order}"
-        return self._loop_progressive(
-            step, model, shape, None, noise, device, progress, desc, randn
-        )
-
-    dpm_solver_sample_loop = _final_sample(
-        dpm_solver_sample_loop_progressive,
-        """
-        Multistep DPM-Solver++ sampling (Lu et al. 2022) of order 1 (= DDIM with eta 0), 2
-        ("2M") or 3 ("3M"), one model evaluation per timestep; same arguments as
-        p_sample_loop. With cond_fn, guidance shifts the noise prediction as in
-        condition_score.
-
-        :param order: the solver's order (UniPC: its predictor's).
-        :param solver: "dpm++" (deterministic), "dpm++sde" (the stochastic form, order 1 =
-            DDIM with eta 1, or 2) or "unipc" for UniPC's predictor-corrector (Zhao et al.
-            2023).
-        :param randn: optional source of the starting noise when ``noise`` is None, and of
-            the stochastic solver's step noise (default torch.randn_like).
         """,
     )
 

@@ -23,15 +23,13 @@ where the EDM noise level sigma_t / alpha_t lies in (lo, hi]: ``interval_active`
 as an ``ActiveFn`` for the model wrappers, ``within_interval`` applies it to a ``cond_fn``.
 """
 
-from typing import TYPE_CHECKING, Callable, Optional
+from typing import Callable, Optional
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-if TYPE_CHECKING:
-    from .gaussian_diffusion import GaussianDiffusion
+from .gaussian_diffusion import GaussianDiffusion
 
 
 def classifier_cond_fn(classifier: nn.Module, classifier_scale: float) -> Callable:
@@ -304,29 +302,20 @@ def parse_guidance_interval(
     return lo, hi
 
 
-def noise_level_lookup(diffusion: "GaussianDiffusion") -> Callable[[torch.Tensor], torch.Tensor]:
+def noise_level_lookup(diffusion: GaussianDiffusion) -> Callable[[torch.Tensor], torch.Tensor]:
     """
     The EDM noise level sigma / alpha = sqrt((1 - ab) / ab) at timesteps as the model and
-    ``cond_fn`` receive them: original-process indices for a respaced process, scaled to
-    [0, 1000) when ``rescale_timesteps``.
+    ``cond_fn`` receive them (``diffusion.schedule``: original-process indices for a respaced
+    process, scaled to [0, 1000) when ``rescale_timesteps``).
 
     :return: level(t [N]) -> [N] float64 noise levels (each t mapped to the nearest step).
     """
-    indices = np.arange(diffusion.num_timesteps, dtype=np.float64)
-    seen = np.asarray(getattr(diffusion, "timestep_map", indices), dtype=np.float64)
-    if diffusion.rescale_timesteps:
-        seen = seen * (1000.0 / getattr(diffusion, "original_num_steps", diffusion.num_timesteps))
-    ab = np.asarray(diffusion.alphas_cumprod, dtype=np.float64)
-    seen_t, levels = torch.from_numpy(seen), torch.from_numpy(np.sqrt((1.0 - ab) / ab))
-
-    def level(t: torch.Tensor) -> torch.Tensor:
-        nearest = (t.detach().cpu().double()[:, None] - seen_t[None, :]).abs().argmin(dim=1)
-        return levels[nearest]
-
-    return level
+    schedule = diffusion.schedule
+    levels = torch.from_numpy(schedule.edm_sigma)
+    return lambda t: levels[schedule.index_of(t)]
 
 
-def interval_active(diffusion: "GaussianDiffusion", interval: tuple[float, float]) -> ActiveFn:
+def interval_active(diffusion: GaussianDiffusion, interval: tuple[float, float]) -> ActiveFn:
     """
     The guidance interval (Kynkaanniemi et al. 2024) as an ``ActiveFn``: True where
     sigma_t / alpha_t lies in (lo, hi], for timesteps as the model sees them.
@@ -344,7 +333,7 @@ def interval_active(diffusion: "GaussianDiffusion", interval: tuple[float, float
 
 
 def within_interval(
-    cond_fn: Callable, diffusion: "GaussianDiffusion", interval: tuple[float, float]
+    cond_fn: Callable, diffusion: GaussianDiffusion, interval: tuple[float, float]
 ) -> Callable:
     """
     Restrict a guidance gradient to a noise-level interval (Kynkaanniemi et al. 2024):

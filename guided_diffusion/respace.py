@@ -8,7 +8,6 @@ from typing import Iterable, Union
 import numpy as np
 import torch
 
-from .flags import parse_list
 from .gaussian_diffusion import GaussianDiffusion
 
 
@@ -47,12 +46,13 @@ def space_timesteps(num_timesteps: int, section_counts: Union[str, Iterable[int]
                 "'ddimN' with a count that some stride gives, or a plain count such as "
                 f"'{desired_count}'"
             )
-        section_counts = parse_list(
-            spec,
-            int,
-            f"invalid timestep respacing {spec!r}: expected a step count ('250'), "
-            "comma-separated counts per section ('10,15,20') or 'ddimN'",
-        )
+        try:
+            section_counts = [int(count) for count in spec.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"invalid timestep respacing {spec!r}: expected a step count ('250'), "
+                "comma-separated counts per section ('10,15,20') or 'ddimN'"
+            ) from None
     section_counts = list(section_counts)
     if not section_counts or any(c < 0 for c in section_counts) or sum(section_counts) == 0:
         raise ValueError(
@@ -133,6 +133,10 @@ class SpacedDiffusion(GaussianDiffusion):
     def _scale_timesteps(self, t):
         # the wrapper maps and scales timesteps
         return t
+
+    def _model_timesteps(self) -> np.ndarray:
+        t = np.asarray(self.timestep_map, dtype=np.float64)
+        return t * (1000.0 / self.original_num_steps) if self.rescale_timesteps else t
 
 
 class _WrappedModel:

@@ -10,8 +10,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .editing import alpha_bar, drive, last, noised, timesteps
-from .gaussian_diffusion import GaussianDiffusion
+from .editing import noised
+from .gaussian_diffusion import GaussianDiffusion, last, sample_loop_progressive, timesteps
 from .operators import Operator, OperatorError
 
 # ---------------------------------------------------------------- RePaint
@@ -83,7 +83,8 @@ def repaint(
         )  # fmt: skip
 
     x = noise if noise is not None else torch.randn_like(known)
-    result = last(drive(range(len(schedule) - 1), x, step, progress, "RePaint"), "pred_xstart")
+    outputs = sample_loop_progressive(step, x, range(len(schedule) - 1), progress, "RePaint")
+    result = last(outputs, "pred_xstart")
     return mask * known + (1 - mask) * result if paste else result
 
 
@@ -155,7 +156,8 @@ def dps(
         return {"sample": sample + correction, "pred_xstart": out["pred_xstart"]}
 
     x = noise if noise is not None else torch.randn(shape, device=y.device)
-    return last(drive(range(diffusion.num_timesteps - 1, -1, -1), x, step, progress, "DPS"))
+    indices = range(diffusion.num_timesteps - 1, -1, -1)
+    return last(sample_loop_progressive(step, x, indices, progress, "DPS"))
 
 
 # ---------------------------------------------------------------- DDNM
@@ -169,7 +171,7 @@ def ddnm_lambda(diffusion: GaussianDiffusion, t: int, sigma_y: float) -> float:
     """
     if sigma_y <= 0:
         return 1.0
-    ab_prev = alpha_bar(diffusion, t - 1)
+    ab_prev = diffusion.schedule.alpha_bar(t - 1)
     return min(1.0, math.sqrt(1 - ab_prev) / (math.sqrt(ab_prev) * sigma_y))
 
 
@@ -215,11 +217,12 @@ def ddnm(
         eps = diffusion._predict_eps_from_xstart(x, tt, out["pred_xstart"])
         lam = ddnm_lambda(diffusion, t, sigma_y)
         x0 = out["pred_xstart"] - lam * operator.pinv(operator.forward(out["pred_xstart"]) - y)
-        ab_prev = alpha_bar(diffusion, t - 1)
+        ab_prev = diffusion.schedule.alpha_bar(t - 1)
         direction = eta * torch.randn_like(x) + math.sqrt(1 - eta**2) * eps
         sample = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * direction
         return {"sample": sample, "pred_xstart": x0}
 
     shape = (len(y), *operator.image_shape)
     x = noise if noise is not None else torch.randn(shape, device=y.device)
-    return last(drive(range(diffusion.num_timesteps - 1, -1, -1), x, step, progress, "DDNM"))
+    indices = range(diffusion.num_timesteps - 1, -1, -1)
+    return last(sample_loop_progressive(step, x, indices, progress, "DDNM"))

@@ -29,7 +29,7 @@ from .dist_util import all_gather_rows  # noqa: F401  (importable here as before
 from .flags import SAMPLING_FLAG_HELP as FLAG_HELP  # noqa: F401  (importable here as before)
 from .flags import add_flags, create_sampling_parser, sampling_defaults  # noqa: F401
 from .gaussian_diffusion import GaussianDiffusion
-from .guidance import GuidanceError, guided_model, interval_active, parse_guidance_interval
+from .guidance import GuidanceError, guided_model, interval_active
 from .guidance import classifier_cond_fn, labels_to_classifier_only  # noqa: F401
 from .image_seeds import ImageRandom
 from .model_loading import load_classifier, load_guide_model  # noqa: F401 (old home)
@@ -144,19 +144,21 @@ def guided_model_fn(
     diffusion: GaussianDiffusion,
     super_res: bool = False,
     counts: Optional[samplers.EvaluationCounts] = None,
+    interval: Optional[tuple[float, float]] = None,
 ) -> nn.Module:
     """
     The model to sample with for ``--guidance_scale`` and ``--guide_model_path``
     (``guidance.guided_model``): the model itself at scale 1 without a guide.
 
-    :param args: parsed flags with ``guidance_scale``, ``guide_model_path``, the model flags
-        (see ``model_loading.load_guide_model`` for the guide's) and optionally
-        ``guidance_interval`` ("LO,HI": guide only where sigma_t / alpha_t lies in (LO, HI]).
+    :param args: parsed flags with ``guidance_scale``, ``guide_model_path`` and the model
+        flags (see ``model_loading.load_guide_model`` for the guide's).
     :param model: the loaded main model.
     :param diffusion: its diffusion process.
     :param super_res: the models are upsamplers.
     :param counts: the sampler's evaluation counts, to which the guided model adds the
         evaluations of its second branch (null class or guide).
+    :param interval: the run's guidance interval (``SamplerSetting.guidance_interval``, parsed
+        once from ``--guidance_interval``): guide only where sigma_t / alpha_t lies in it.
     :return: a module called like ``model``.
     :raises SamplingInputError: the model cannot be guided that way.
     """
@@ -165,7 +167,6 @@ def guided_model_fn(
         logger.log("loading the autoguidance guide model...")
         guide = load_guide_model(args, diffusion, super_res)
     try:
-        interval = parse_guidance_interval(getattr(args, "guidance_interval", ""))
         if interval is not None:
             active = interval_active(diffusion, interval)
         guided = guided_model(model, args.guidance_scale, guide=guide, active=active)
@@ -188,7 +189,8 @@ def load_sampling_model(
     """
     logger.log("creating model and diffusion...")
     model, diffusion = load_model_and_diffusion(args, super_res=super_res)
-    model = guided_model_fn(args, model, diffusion, super_res=super_res, counts=sampler.counts)
+    model = guided_model_fn(args, model, diffusion, super_res=super_res, counts=sampler.counts,
+                            interval=sampler.guidance_interval)
     return model, diffusion
 
 

@@ -42,27 +42,34 @@ in h).
 
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Callable, NamedTuple, Optional, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import numpy as np
 import torch
 
 from . import gaussian_diffusion as gd
 from . import guidance
+from .gaussian_diffusion import GaussianDiffusion, StepFn, timesteps
 
-if TYPE_CHECKING:
-    from .gaussian_diffusion import GaussianDiffusion
 
-SAMPLERS = ("ancestral", "ddim", "dpm++2m", "dpm++3m", "dpm++2m-sde", "unipc")
-# multistep samplers: name -> (solver, order) for dpm_solver_sample_loop
-MULTISTEP = {
-    "dpm++2m": ("dpm++", 2),
-    "dpm++3m": ("dpm++", 3),
-    "dpm++2m-sde": ("dpm++sde", 2),
-    "unipc": ("unipc", 2),
+class Sampler(NamedTuple):
+    """A registry entry: the update rule (solver) a sampler name runs, at which order."""
+
+    solver: str
+    order: int
+
+
+# the one registry: sampler name -> its solver and order
+SAMPLERS: dict[str, Sampler] = {
+    "ancestral": Sampler("ancestral", 1),  # Ho et al. 2020, Algorithm 2
+    "ddim": Sampler("ddim", 1),  # Song et al. 2021
+    "dpm++2m": Sampler("dpm++", 2),  # Lu et al. 2022, Algorithm 2
+    "dpm++3m": Sampler("dpm++", 3),  # the third order of the module docstring
+    "dpm++2m-sde": Sampler("dpm++sde", 2),  # the stochastic form, weak order 2
+    "unipc": Sampler("unipc", 2),  # Zhao et al. 2023: order-2 predictor + corrector
 }
 # solver -> its highest order (UniPC: its predictor's)
-MAX_ORDER = {"dpm++": 3, "dpm++sde": 2, "unipc": 3}
+MAX_ORDER = {"ancestral": 1, "ddim": 1, "dpm++": 3, "dpm++sde": 2, "unipc": 3}
 # The weight of D2 in the third-order update: 2 is the Taylor expansion's (order 3); 1 is
 # the widely circulated "3M" form, which tests/test_samplers.py measures at order 2.
 EXACT_D2_WEIGHT = 2.0
@@ -78,7 +85,7 @@ class EvaluationCounts:
 
     model: int = 0
     classifier: int = 0
-    batches: int = 0  # sampling loops run (counted by ``sampler_fn``)
+    batches: int = 0  # sampling loops run (counted by ``SamplerSetting.sample_fn``)
 
     def per_image(self) -> str:
         """One line for the log: evaluations per image (the calls of one batch)."""
@@ -104,16 +111,6 @@ class _Counted:
 
 
 # ---------------------------------------------------------------- DPM-Solver++ and UniPC
-
-
-def vp_log_snr(alphas_cumprod: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """
-    :param alphas_cumprod: [T] float64 ab of a VP process.
-    :return: (alpha, sigma, lambda), each [T] float64.
-    """
-    ab = np.asarray(alphas_cumprod, dtype=np.float64)
-    alpha, sigma = np.sqrt(ab), np.sqrt(1.0 - ab)
-    return alpha, sigma, np.log(alpha) - np.log(sigma)
 
 
 class SolverStep(NamedTuple):
@@ -257,8 +254,37 @@ def step_order(order: int, steps_done: int, index: int) -> int:
     return max(1, min(order, steps_done + 1, index))
 
 
+def data_prediction(
+    diffusion: GaussianDiffusion,
+    model: Callable,
+    *,
+    clip_denoised: bool = True,
+    denoised_fn: Optional[Callable] = None,
+    cond_fn: Optional[Callable] = None,
+    model_kwargs: Optional[dict] = None,
+) -> Callable[[torch.Tensor, int], torch.Tensor]:
+    """
+    The model as a data predictor x0(x_t, i) at process index i: ``p_mean_variance``'s x0,
+    with classifier guidance as a shift of the noise prediction (``condition_score``:
+    eps - sigma_t grad log p(y | x_t)); the guided x0 is processed (denoised_fn, clip) like
+    the unguided one, since near t = T it is the shift divided by sqrt(alpha_bar) (~1e4).
+
+    :return: x0_fn(x [N x ...], i) -> [N x ...].
+    """
+
+    def x0_fn(x: torch.Tensor, i: int) -> torch.Tensor:
+        t = timesteps(i, x)
+        out = diffusion.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)
+        if cond_fn is None:
+            return out["pred_xstart"]
+        out = diffusion.condition_score(cond_fn, out, x, t, model_kwargs=model_kwargs)
+        return gd.processed_xstart(out["pred_xstart"], clip_denoised, denoised_fn)
+
+    return x0_fn
+
+
 def dpm_solver_stepper(
-    diffusion: "GaussianDiffusion",
+    diffusion: GaussianDiffusion,
     model: Callable,
     *,
     order: int = 2,
@@ -269,45 +295,40 @@ def dpm_solver_stepper(
     model_kwargs: Optional[dict] = None,
     d2_weight: float = EXACT_D2_WEIGHT,
     randn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
-) -> Callable[[torch.Tensor, torch.Tensor], dict]:
+) -> StepFn:
     """
-    A multistep solver as a step function for the diffusion's loop driver: called at
-    indices T-1, ..., 0 of the (respaced) process, it takes the data prediction there and
-    steps to the next index; from index 0 it returns that prediction (sigma = 0). One model
-    evaluation per step. With ``cond_fn``, the noise prediction is shifted as in
-    ``condition_score`` (eps - sigma_t grad log p(y | x_t)) before x0.
+    A multistep solver as a step function of the one sampling loop: called at indices T-1,
+    ..., 0 of the (respaced) process, it takes the data prediction there and steps to the
+    next index; from index 0 it returns that prediction (sigma = 0). One model evaluation
+    per step.
 
-    :param order: 1, 2 or 3: DPM-Solver++'s order, UniPC's predictor order (its corrector
-        adds one).
-    :param solver: "dpm++" (Lu et al. 2022), "dpm++sde" (its stochastic form, order 1 or 2)
-        or "unipc" (Zhao et al. 2023).
+    :param order: 1 to ``MAX_ORDER[solver]``: DPM-Solver++'s order, UniPC's predictor order
+        (its corrector adds one).
+    :param solver: "dpm++" (Lu et al. 2022), "dpm++sde" (its stochastic form) or "unipc"
+        (Zhao et al. 2023).
     :param d2_weight: see dpm_solver_pp_update.
     :param randn: the stochastic solver's step noise, randn(x) -> noise like x (default
         torch.randn_like).
-    :return: step(x [N x ...], t [N]) -> dict with "sample" and "pred_xstart".
+    :return: step(x [N x ...], i) -> dict with "sample" and "pred_xstart".
     """
-    if order not in range(1, MAX_ORDER.get(solver, 0) + 1):
-        valid = ", ".join(f"{name!r} of order 1 to {top}" for name, top in MAX_ORDER.items())
-        raise ValueError(f"expected solver {valid}; got {solver!r}, {order}")
-    alpha, sigma, lam = (v.tolist() for v in vp_log_snr(diffusion.alphas_cumprod))  # floats
+    _check_order(solver, order)
+    x0_fn = data_prediction(
+        diffusion, model, clip_denoised=clip_denoised, denoised_fn=denoised_fn, cond_fn=cond_fn,
+        model_kwargs=model_kwargs,
+    )  # fmt: skip
+    schedule = diffusion.schedule
+    alpha, sigma, lam = (v.tolist() for v in (schedule.alpha, schedule.sigma, schedule.log_snr))
     num_steps = diffusion.num_timesteps
     history: list[tuple[torch.Tensor, float]] = []  # (x0, lambda), newest first
     last_step: Optional[tuple[torch.Tensor, int]] = None  # (x at s, order) for the corrector
     next_index = num_steps - 1
 
-    def step(x: torch.Tensor, t: torch.Tensor) -> dict:
+    def step(x: torch.Tensor, i: int) -> dict:
         nonlocal next_index, last_step
-        i = int(t[0])
         if i != next_index:
             raise RuntimeError(f"solver steps run once from index {num_steps - 1} to 0, got {i}")
         next_index -= 1
-        out = diffusion.p_mean_variance(model, x, t, clip_denoised, denoised_fn, model_kwargs)
-        if cond_fn is not None:
-            out = diffusion.condition_score(cond_fn, out, x, t, model_kwargs=model_kwargs)
-            # the guided x0 is processed as the unguided one was: near t = T it is the shift
-            # divided by sqrt(alpha_bar) (~1e4), which the multistep history would carry on
-            out["pred_xstart"] = gd.processed_xstart(out["pred_xstart"], clip_denoised, denoised_fn)
-        x0 = out["pred_xstart"]
+        x0 = x0_fn(x, i)
         if solver == "unipc" and last_step is not None and i > 0:  # UniC: correct x_t
             x_s, k = last_step
             x0s, lambdas = zip(history[0], (x0, lam[i]), *history[1:k])
@@ -333,7 +354,13 @@ def dpm_solver_stepper(
     return step
 
 
-# ---------------------------------------------------------------- dispatch
+# ---------------------------------------------------------------- the samplers by name
+
+
+def _check_order(solver: str, order: int) -> None:
+    if order not in range(1, MAX_ORDER.get(solver, 0) + 1):
+        valid = ", ".join(f"{name!r} of order 1 to {top}" for name, top in MAX_ORDER.items())
+        raise ValueError(f"expected solver {valid}; got {solver!r}, {order}")
 
 
 def _check_sampler(sampler: str) -> None:
@@ -341,77 +368,95 @@ def _check_sampler(sampler: str) -> None:
         raise ValueError(f"unknown sampler {sampler!r}; expected one of {', '.join(SAMPLERS)}")
 
 
-def sample(
-    diffusion: "GaussianDiffusion",
+def stepper(
+    diffusion: GaussianDiffusion,
+    model: Callable,
+    sampler: str = "ancestral",
+    *,
+    order: Optional[int] = None,
+    eta: float = 0.0,
+    clip_denoised: bool = True,
+    denoised_fn: Optional[Callable] = None,
+    cond_fn: Optional[Callable] = None,
+    model_kwargs: Optional[dict] = None,
+    randn: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+    d2_weight: float = EXACT_D2_WEIGHT,
+) -> StepFn:
+    """
+    The step function of one of ``SAMPLERS`` for the one sampling loop
+    (``gaussian_diffusion.sample_loop_progressive``): "ancestral" is ``p_sample`` (Ho et al.
+    2020), "ddim" is ``ddim_sample`` with ``eta`` (Song et al. 2021), the others are
+    ``dpm_solver_stepper``'s solvers.
+
+    :param order: the solver's order instead of the sampler's own (1 to its MAX_ORDER).
+    :param d2_weight: the third-order form (see dpm_solver_pp_update).
+    :return: step(x, i) -> dict with "sample" and "pred_xstart".
+    """
+    _check_sampler(sampler)
+    solver, default_order = SAMPLERS[sampler]
+    order = default_order if order is None else order
+    _check_order(solver, order)
+    common = dict(clip_denoised=clip_denoised, denoised_fn=denoised_fn, cond_fn=cond_fn,
+                  model_kwargs=model_kwargs, randn=randn)
+    if solver == "ancestral":
+        return lambda x, i: diffusion.p_sample(model, x, timesteps(i, x), **common)
+    if solver == "ddim":
+        return lambda x, i: diffusion.ddim_sample(model, x, timesteps(i, x), eta=eta, **common)
+    return dpm_solver_stepper(
+        diffusion, model, order=order, solver=solver, d2_weight=d2_weight, **common
+    )
+
+
+def sample_progressive(
+    diffusion: GaussianDiffusion,
     model: Callable,
     shape: Sequence[int],
     *,
     sampler: str = "ancestral",
-    eta: float = 0.0,
     guidance_interval: Optional[tuple[float, float]] = None,
     counts: Optional[EvaluationCounts] = None,
-    **loop_kwargs,
-) -> torch.Tensor:
+    noise: Optional[torch.Tensor] = None,
+    device=None,
+    progress: bool = False,
+    **step_kwargs,
+):
     """
-    Draw a batch of samples with one of ``SAMPLERS``: "ancestral" (Ho et al. 2020,
-    ``p_sample_loop``), "ddim" (Song et al. 2021, ``ddim_sample_loop`` with ``eta``),
-    "dpm++2m" / "dpm++3m" (Lu et al. 2022), "dpm++2m-sde" (its stochastic second-order
-    form, fresh noise at every step) and "unipc" (Zhao et al. 2023, order 3: a second-order
-    predictor with its corrector), the last four through ``dpm_solver_sample_loop``, each
-    over every timestep of ``diffusion`` (one model evaluation per timestep).
-
-    :param shape: (N, C, H, W).
-    :param guidance_interval: (lo, hi): call ``cond_fn`` only where sigma_t / alpha_t lies
-        in (lo, hi] (Kynkaanniemi et al. 2024); None guides at every step.
-    :param counts: if given, the model and classifier calls are added to it.
-    :param loop_kwargs: the keyword arguments of ``p_sample_loop``: ``noise`` (the starting
-        noise, default torch.randn), ``clip_denoised``, ``denoised_fn``, ``cond_fn`` (guidance
-        gradient of log p(y | x_t), called with the model's timesteps), ``model_kwargs``,
-        ``device``, ``progress`` and ``randn`` (randn(x) -> noise like x, the source of the
-        starting noise when ``noise`` is None and of the stochastic samplers' step noise).
-    :return: [N x C x H x W] samples.
+    Like ``sample``, but yield the output dict of every step.
     """
-    _check_sampler(sampler)
-    cond_fn = loop_kwargs.get("cond_fn")
+    cond_fn = step_kwargs.get("cond_fn")
     if counts is not None:
         model = _Counted(model, counts, "model")
         cond_fn = cond_fn and _Counted(cond_fn, counts, "classifier")
     if cond_fn is not None and guidance_interval is not None:
         cond_fn = guidance.within_interval(cond_fn, diffusion, guidance_interval)
-    loop_kwargs["cond_fn"] = cond_fn
-    if sampler == "ancestral":
-        return diffusion.p_sample_loop(model, shape, **loop_kwargs)
-    if sampler == "ddim":
-        return diffusion.ddim_sample_loop(model, shape, eta=eta, **loop_kwargs)
-    solver, order = MULTISTEP[sampler]
-    return diffusion.dpm_solver_sample_loop(model, shape, order=order, solver=solver, **loop_kwargs)
+    step = stepper(diffusion, model, sampler, **{**step_kwargs, "cond_fn": cond_fn})
+    x = gd.starting_noise(shape, noise, device, step_kwargs.get("randn"), model)
+    indices = range(diffusion.num_timesteps - 1, -1, -1)
+    return gd.sample_loop_progressive(step, x, indices, progress, desc=sampler)
 
 
-def sampler_fn(
-    diffusion: "GaussianDiffusion",
-    sampler: str = "ancestral",
-    *,
-    eta: float = 0.0,
-    guidance_interval: Optional[tuple[float, float]] = None,
-    counts: Optional[EvaluationCounts] = None,
-) -> Callable[..., torch.Tensor]:
+def sample(
+    diffusion: GaussianDiffusion, model: Callable, shape: Sequence[int], **kwargs
+) -> torch.Tensor:
     """
-    ``sample`` with the sampler fixed, called like ``diffusion.p_sample_loop``.
+    Draw a batch of samples with one of ``SAMPLERS`` over every timestep of ``diffusion``
+    (one model evaluation per timestep).
 
-    :return: sample_fn(model, shape, **loop_kwargs) -> [N x C x H x W] samples; each call
-        adds one to ``counts.batches``.
+    :param shape: (N, C, H, W).
+    :param sampler: a name of ``SAMPLERS`` (default "ancestral").
+    :param order: the solver's order instead of the sampler's own.
+    :param eta: DDIM's noise (0: deterministic).
+    :param guidance_interval: (lo, hi): call ``cond_fn`` only where sigma_t / alpha_t lies
+        in (lo, hi] (Kynkaanniemi et al. 2024); None guides at every step.
+    :param counts: if given, the model and classifier calls are added to it.
+    :param kwargs: also ``noise`` (the starting noise, default from ``randn`` or
+        torch.randn), ``clip_denoised``, ``denoised_fn``, ``cond_fn`` (guidance gradient of
+        log p(y | x_t), called with the model's timesteps), ``model_kwargs``, ``device``,
+        ``progress`` and ``randn`` (randn(x) -> noise like x, the source of the starting
+        noise and of the stochastic samplers' step noise).
+    :return: [N x C x H x W] samples.
     """
-    _check_sampler(sampler)
-
-    def sample_fn(model: Callable, shape: Sequence[int], **kwargs) -> torch.Tensor:
-        if counts is not None:
-            counts.batches += 1
-        return sample(
-            diffusion, model, shape, sampler=sampler, eta=eta,
-            guidance_interval=guidance_interval, counts=counts, **kwargs,
-        )  # fmt: skip
-
-    return sample_fn
+    return gd.last(sample_progressive(diffusion, model, shape, **kwargs))
 
 
 def sampler_from_flags(sampler: str, use_ddim: bool) -> str:
@@ -445,8 +490,18 @@ class SamplerSetting:
         name = sampler_from_flags(sampler, use_ddim)
         return cls(name, guidance.parse_guidance_interval(guidance_interval))
 
-    def sample_fn(self, diffusion: "GaussianDiffusion") -> Callable[..., torch.Tensor]:
-        """:return: ``sampler_fn`` for this setting, counting into ``self.counts``."""
-        return sampler_fn(
-            diffusion, self.name, guidance_interval=self.guidance_interval, counts=self.counts
-        )
+    def sample_fn(self, diffusion: GaussianDiffusion) -> Callable[..., torch.Tensor]:
+        """
+        :return: ``sample`` with this setting, called like ``diffusion.p_sample_loop``:
+            sample_fn(model, shape, **kwargs) -> [N x C x H x W] samples; each call adds one
+            batch to ``self.counts`` and its model and classifier calls.
+        """
+
+        def sample_fn(model: Callable, shape: Sequence[int], **kwargs) -> torch.Tensor:
+            self.counts.batches += 1
+            return sample(
+                diffusion, model, shape, sampler=self.name,
+                guidance_interval=self.guidance_interval, counts=self.counts, **kwargs,
+            )  # fmt: skip
+
+        return sample_fn

@@ -83,13 +83,13 @@ def test_guidance_flags_pick_the_wrapper(ckpt):
     assert sample_util.guided_model_fn(args, model, diffusion) is model  # scale 1: untouched
     args.guidance_scale = 2.0
     assert isinstance(sample_util.guided_model_fn(args, model, diffusion), ClassifierFreeGuidance)
-    args.guidance_interval = "0.5,2"  # the sampling programs' --guidance_interval
-    active = sample_util.guided_model_fn(args, model, diffusion).active
+    args.guidance_interval = "0.5,2"  # the sampling programs' --guidance_interval, parsed once
+    interval = sample_util.sampler_setting(args).guidance_interval
+    active = sample_util.guided_model_fn(args, model, diffusion, interval=interval).active
     assert active(torch.tensor([0, 999])).tolist() == [False, False]  # sigma/alpha ~0 and huge
     args.guidance_interval = "2,1"
     with pytest.raises(SamplingInputError, match="--guidance_interval"):
-        sample_util.guided_model_fn(args, model, diffusion)
-    del args.guidance_interval
+        sample_util.sampler_setting(args)
     args.guide_model_path = ckpt["cond"]  # a guide needs no null class, but the same layout
     with pytest.raises(CheckpointMismatchError, match="--class_dropout_prob"):
         sample_util.guided_model_fn(args, model, diffusion)

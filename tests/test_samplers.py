@@ -125,19 +125,15 @@ def solve(diffusion, sampler: str, model=None, **kwargs) -> torch.Tensor:
 
 
 def solve_3m(diffusion, d2_weight: float) -> torch.Tensor:
-    model = GaussianModel(diffusion)
-    step = samplers.dpm_solver_stepper(
-        diffusion, model, order=3, clip_denoised=False, d2_weight=d2_weight
-    )
-    indices = list(range(diffusion.num_timesteps))[::-1]
-    outputs = diffusion._loop_progressive(step, model, SHAPE, indices, noise(), "cpu", False, "")
-    return diffusion._last(outputs)
+    return solve(diffusion, "dpm++3m", d2_weight=d2_weight)
+
+
+# a sampler of each solver, to run it at another order
+OF_SOLVER = {"dpm++": "dpm++2m", "dpm++sde": "dpm++2m-sde", "unipc": "unipc"}
 
 
 def solve_multistep(diffusion, solver: str, order: int) -> torch.Tensor:
-    return diffusion.dpm_solver_sample_loop(
-        GaussianModel(diffusion), SHAPE, noise=noise(), clip_denoised=False, order=order, solver=solver
-    )
+    return solve(diffusion, OF_SOLVER[solver], order=order)
 
 
 def max_error(diffusion, sample: torch.Tensor) -> float:
@@ -249,9 +245,9 @@ def sde_moments(diffusion, order: int, alphas_cumprod=None) -> tuple[torch.Tenso
         calls.append(z)
         return z
 
-    out = diffusion.dpm_solver_sample_loop(
-        GaussianModel(diffusion, alphas_cumprod), shape, noise=start, clip_denoised=False,
-        order=order, solver="dpm++sde", randn=impulse,
+    out = samplers.sample(
+        diffusion, GaussianModel(diffusion, alphas_cumprod), shape, sampler="dpm++2m-sde",
+        order=order, noise=start, clip_denoised=False, randn=impulse,
     )  # fmt: skip
     assert len(calls) == num_steps - 1  # fresh noise at every step but the last (to x0)
     coefficients = (out[1:] - out[0]).double()
@@ -300,10 +296,7 @@ def test_first_order_sde_solver_is_ddpm_with_the_posterior_variance():
     ab = base_alphas_cumprod()
     diffusion = spaced(12, var_type=gd.ModelVarType.FIXED_SMALL)
 
-    sde = diffusion.dpm_solver_sample_loop(
-        GaussianModel(diffusion, ab), SHAPE, noise=noise(), clip_denoised=False, order=1,
-        solver="dpm++sde", randn=seeded(),
-    )  # fmt: skip
+    sde = solve(diffusion, "dpm++2m-sde", alphas_cumprod=ab, order=1, randn=seeded())
     ddim = solve(diffusion, "ddim", alphas_cumprod=ab, eta=1.0, randn=seeded())
     ancestral = solve(diffusion, "ancestral", alphas_cumprod=ab, randn=seeded())
     torch.testing.assert_close(sde, ancestral, atol=1e-5, rtol=1e-5)  # measured 1e-6
@@ -362,9 +355,7 @@ def test_first_order_solver_equals_ddim_and_2m_at_two_steps_too():
     diffusion = spaced(12)
     ab = base_alphas_cumprod()
     ddim = solve(diffusion, "ddim", alphas_cumprod=ab)
-    first = diffusion.dpm_solver_sample_loop(
-        GaussianModel(diffusion, ab), SHAPE, noise=noise(), clip_denoised=False, order=1
-    )
+    first = solve(diffusion, "dpm++2m", alphas_cumprod=ab, order=1)
     torch.testing.assert_close(first, ddim, atol=1e-5, rtol=1e-5)
     two = spaced(2)
     torch.testing.assert_close(
@@ -577,10 +568,11 @@ def test_interval_as_active_fn_for_model_wrappers():
     assert [int(t[0]) for t in guide.seen] == [diffusion.timestep_map[i] for i in (6, 5, 4, 3)]
 
 
-def test_sampler_fn_counts_batches_and_evaluations():
+def test_sample_fn_counts_batches_and_evaluations():
     diffusion = spaced(5)
     counts = samplers.EvaluationCounts()
-    sample_fn = samplers.sampler_fn(diffusion, "dpm++2m", guidance_interval=(0.0, 1.0), counts=counts)
+    setting = samplers.SamplerSetting("dpm++2m", guidance_interval=(0.0, 1.0), counts=counts)
+    sample_fn = setting.sample_fn(diffusion)
     model = GaussianModel(diffusion, base_alphas_cumprod())
     for _ in range(2):
         sample_fn(model, SHAPE, noise=noise(), clip_denoised=False, cond_fn=gradient_toward(0.0, 1.0, []))
