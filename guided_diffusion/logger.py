@@ -21,7 +21,6 @@ with the defaults); ``scoped_configure()`` swaps in another one for a ``with`` b
 import contextlib
 import csv
 import datetime
-import functools
 import json
 import os
 import sys
@@ -483,16 +482,7 @@ def profile_kv(scopename: str) -> Iterator[None]:
 
 def profile(name: str) -> Callable:
     """A decorator timing every call of a function under ``profile_kv(name)``."""
-
-    def decorate(func: Callable) -> Callable:
-        @functools.wraps(func)
-        def timed(*args, **kwargs):
-            with profile_kv(name):
-                return func(*args, **kwargs)
-
-        return timed
-
-    return decorate
+    return profile_kv(name)  # a context manager made by contextlib is a decorator too
 
 
 record_tabular = logkv

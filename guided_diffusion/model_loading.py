@@ -1,8 +1,8 @@
 """
 Building a diffusion model or noisy classifier from its flags and loading its checkpoint
 into it: the one way every program (sampling, upsampling, bits/dim, guidance, editing)
-gets a ready network. The flags usually come from ``run_config.parse_args``, which fills
-them in from the run configuration saved beside the checkpoint.
+gets a ready network. The flags usually come from ``flags.parse_args``, which fills them in
+from the run configuration saved beside the checkpoint.
 """
 
 import argparse
@@ -14,9 +14,9 @@ import torch
 import torch.nn as nn
 
 from . import dist_util, logger, run_config, script_util
-from .checkpoint_util import CheckpointMismatchError, load_checkpoint
+from .checkpoint_diagnosis import CheckpointMismatchError, load_checkpoint
 from .gaussian_diffusion import GaussianDiffusion
-from .sample_io import SamplingInputError
+from .script_errors import SamplingInputError
 
 
 def resolve_fp16(flag: str, requested: bool, device: torch.device) -> bool:

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .sample_io import SamplingInputError
+from .script_errors import SamplingInputError
 
 MASK_NAMES = ("box", "half", "random", "lines")
 OPERATOR_NAMES = ("none", "inpaint", "sr_avgpool", "sr_bicubic", "blur", "colorize")

@@ -146,13 +146,9 @@ def _packed_attention(qkv: torch.Tensor, n_heads: int, legacy: bool) -> torch.Te
 
 def count_flops_attn(model: nn.Module, _x: Any, y: Any) -> None:
     """
-    Count an attention layer's matrix products for a FLOP counter, e.g. thop's
-    ``profile(model, inputs, custom_ops={QKVAttention: count_flops_attn})``: the weights
-    q^T k and their product with v take N * T^2 * C multiply-adds each, added to
-    ``model.total_ops``.
-
-    :param model: the attention module (holding ``total_ops``).
-    :param y: its output [N x C x T] (or a tuple starting with it).
+    Count an attention layer's matrix products for a FLOP counter (thop's ``custom_ops``):
+    q^T k and the weights times v take N * T^2 * C multiply-adds each, added to
+    ``model.total_ops``; ``y`` is the layer's output [N x C x T] (or a tuple starting with it).
     """
     out = y[0] if isinstance(y, (tuple, list)) else y
     n, c, *spatial = out.shape
