@@ -2,7 +2,7 @@
 Every program's flags, parsed and checked in one place: the programs' own flags (sampling,
 training, editing; the networks' and diffusion processes' flags are ``script_util``'s), their
 help, the parsers, and ``parse_args``, which fills in the model flags of a checkpoint from
-the run configuration beside it and checks them before any work starts.
+what is known about it and checks them before any work starts.
 
 A program reads its flags here, then sets up distribution, then does its work::
 
@@ -16,10 +16,12 @@ A program reads its flags here, then sets up distribution, then does its work::
         script_errors.run_program(main)
 
 - parsers: ``create_parser`` (a program's own flags, with help), ``create_sampling_parser``
-  (sampling, evaluating, editing) and ``create_train_parser``;
+  (sampling, evaluating, editing) and ``create_train_parser``, with ``--preset`` where the
+  program builds a network;
 - ``parse_args(parser, argv, model_path="model", ...)``: the model flags not given come from
-  the run configuration saved beside the checkpoint (``run_config``); a given flag that
-  contradicts it is refused naming it;
+  the run configuration saved beside the checkpoint (``run_config``), from ``--preset NAME``
+  or, for a published checkpoint with neither, from its layout recognised in the state dict
+  (``presets``); a given flag that contradicts them is refused naming it;
 - ``parse_train_args``: the same for ``--resume_checkpoint``, plus every training check,
   returning the loop's settings (``train_config.TrainConfig``);
 - checks: ``check_counts``, ``parse_class_labels`` / ``class_labels_of``,
@@ -34,7 +36,7 @@ import argparse
 import math
 from typing import Any, Optional
 
-from . import run_config
+from . import presets, run_config
 from .fp16_util import check_precision
 from .image_datasets import list_classes
 from .operators import MASK_NAMES, OPERATOR_NAMES
@@ -366,30 +368,64 @@ def add_flags(
     add_dict_to_argparser(parser, defaults, helps=helps)
 
 
+def add_preset_flag(parser: argparse.ArgumentParser, kind: str, recognised: bool = True) -> None:
+    """
+    Add ``--preset``: the flags of a published checkpoint of ``kind`` (``presets``).
+
+    :param recognised: the program recognises a published checkpoint without it.
+    """
+    names = presets.names(kind)
+
+    def preset_name(text: str) -> str:
+        if text and text not in names:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(names)}")
+        return text
+
+    default = "none"
+    if recognised:
+        default += (
+            ": the run configuration beside the checkpoint gives them, else the published "
+            "checkpoint whose layout its state dict has"
+        )
+    parser.add_argument(
+        "--preset", type=preset_name, default="",
+        help=f"the network and diffusion flags of a published checkpoint: {', '.join(names)}; "
+        f"a flag given besides must not change its layout (default: {default})",
+    )  # fmt: skip
+
+
 def create_sampling_parser(
     description: str,
     own: dict[str, object],
     *model_defaults: dict[str, Any],
+    kind: str = "model",
     helps: Optional[dict[str, str]] = None,
 ) -> argparse.ArgumentParser:
     """
     A sampling, evaluation or editing program's parser: its own flags first, with the
-    sampling help (``add_flags``), then the model flags of ``model_defaults``.
+    sampling help (``add_flags``), then the model flags of ``model_defaults`` and ``--preset``.
 
     :param description: the program's docstring, kept as written.
     :param own: the program's own flags and defaults (e.g. ``sampling_defaults()``).
     :param model_defaults: dicts of model, diffusion (and classifier) flags.
+    :param kind: the kind of network of ``--model_path`` ("model" or "super_res").
     :param helps: help texts over the sampling help (``EDIT_FLAG_HELP`` for editing).
     """
     parser = create_parser(description)
     add_flags(parser, own, helps)
     add_dict_to_argparser(parser, {k: v for group in model_defaults for k, v in group.items()})
+    add_preset_flag(parser, kind)
     return parser
 
 
-def create_train_parser(description: str, *defaults: dict[str, Any]) -> argparse.ArgumentParser:
-    """A training program's parser: the flags of ``defaults`` with the training help."""
-    return create_parser(description, *defaults, helps=TRAIN_FLAG_HELP)
+def create_train_parser(
+    description: str, *defaults: dict[str, Any], kind: str = "model"
+) -> argparse.ArgumentParser:
+    """A training program's parser: the flags of ``defaults`` with the training help, and
+    ``--preset`` for the kind of network it trains."""
+    parser = create_parser(description, *defaults, helps=TRAIN_FLAG_HELP)
+    add_preset_flag(parser, kind, recognised=False)
+    return parser
 
 
 # ---------------------------------------------------------------- parsing
@@ -410,13 +446,23 @@ def given_flags(parser: argparse.ArgumentParser, argv: Optional[list[str]] = Non
 
 
 def parse_args(
-    parser: argparse.ArgumentParser, argv: Optional[list[str]] = None, **checkpoint_flags: str
+    parser: argparse.ArgumentParser,
+    argv: Optional[list[str]] = None,
+    recognise: bool = True,
+    **checkpoint_flags: str,
 ) -> argparse.Namespace:
     """
     Parse a program's flags and fill in the network (and diffusion) flags of each checkpoint
-    named by ``checkpoint_flags`` that the command line does not give, from the run
-    configuration saved beside the checkpoint (``run_config``): a flag given with another
-    value is refused, unless it does not change the network (``run_config.RUNTIME_FLAGS``).
+    named by ``checkpoint_flags`` that the command line does not give:
+
+    - from the run configuration saved beside the checkpoint (``run_config``): a flag given
+      with another value is refused, unless it does not change the network
+      (``run_config.RUNTIME_FLAGS``);
+    - from ``--preset NAME`` (the first checkpoint's network): a flag given that would build
+      another layout is refused; the others (e.g. ``--use_fp16``) stay as given;
+    - for a checkpoint with neither, when ``recognise``: from the published checkpoint whose
+      layout its state dict has (``presets.recognise_file``), if no flag that changes a
+      layout was given; otherwise such flags that contradict that layout are refused.
 
     :param parser: the program's parser.
     :param argv: the arguments (None: ``sys.argv[1:]``).
@@ -424,20 +470,29 @@ def parse_args(
         ``model_path="model", classifier_path="classifier"``. The diffusion flags come from
         the first one; the others give their network's flags only.
     :return: the flags, plus ``class_names``: the training folder's class names (label i is
-        ``class_names[i]``) when a configuration records them, else None.
+        ``class_names[i]``) when a configuration records them, else None; and ``presets``:
+        checkpoint flag -> what its flags were taken from, for the log.
     :raises RunConfigError: a flag given contradicts a checkpoint's, or two checkpoints
         were trained for different settings.
     """
     args = parser.parse_args(argv)
     check_finite_flags(args)
-    args.class_names = None
+    args.class_names, args.presets = None, {}
     explicit = given_flags(parser, argv)
     filled: dict[str, tuple[Any, str]] = {}  # flag -> (value, where it comes from)
     for position, (flag, kind) in enumerate(checkpoint_flags.items()):
         path = getattr(args, flag)
+        named = getattr(args, "preset", "") if position == 0 else ""
+        if named:
+            values = _preset_values(named, kind, position)
+            _refuse_contradiction(args, named, explicit, f"--preset {named}")
+            _fill(args, values, explicit, filled, f"--preset {named}", check_given=False)
+            args.presets[flag] = f"the flags of --preset {named}"
         config = run_config.read_run_config(path) if path else None
         if config is not None:
             _fill_from_config(args, config, flag, kind, position, explicit, filled)
+        elif recognise and not named and path:
+            _fill_recognised(args, flag, kind, position, explicit, filled)
     return args
 
 
@@ -461,6 +516,43 @@ def _fill_from_config(args, config: dict, flag: str, kind: str, position: int, e
         args.class_names = list(data["class_names"])
 
 
+def _fill_recognised(args, flag: str, kind: str, position: int, explicit, filled) -> None:
+    """Fill in the flags of the published checkpoint whose layout ``--flag`` has, if any."""
+    path = getattr(args, flag)
+    found = presets.recognise_file(path, kind)
+    if not found:
+        return
+    source = f"the published {found[0]} (recognised in the state dict of --{flag} {path})"
+    values = _preset_values(found[0], kind, position)
+    if explicit & presets.LAYOUT_FLAGS & set(values):
+        _refuse_contradiction(args, found[0], explicit, source)
+        return  # the layout flags given build it: the flags stay as given
+    _fill(args, values, explicit, filled, source, check_given=False)
+    shared = f" ({', '.join(found[1:])} have its layout too)" if found[1:] else ""
+    args.presets[flag] = f"the flags of the published {found[0]}{shared}"
+
+
+def _preset_values(name: str, kind: str, position: int) -> dict[str, Any]:
+    """The flags a preset fills in for the checkpoint at ``position`` of ``parse_args``."""
+    model_keys, diffusion_keys = run_config.flag_groups(kind)
+    every = presets.PRESETS[name].all_flags()
+    values = {k: every[k] for k in model_keys + (diffusion_keys if position == 0 else [])}
+    if not run_config.is_class_conditional(kind, values):
+        values.pop("num_classes", None)
+    return values
+
+
+def _refuse_contradiction(args, name: str, explicit: set[str], source: str) -> None:
+    """Refuse a given flag that would build another layout than the preset ``name``'s."""
+    bad = presets.contradiction(name, {k: getattr(args, k) for k in explicit if hasattr(args, k)})
+    if bad:
+        value = presets.PRESETS[name].all_flags()[bad]
+        raise run_config.RunConfigError(
+            f"--{bad} {getattr(args, bad)} contradicts {source}, whose layout has --{bad} "
+            f"{value}: leave --{bad} out or give that value"
+        )
+
+
 def check_finite_flags(args: argparse.Namespace) -> None:
     """
     :raises ValueError: naming the first numeric flag whose value is NaN or infinite (e.g.
@@ -477,17 +569,18 @@ def _fill(
     explicit: set[str],
     filled: dict[str, tuple[Any, str]],
     source: str,
+    check_given: bool = True,
 ) -> None:
     """
-    Set the flags in ``values`` that were not given; refuse a given value that differs and
-    a value another checkpoint set differently.
+    Set the flags in ``values`` that were not given; refuse a value another checkpoint set
+    differently and, with ``check_given`` (a run configuration), a given value that differs.
     """
     for name, saved in values.items():
         if name in run_config.UNSAVED_FLAGS or not hasattr(args, name):
             continue
         if name in explicit:
             given = getattr(args, name)
-            if given != saved and name not in run_config.RUNTIME_FLAGS:
+            if check_given and given != saved and name not in run_config.RUNTIME_FLAGS:
                 raise run_config.RunConfigError(
                     f"--{name} {given} contradicts the run configuration {source}, which "
                     f"says the network was trained with --{name} {saved}: leave --{name} "
@@ -608,13 +701,13 @@ def parse_train_args(
 ) -> tuple[argparse.Namespace, TrainConfig]:
     """
     A training program's flags: parsed (``parse_args``: the model flags saved beside
-    ``--resume_checkpoint`` fill in those not given) and checked
+    ``--resume_checkpoint``, or those of ``--preset``, fill in those not given) and checked
     (``check_train_args``) before anything is loaded or written.
 
     :param kind: "model", "super_res" or "classifier": the network being trained.
     :return: (the flags, the loop's checked settings).
     """
-    args = parse_args(parser, argv, resume_checkpoint=kind)
+    args = parse_args(parser, argv, recognise=False, resume_checkpoint=kind)
     return args, check_train_args(args, kind)
 
 

@@ -152,10 +152,3 @@ def contradiction(name: str, given: dict[str, Any]) -> Optional[str]:
             if layout({**own, flag: value}, preset.kind) != layout(own, preset.kind):
                 return flag
     return None
-
-
-def describe(found: list[str]) -> str:
-    """:return: e.g. "256x256_diffusion_uncond (lsun_bedroom, lsun_cat, lsun_horse have its layout too)"."""
-    if len(found) == 1:
-        return found[0]
-    return f"{found[0]} ({', '.join(found[1:])} have its layout too)"

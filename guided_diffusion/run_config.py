@@ -23,7 +23,8 @@ class-conditional models and classifiers. The ``.pt`` files keep the original la
 A program that loads a checkpoint parses its flags with ``flags.parse_args``: when the file
 beside the checkpoint exists, every model flag not given on the command line takes its saved
 value, and a flag given with another value is refused (``RunConfigError`` naming the flag,
-the saved and the given value). Without the file the flags work as they always did.
+the saved and the given value). Without the file the flags work as they always did, or come
+from the published checkpoint whose layout the state dict has (``presets``).
 """
 
 import argparse

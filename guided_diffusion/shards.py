@@ -272,8 +272,9 @@ def run_identity(args: argparse.Namespace, files: dict[str, str], **extra) -> di
     return identity
 
 
-# Flags that never change an image: how many, how fast, what else to write.
-_NOT_IDENTITY = {"num_samples", "batch_size", "grid", "keep_shards", "seed"}
+# Flags that never change an image: how many, how fast, what else to write (and the preset
+# whose flags were filled in: the flags themselves are part of the identity).
+_NOT_IDENTITY = {"num_samples", "batch_size", "grid", "keep_shards", "seed", "preset", "presets"}
 
 
 def _open_store(

@@ -88,6 +88,7 @@ def create_argparser() -> argparse.ArgumentParser:
         __doc__,
         flags.classifier_train_defaults(),
         classifier_and_diffusion_defaults(),
+        kind="classifier",
     )
 
 

@@ -63,6 +63,7 @@ def create_argparser() -> argparse.ArgumentParser:
         __doc__,
         flags.sampling_defaults(base_samples=""),
         sr_model_and_diffusion_defaults(),
+        kind="super_res",
     )
 
 

@@ -75,6 +75,7 @@ def create_argparser() -> argparse.ArgumentParser:
         __doc__,
         flags.diffusion_train_defaults(),
         sr_model_and_diffusion_defaults(),
+        kind="super_res",
     )
 
 
