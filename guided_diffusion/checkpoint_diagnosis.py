@@ -228,30 +228,19 @@ def _classifier_head(shapes: dict[str, tuple]) -> dict:
     return {}
 
 
+# The architecture properties the hints name, by their UNet flag.
+_PROPERTIES = ("num_channels", "num_res_blocks", "channel_mult", "attention_resolutions",
+               "use_scale_shift_norm", "resblock_updown")  # fmt: skip
+
+
 def _flag_names(model: nn.Module) -> dict[str, str]:
     """The command-line flag behind each architecture property of this kind of model."""
     if isinstance(model, EncoderUNetModel):
-        return {
-            "num_channels": "classifier_width",
-            "num_res_blocks": "classifier_depth",
-            "channel_mult": "classifier_channel_mult",
-            "attention_resolutions": "classifier_attention_resolutions",
-            "use_scale_shift_norm": "classifier_use_scale_shift_norm",
-            "resblock_updown": "classifier_resblock_updown",
-            "image_size": "image_size",
-        }
+        names = {k: f"classifier_{k}" for k in _PROPERTIES}
+        names.update(num_channels="classifier_width", num_res_blocks="classifier_depth")
+        return {**names, "image_size": "image_size"}
     size = "large_size" if isinstance(model, SuperResModel) else "image_size"
-    return {
-        k: k
-        for k in (
-            "num_channels",
-            "num_res_blocks",
-            "channel_mult",
-            "attention_resolutions",
-            "use_scale_shift_norm",
-            "resblock_updown",
-        )
-    } | {"image_size": size}
+    return {**{k: k for k in _PROPERTIES}, "image_size": size}
 
 
 def _fmt(values) -> str:
