@@ -26,9 +26,9 @@ setup(
         # evaluations/evaluator.py --fd_timm_model: a timm network as the FD feature extractor
         "timm": ["timm"],
         # the tests: every extra above (but timm, see guided_diffusion/extras.py), an MPI library
-        # for the multi-rank runs, and independent references for the metrics (scipy,
-        # torchmetrics for KID, prdc for density / coverage)
+        # for the multi-rank runs, independent references for the metrics (scipy, torchmetrics
+        # for KID, prdc for density / coverage), import-linter and grimp for the import contract
         "dev": ["pytest", "mpi4py", "mpich", "scikit-learn", "matplotlib", "tensorboard",
-                "scipy", "torchmetrics", "prdc"],
+                "scipy", "torchmetrics", "prdc", "import-linter>=2.1", "grimp"],
     },
 )

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 
-from guided_diffusion import digits_data  # noqa: E402
+from guided_diffusion.demo import digits  # noqa: E402
 from guided_diffusion.sample_io import save_samples_npz  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -220,11 +220,11 @@ def test_class_rows_grid(demo):
 
 
 def test_accuracy_of_real_and_wrong_digits(demo, tmp_path):
-    images, labels = digits_data.load_digit_arrays()
-    train, held = digits_data.holdout_split(labels, 20)
-    big = np.stack([np.asarray(digits_data.digit_to_image(d, 16)) for d in images])
-    clean = digits_data.fit_clean_classifier(
-        digits_data.images_to_digit_features(big[train]), labels[train])
+    images, labels = digits.load_digit_arrays()
+    train, held = digits.holdout_split(labels, 20)
+    big = np.stack([np.asarray(digits.digit_to_image(d, 16)) for d in images])
+    clean = digits.fit_clean_classifier(
+        digits.images_to_digit_features(big[train]), labels[train])
     npz = str(tmp_path / "samples_200x16x16x3.npz")
     save_samples_npz(npz, big[held], labels[held])
     accuracy, grid = demo.finish_setting(npz, clean, per_class=3)

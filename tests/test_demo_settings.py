@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from guided_diffusion import demo_settings as ds
+from guided_diffusion.demo import settings as ds
 
 BASE = ds.Setting(name="base", steps=50)
 
