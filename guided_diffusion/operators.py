@@ -86,14 +86,6 @@ class Operator:
         y = F.interpolate(y, size=(height, width), mode="nearest")
         return y.expand(-1, channels, -1, -1).contiguous()
 
-    def check_fits(self, shape: Sequence[int]) -> None:
-        """Raise OperatorError unless images of ``shape`` [N x C x H x W] fit this operator."""
-        if tuple(shape[1:]) != self.image_shape:
-            raise OperatorError(
-                f"operator {self.name!r} was built for {list(self.image_shape)} images, "
-                f"got {list(shape[1:])}"
-            )
-
 
 class Identity(Operator):
     """No degradation: y = x (for methods that take the image itself as their guide)."""
