@@ -13,12 +13,12 @@ import pytest
 import torch
 
 from guided_diffusion import script_util as su
-from guided_diffusion.checkpoint_util import (
+from guided_diffusion.checkpoint_diagnosis import (
     CheckpointMismatchError,
     diagnose_mismatch,
     load_checkpoint,
-    read_state_dict,
 )
+from guided_diffusion.checkpoint_util import read_state_dict
 
 
 def _find_official_json() -> Path | None:

@@ -76,7 +76,6 @@ def project_graph() -> grimp.ImportGraph:
     return build_graph(*PACKAGES, include_external_packages=True)
 
 
-@UNTIL_REDESIGN
 def test_the_layers_contract_is_kept():
     result = lint_imports(REPO, "--contract", "layers")
     assert result.returncode == 0, result.stdout + result.stderr

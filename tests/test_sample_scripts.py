@@ -405,7 +405,7 @@ def test_base_samples_without_images(ckpt, tmp_path):
     ],
 )
 def test_bad_flags_fail_before_any_work(script, argv, message):
-    from guided_diffusion.sample_util import SamplingInputError
+    from guided_diffusion.script_errors import SamplingInputError
 
     with pytest.raises(SamplingInputError, match=message):
         import_script(script).main(argv)
@@ -440,19 +440,19 @@ def test_npz_to_png_writes_one_file_per_image(tmp_path, capsys):
 
 
 def test_npz_to_png_streams_in_chunks_and_rejects_empty_batches(tmp_path, monkeypatch):
-    from guided_diffusion import sample_io
+    from guided_diffusion import npz_batch, sample_io
 
     images = np.random.default_rng(1).integers(0, 256, (7, 4, 4, 3), dtype=np.uint8)
     np.savez(tmp_path / "b.npz", arr_0=images)
     reads = []
-    real_iter = sample_io.iter_npz_images
+    real_iter = npz_batch.iter_npz_images
 
     def small_chunks(path, key="arr_0", limit=0, chunk_size=256):
         for chunk in real_iter(path, key, limit, chunk_size=3):
             reads.append(len(chunk[0]))
             yield chunk
 
-    monkeypatch.setattr(sample_io, "iter_npz_images", small_chunks)
+    monkeypatch.setattr(npz_batch, "iter_npz_images", small_chunks)
     tool = import_script("npz_to_png")
     tool.main([str(tmp_path / "b.npz"), "--out_dir", str(tmp_path / "all"), "--grid", "True", "--grid_size", "4"])
     assert reads == [3, 3, 1]  # never more than one chunk in memory

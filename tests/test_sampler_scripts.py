@@ -87,7 +87,7 @@ def test_super_resolution_with_the_solver(ckpt, tmp_path):
     ],
 )
 def test_bad_sampler_flags_fail_before_any_work(script, argv, message):
-    from guided_diffusion.sample_util import SamplingInputError
+    from guided_diffusion.script_errors import SamplingInputError
 
     with pytest.raises(SamplingInputError, match=message):
         import_script(script).main(argv)

@@ -10,8 +10,10 @@ import torch
 from PIL import Image
 
 from guided_diffusion import script_util
-from guided_diffusion.checkpoint_util import CheckpointMismatchError, load_checkpoint
-from guided_diffusion.sample_util import ImageJob, SamplingInputError, to_uint8_nhwc
+from guided_diffusion.checkpoint_diagnosis import CheckpointMismatchError, load_checkpoint
+from guided_diffusion.sample_io import to_uint8_nhwc
+from guided_diffusion.sample_util import ImageJob
+from guided_diffusion.script_errors import SamplingInputError
 
 TINY = dict(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1,2")
 TINY_CLASSIFIER = dict(

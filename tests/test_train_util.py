@@ -20,15 +20,14 @@ from guided_diffusion.script_util import (
     create_model_and_diffusion,
     model_and_diffusion_defaults,
 )
+from guided_diffusion.flags import check_train_args
+from guided_diffusion.train_config import check_batch_flags, parse_ema_rate
 from guided_diffusion.train_util import (
     ClassifierTrainLoop,
     TrainLoop,
-    check_batch_flags,
-    check_train_args,
     compute_top_k,
     find_ema_checkpoint,
     log_loss_dict,
-    parse_ema_rate,
     parse_resume_step_from_filename,
 )
 
