@@ -29,8 +29,7 @@ from guided_diffusion.image_datasets import (
     to_rgb,
 )
 from guided_diffusion.io_util import atomic_write, hash_file
-from guided_diffusion.npz_batch import (  # noqa: F401  (importable here as before)
-    NpyStreamWriter,
+from guided_diffusion.npz_batch import (
     NpzArrayReader,
     NpzWriter,
     check_images,

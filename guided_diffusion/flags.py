@@ -437,12 +437,15 @@ def given_flags(parser: argparse.ArgumentParser, argv: Optional[list[str]] = Non
 
     :param argv: the arguments (None: ``sys.argv[1:]``), already known to parse.
     """
-    unset = object()
-    namespace = argparse.Namespace(
-        **{a.dest: unset for a in parser._actions if a.default is not argparse.SUPPRESS}
-    )
+    # a marker per flag; "append" flags add to a copy of a list, so theirs is an empty list
+    markers = {
+        a.dest: [] if isinstance(a, argparse._AppendAction) else object()
+        for a in parser._actions
+        if a.default is not argparse.SUPPRESS
+    }
+    namespace = argparse.Namespace(**markers)
     parser.parse_args(argv, namespace=namespace)
-    return {name for name, value in vars(namespace).items() if value is not unset}
+    return {name for name, value in vars(namespace).items() if value is not markers[name]}
 
 
 def parse_args(

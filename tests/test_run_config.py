@@ -129,6 +129,9 @@ def test_given_flags_tells_explicit_values_from_defaults():
     add_dict_to_argparser(parser, model_and_diffusion_defaults())
     given = flags.given_flags(parser, ["--num_channels", "128", "--class_cond", "False"])
     assert given == {"num_channels", "class_cond"}  # given at their default values too
+    parser.add_argument("--extra", action="append", default=[])  # as the demo's flags
+    assert flags.given_flags(parser, ["--extra", "a"]) == {"extra"}
+    assert flags.given_flags(parser, ["--num_channels", "64"]) == {"num_channels"}
 
 
 # ---------------------------------------------------------------- using it
