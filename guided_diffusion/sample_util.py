@@ -24,7 +24,7 @@ import torch.nn as nn
 from . import dist_util, logger, model_loading, samplers, shards
 from .flags import check_counts
 from .gaussian_diffusion import GaussianDiffusion
-from .guidance import GuidanceError, guided_model, interval_active
+from .guidance import GuidanceError, check_interval_has_steps, guided_model, interval_active
 from .image_seeds import ImageRandom
 from .sample_io import BaseSamples, image_grid, save_png, to_uint8_nhwc
 from .script_errors import SamplingInputError
@@ -70,8 +70,12 @@ def guided_model_fn(
         guide = model_loading.load_guide_model(args, diffusion, super_res)
     try:
         if interval is not None:
+            check_interval_has_steps(diffusion, interval)
             active = interval_active(diffusion, interval)
-        guided = guided_model(model, args.guidance_scale, guide=guide, active=active)
+        others = "--guide_model_path (autoguidance)"  # what else this program can guide with
+        if hasattr(args, "classifier_path"):
+            others = f"--classifier_path (classifier guidance) or {others}"
+        guided = guided_model(model, args.guidance_scale, guide=guide, active=active, others=others)
     except (GuidanceError, ValueError) as err:
         raise SamplingInputError(str(err)) from None
     if guided is not model:
