@@ -194,6 +194,9 @@ EDIT_FLAG_HELP = {
     "class_labels": "comma-separated class ids cycled over the images; default: the "
     "input's labels (arr_1), else random classes",
     "num_samples": "edit the first N input images (0: all)",
+    "seed": "random seed: the same seed and --batch_size give the same file, whatever the "
+    "number of ranks (each batch draws from the seed and its first image's index); default: a "
+    "fresh seed, printed so the run can be repeated",
     "batch_size": "images per model call on each rank",
     "mode": "encode: images -> noise .npz (and report the round-trip error); "
     "decode: noise .npz -> images",
@@ -296,9 +299,9 @@ SAMPLING_FLAG_HELP = {
     "base_samples": ".npz batch of low-resolution images to upsample (arr_0 uint8 NHWC at "
     "--small_size; arr_1 labels, needed when --class_cond True)",
     "data_dir": "folder of images to evaluate (searched recursively)",
-    "seed": "random seed for reproducible batches (the same seed and --batch_size give the "
-    "same file, whatever the number of ranks); default: a fresh seed, printed so the run can "
-    "be repeated",
+    "seed": "random seed for reproducible batches: image i depends on the seed and i alone, so "
+    "the same seed gives the same file whatever --batch_size and the number of ranks; default: "
+    "a fresh seed, printed so the run can be repeated",
     "class_labels": "comma-separated class ids to sample, cycled over the images "
     "(e.g. '1,207,360'); default: random classes",
     "grid": "also write a PNG grid of the first samples beside the .npz",

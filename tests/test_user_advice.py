@@ -246,3 +246,23 @@ def test_a_respacing_that_starts_far_from_pure_noise_is_said(ckpt, log_dir):
     logger.reset()
     run_program("image_sample", sample_args(ckpt, "cond", "--timestep_respacing", "3"))
     assert "sampling starts from pure noise at t = 19" not in log_text(log_dir)
+
+
+# ---------------------------------------------------------------- documentation (item 16)
+
+
+@pytest.mark.parametrize("program", ["image_sample", "classifier_sample", "super_res_sample"])
+def test_sampling_help_says_the_file_does_not_depend_on_the_batch_size(program):
+    text = " ".join(import_script(program).create_argparser().format_help().split())
+    assert "the same seed and --batch_size give" not in text
+    assert "the same seed gives the same file whatever --batch_size and the number of ranks" in text
+
+
+def test_the_benchmarks_describe_the_demo_as_it_is():
+    text = open(os.path.join(os.path.dirname(__file__), "..", "docs", "benchmarks.md")).read()
+    section = text.split("## The demo's time")[1].split("\n## ")[0]
+    defaults = import_script("demo").create_argparser().parse_args([])
+    assert "74 min" not in section and "2,000 steps" not in section
+    assert f"{defaults.train_steps:,} diffusion training steps of {defaults.batch_size} images" in section
+    assert f"{defaults.classifier_steps} classifier steps, {defaults.num_samples}" in section
+    assert f"{defaults.steps} ancestral sampling steps" in section
