@@ -21,7 +21,7 @@ import pytest
 from guided_diffusion import npz_batch, shards
 from guided_diffusion.shards import ShardError, ShardStore
 
-from test_sample_scripts import REPO, ckpt, run, sample_flags  # noqa: F401  (ckpt is a fixture)
+from conftest import REPO, run, sample_flags
 
 NPZ = "samples_6x16x16x3.npz"
 

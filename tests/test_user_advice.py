@@ -3,7 +3,7 @@ What the programs tell a user (issue 22): editing flags refused at parse time na
 flag, a guidance interval without a sampling step refused before sampling, advice that is
 accepted when followed (every suggestion of these messages is run), and the choices the
 programs make for their inputs said in the log. The programs run in this process on the
-tiny checkpoints of test_sample_scripts.
+tiny checkpoints of conftest.
 """
 
 import os
@@ -17,7 +17,7 @@ from PIL import Image
 from guided_diffusion import dist_util, logger
 from guided_diffusion.script_errors import SamplingInputError
 
-from test_sample_scripts import CLASSIFIER, MODEL, ckpt, flags, import_script  # noqa: F401
+from conftest import CLASSIFIER, MODEL, flags, import_script
 
 STEPS = ["--timestep_respacing", "3"]
 
