@@ -732,6 +732,8 @@ def check_edit_flags(args: argparse.Namespace) -> None:
         value = getattr(args, flag, None)
         if value is not None and not valid(value):
             raise SamplingInputError(f"--{flag} {value} is out of range: it must be {rule}")
+    if getattr(args, "class_labels", ""):
+        class_labels_of(args)  # ids in range of the model's classes
     steps = _sampling_steps(args)
     if getattr(args, "method", "") == "ilvr" and steps is not None and args.ilvr_range_t >= steps - 1:
         raise SamplingInputError(

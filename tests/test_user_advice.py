@@ -135,6 +135,8 @@ def log_text(log_dir) -> str:
         ("image_edit", ["--batch_size", "0"], "--batch_size 0 is out of range"),
         ("image_edit", ["--mask_seed", "-1"], "--mask_seed must be an integer in 0.."),
         ("image_edit", ["--seed", "-1"], "--seed must be an integer in 0.."),
+        ("image_edit", ["--class_labels", "1,9"], "--class_labels '1,9': class ids must lie in 0..3"),
+        ("ddim_invert", ["--class_labels", "x"], "--class_labels must be comma-separated integers"),
         ("ddim_invert", ["--mode", "both"], "--mode both is out of range: it must be encode or decode"),
         ("ddim_invert", ["--seed", "-1"], "--seed must be an integer in 0.."),
         ("image_sample", ["--seed", "-1"], "--seed must be an integer in 0.."),
