@@ -15,7 +15,6 @@ import pytest
 from PIL import Image
 
 from guided_diffusion import dist_util, logger
-from guided_diffusion.script_errors import SamplingInputError
 
 from conftest import CLASSIFIER, MODEL, flags, import_script
 
