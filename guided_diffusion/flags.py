@@ -410,7 +410,11 @@ FLAG_HELP = {
     "learn_sigma": "the model also predicts the variance (6 output channels)",
     "diffusion_steps": "number of diffusion steps T",
     "noise_schedule": "beta schedule: linear or cosine",
-    "timestep_respacing": "steps to keep: '' (all), '250', '10,15,20' or 'ddim50'",
+    "timestep_respacing": "steps to keep: '' (all), '250', '10,15,20' or 'ddim50'; or a named "
+    "grid of N steps: 'trailingN' (uniform in t from T-1), 'leadingN' (from 0, stride T//N), "
+    "'logsnrN' (uniform in log-SNR), 'karrasN' (Karras et al. 2022; '_rhoR' sets rho, default 7; "
+    "with logsnr too, '_maxS' starts at the noise level sigma/alpha S, e.g. 'karras10_max80' "
+    "for the cosine schedule)",
     "use_kl": "train on the variational bound",
     "predict_xstart": "the model predicts x_0 instead of the noise",
     "rescale_timesteps": "show the model timesteps scaled to [0, 1000)",

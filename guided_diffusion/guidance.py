@@ -306,13 +306,12 @@ def noise_level_lookup(diffusion: GaussianDiffusion) -> Callable[[torch.Tensor],
     """
     The EDM noise level sigma / alpha = sqrt((1 - ab) / ab) at timesteps as the model and
     ``cond_fn`` receive them (``diffusion.schedule``: original-process indices for a respaced
-    process, scaled to [0, 1000) when ``rescale_timesteps``).
+    process, scaled to [0, 1000) when ``rescale_timesteps``; fractional ones, as the EDM
+    sampler gives, between the base process's steps).
 
-    :return: level(t [N]) -> [N] float64 noise levels (each t mapped to the nearest step).
+    :return: level(t [N]) -> [N] float64 noise levels.
     """
-    schedule = diffusion.schedule
-    levels = torch.from_numpy(schedule.edm_sigma)
-    return lambda t: levels[schedule.index_of(t)]
+    return diffusion.schedule.edm_sigma_at
 
 
 def interval_active(diffusion: GaussianDiffusion, interval: tuple[float, float]) -> ActiveFn:

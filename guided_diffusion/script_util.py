@@ -13,6 +13,8 @@ import inspect
 import warnings
 from typing import Any, Callable, Sequence, Union
 
+import numpy as np
+
 from . import gaussian_diffusion as gd
 from .flags import (  # noqa: F401  (the flag helpers' original home: still importable here)
     FLAG_HELP,
@@ -386,9 +388,12 @@ def create_gaussian_diffusion(
         [(learn_sigma, gd.ModelVarType.LEARNED_RANGE), (sigma_small, gd.ModelVarType.FIXED_SMALL)],
         gd.ModelVarType.FIXED_LARGE,
     )
+    betas = gd.get_named_beta_schedule(noise_schedule, steps)
     return SpacedDiffusion(
-        use_timesteps=space_timesteps(steps, timestep_respacing or [steps]),
-        betas=gd.get_named_beta_schedule(noise_schedule, steps),
+        use_timesteps=space_timesteps(
+            steps, timestep_respacing or [steps], alphas_cumprod=np.cumprod(1.0 - betas)
+        ),
+        betas=betas,
         model_mean_type=gd.ModelMeanType.START_X if predict_xstart else gd.ModelMeanType.EPSILON,
         model_var_type=model_var_type,
         loss_type=loss_type,
