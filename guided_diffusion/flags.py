@@ -233,7 +233,8 @@ def sampling_defaults(**script_flags) -> dict[str, object]:
     """
     The flags every sampling program has, with the original defaults, plus the new
     ``--seed``, ``--grid``, ``--guidance_scale``, ``--guide_model_path``, ``--keep_shards``,
-    ``--sampler`` and ``--guidance_interval``; ``script_flags`` adds a program's own flags.
+    ``--sampler``, ``--guidance_interval`` and the sampler settings of
+    ``samplers.SETTING_FLAGS``; ``script_flags`` adds a program's own flags.
 
     :return: flag name -> default, for add_flags().
     """
@@ -250,6 +251,15 @@ def sampling_defaults(**script_flags) -> dict[str, object]:
         keep_shards=False,
         sampler="ancestral",
         guidance_interval="",
+        unipc_order=2,
+        third_order_form="exact",
+        sde_eta=1.0,
+        lower_order_final="always",
+        dynamic_threshold=0.0,
+        S_churn=0.0,
+        S_tmin=0.0,
+        S_tmax=1e9,
+        S_noise=1.0,
         **script_flags,
     )
 
@@ -468,7 +478,30 @@ SAMPLING_FLAG_HELP = {
     "guide + s (main - guide) with s = --guidance_scale",
     "sampler": "ancestral (the original), ddim (also --use_ddim True), dpm++2m, dpm++3m "
     "(DPM-Solver++, Lu et al. 2022), dpm++2m-sde (its stochastic form: fresh noise at every "
-    "step) or unipc (Zhao et al. 2023); one model evaluation per step of --timestep_respacing",
+    "step), unipc (Zhao et al. 2023) or edm (Karras et al. 2022, Algorithm 2: Heun steps, "
+    "stochastic with --S_churn > 0); one model evaluation per step of --timestep_respacing, "
+    "edm two (one at the last step)",
+    "unipc_order": "UniPC's predictor order (its corrector adds one): 2 (the authors' choice, "
+    "also for guided sampling) or 3 (for unguided sampling at about 10 steps or more; 1 only "
+    "for tests)",
+    "third_order_form": "dpm++3m's third-order term: exact (2 D2, the Taylor expansion: order "
+    "3) or circulated (D2, the widely shared 3M code: order 2; to reproduce its numbers)",
+    "sde_eta": "dpm++2m-sde's amount of fresh noise: 1 the reverse SDE (corrects model errors "
+    "best), 0 the probability-flow ODE (dpm++2m), between: less noise for few steps",
+    "lower_order_final": "when dpm++2m / dpm++3m / dpm++2m-sde / unipc lower the order of the "
+    "last steps (the step into the last grid point first order, the one before at most "
+    "second): always, never, or belowN (only on grids of fewer than N steps, e.g. below15)",
+    "dynamic_threshold": "dynamic thresholding (Saharia et al. 2022) for every sampler: per "
+    "image s = max(1, the P quantile of |x0|), x0 <- clip(x0, -s, s) / s; use about 0.995 "
+    "against saturated colours at high guidance scales (0: off)",
+    "S_churn": "--sampler edm: the total noise added back (Karras et al. 2022; 0: "
+    "deterministic Heun; their ImageNet-64 ADM setting 80 with --S_tmin 0.05 --S_tmax 50 "
+    "--S_noise 1.003), for imperfect models at 20 steps or more",
+    "S_tmin": "--sampler edm: churn only at noise levels sigma/alpha >= S_tmin",
+    "S_tmax": "--sampler edm: churn only at noise levels sigma/alpha <= S_tmax (the "
+    "default lies above every level)",
+    "S_noise": "--sampler edm: scale of the churn's noise (slightly above 1 offsets "
+    "detail lost by the denoiser)",
     "guidance_interval": "'LO,HI': guide only where the noise level sigma_t / alpha_t lies in "
     "(LO, HI], skipping the guidance evaluations elsewhere (Kynkaanniemi et al. 2024; e.g. "
     "'0.28,5.42'); empty: guide at every step",
