@@ -23,9 +23,12 @@ setup(
         # scripts/demo.py: the built-in digits and their judge (scikit-learn), the plots
         "demo": ["scikit-learn", "matplotlib"],
         "tensorboard": ["tensorboard"],
-        # the tests: every extra above, an MPI library for the multi-rank runs, and scipy as
-        # an independent reference for the metrics
+        # evaluations/evaluator.py --fd_timm_model: a timm network as the FD feature extractor
+        "timm": ["timm"],
+        # the tests: every extra above (but timm, see guided_diffusion/extras.py), an MPI library
+        # for the multi-rank runs, independent references for the metrics (scipy, torchmetrics
+        # for KID, prdc for density / coverage), import-linter and grimp for the import contract
         "dev": ["pytest", "mpi4py", "mpich", "scikit-learn", "matplotlib", "tensorboard",
-                "scipy"],
+                "scipy", "torchmetrics", "prdc", "import-linter>=2.1", "grimp"],
     },
 )

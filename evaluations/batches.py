@@ -1,6 +1,6 @@
 """
 Image batches for the evaluator: streaming ``.npz`` reading and writing, image folders,
-Inception activations with an on-disk cache, and reference statistics.
+Inception (or other extractors') activations with an on-disk cache, and reference statistics.
 
 A batch is an ``.npz`` whose ``arr_0`` holds uint8 images [N x H x W x 3] (what the sampling
 scripts write). Reference batches may also hold ``mu``, ``sigma`` (pool features) and ``mu_s``,
@@ -47,6 +47,10 @@ CACHE_VERSION = 1
 # A remembered file digest is trusted only for files unchanged (ctime) this long before hashing.
 CTIME_MARGIN_NS = 2_000_000_000
 STAT_KEYS = ("mu", "sigma", "mu_s", "sigma_s")
+# What the Inception extractor returns; another extractor names its own outputs in an
+# ``output_keys`` attribute (evaluations/feature_extractors.py: ("features",)). Only "logits"
+# may be None.
+INCEPTION_KEYS = ("pool", "spatial", "logits")
 
 
 def check_image_array(shape: tuple[int, ...], dtype: np.dtype, name: str) -> None:
@@ -193,6 +197,11 @@ def _extractor_device(extractor: torch.nn.Module) -> torch.device:
     return tensor.device if tensor is not None else torch.device("cpu")
 
 
+def output_keys(extractor: torch.nn.Module) -> tuple[str, ...]:
+    """:return: the names of the extractor's outputs (INCEPTION_KEYS unless it says otherwise)."""
+    return tuple(getattr(extractor, "output_keys", INCEPTION_KEYS))
+
+
 def compute_activations(
     extractor: torch.nn.Module,
     source: str | np.ndarray | ImageSource,
@@ -201,15 +210,17 @@ def compute_activations(
     on_batch: Callable[[np.ndarray], None] | None = None,
 ) -> dict[str, np.ndarray | None]:
     """
-    Run the Inception feature extractor over every image of a batch.
+    Run a feature extractor over every image of a batch.
 
     :param extractor: a module mapping uint8 [n x 3 x H x W] images to a dict with "pool"
-                      [n x 2048], "spatial" [n x 2023] and "logits" [n x 1008] or None.
+                      [n x 2048], "spatial" [n x 2023] and "logits" [n x 1008] or None (the
+                      Inception network), or with the keys of its ``output_keys`` attribute.
     :param source: an .npz path, a uint8 [N x H x W x 3] array, a folder, or an ImageSource.
     :param batch_size: images per forward pass.
     :param progress: show a tqdm progress bar.
     :param on_batch: called with every uint8 [n x H x W x 3] batch before it is processed.
-    :return: {"pool": [N x 2048], "spatial": [N x 2023], "logits": [N x 1008] or None}, float32.
+    :return: {"pool": [N x 2048], "spatial": [N x 2023], "logits": [N x 1008] or None}, float32
+             (or one [N x D] array per key of ``output_keys``).
     """
     if not isinstance(source, ImageSource):
         source = ImageSource(source)
@@ -219,7 +230,8 @@ def compute_activations(
         from tqdm.auto import tqdm
 
         batches = tqdm(batches, total=-(-len(source) // batch_size), desc=source.name, leave=False)
-    outputs: dict[str, list[np.ndarray]] = {"pool": [], "spatial": [], "logits": []}
+    keys = output_keys(extractor)
+    outputs: dict[str, list[np.ndarray]] = {key: [] for key in keys}
     for images in batches:
         if on_batch is not None:
             on_batch(images)
@@ -231,12 +243,14 @@ def compute_activations(
             if features.get(key) is not None:
                 outputs[key].append(features[key].float().cpu().numpy())
     result = {key: (np.concatenate(parts) if parts else None) for key, parts in outputs.items()}
-    _check_activations(result, len(source), source.name)
+    _check_activations(result, len(source), source.name, keys)
     return result
 
 
-def _check_activations(acts: dict, count: int, name: str) -> None:
-    for key in ("pool", "spatial", "logits"):
+def _check_activations(
+    acts: dict, count: int, name: str, keys: tuple[str, ...] = INCEPTION_KEYS
+) -> None:
+    for key in keys:
         value = acts.get(key)
         if value is None and key == "logits":
             continue
@@ -321,25 +335,27 @@ def user_cache_dir() -> str:
 def cache_paths(batch_path: str, extractor: torch.nn.Module) -> list[str]:
     """
     :return: the candidate cache files for a batch's activations: next to the batch, then in
-             user_cache_dir(). The name holds a hash of the batch's content and the weights.
+             user_cache_dir(). The name holds the extractor's ``cache_tag`` ("inception"
+             unless it has one) and a hash of the batch's content and the weights.
     """
     key = hashlib.sha256(
         f"{CACHE_VERSION}:{file_sha256(batch_path)}:{weights_identity(extractor)}".encode()
     ).hexdigest()[:20]
-    name = f"{os.path.basename(batch_path)}.inception-{key}.npz"
+    tag = getattr(extractor, "cache_tag", "inception")
+    name = f"{os.path.basename(batch_path)}.{tag}-{key}.npz"
     return [
         os.path.join(os.path.dirname(os.path.abspath(batch_path)), name),
         os.path.join(user_cache_dir(), name),
     ]
 
 
-def _load_cache(path: str, count: int) -> dict[str, np.ndarray | None] | None:
+def _load_cache(
+    path: str, count: int, keys: tuple[str, ...] = INCEPTION_KEYS
+) -> dict[str, np.ndarray | None] | None:
     try:
         with np.load(path) as data:
-            acts = {
-                key: (data[key] if key in data else None) for key in ("pool", "spatial", "logits")
-            }
-        _check_activations(acts, count, path)
+            acts = {key: (data[key] if key in data else None) for key in keys}
+        _check_activations(acts, count, path, keys)
         return acts
     except (OSError, ValueError, zipfile.BadZipFile) as err:
         warnings.warn(f"ignoring unreadable activation cache {path}: {err}")
@@ -370,7 +386,7 @@ def cached_activations(
     Arrays and folders are never cached; an unwritable batch directory falls back to
     user_cache_dir(), and failing that the cache is skipped with a warning.
 
-    :param extractor: the Inception feature extractor.
+    :param extractor: the Inception network or another feature extractor.
     :param source: an .npz path (cached) or anything compute_activations() accepts.
     :param batch_size: images per forward pass.
     :param use_cache: read and write the cache.
@@ -383,7 +399,7 @@ def cached_activations(
     paths = cache_paths(str(source), extractor)
     for path in paths:
         if os.path.exists(path):
-            acts = _load_cache(path, len(image_source))
+            acts = _load_cache(path, len(image_source), output_keys(extractor))
             if acts is not None:
                 return acts
     acts = compute_activations(extractor, image_source, batch_size, progress)

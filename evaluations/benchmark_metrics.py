@@ -1,11 +1,15 @@
 """
 Time the evaluator's metrics on random Inception-sized features: precision / recall (k = 3,
 blocked distances) at 10,000 and 50,000 2048-d features on CPU and, when present, the GPU,
-and the 2048x2048 Frechet distance.
+the 2048x2048 Frechet distance, and with --new what KID (100 subsets of 1,000, float64) and
+density / coverage (k = 5, in precision / recall's distance pass) add to them.
 
-Example:
+Examples:
 
     python evaluations/benchmark_metrics.py --sizes 10000 --devices cpu
+    # the cost of KID, density and coverage against the whole evaluator on 10,000 images, with
+    # the Inception rate that benchmark_inception.py measured
+    python evaluations/benchmark_metrics.py --sizes 10000 --devices cpu --new --images_per_second 19.7
 """
 
 import argparse
@@ -18,7 +22,14 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 
 import torch
 
-from evaluations.metrics import compute_statistics, frechet_distance, precision_recall
+from evaluations.metrics import (
+    KID_SUBSET_SIZE,
+    compute_statistics,
+    frechet_distance,
+    kernel_inception_distance,
+    manifold_metrics,
+    precision_recall,
+)
 
 
 def random_features(count: int, dim: int, shift: float, seed: int) -> torch.Tensor:
@@ -54,7 +65,68 @@ def create_argparser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--fid", action="store_true", help="also time FID's statistics and Frechet distance"
     )
+    parser.add_argument(
+        "--new", action="store_true",
+        help="also time what KID, density and coverage add: the original metrics (statistics, "
+        "FID, sFID, precision / recall) against the same plus KID and the density / coverage "
+        "counts in the precision / recall pass",
+    )
+    parser.add_argument(
+        "--images_per_second", type=float, default=None,
+        help="with --new: the Inception rate (benchmark_inception.py) to also express the added "
+        "time as a share of the whole evaluator (features of one batch of the size; the "
+        "reference's are cached or stored)",
+    )
     return parser
+
+
+def time_new_metrics(
+    size: int, dim: int, device: str, block_size: int, images_per_second: float | None
+) -> None:
+    """
+    Print the original metrics' time at ``size`` features per set, and what KID and density /
+    coverage add (interleaved: original, then with the additions, so load changes on a shared
+    machine hit both).
+    """
+    ref = random_features(size, dim, 0.0, seed=0)
+    sample = random_features(size, dim, 0.1, seed=1)
+    spatial_ref = random_features(size, dim, 0.0, seed=2)
+    spatial_sample = random_features(size, dim, 0.1, seed=3)
+
+    def timed(fn) -> float:
+        start = time.perf_counter()
+        fn()
+        return time.perf_counter() - start
+
+    def frechet(a, b):
+        return frechet_distance(*compute_statistics(a.numpy()), *compute_statistics(b.numpy()))
+
+    fid = timed(lambda: frechet(sample, ref)) + timed(lambda: frechet(spatial_sample, spatial_ref))
+    pr = timed(lambda: precision_recall(ref, sample, block_size=block_size, device=device))
+    everything = timed(
+        lambda: manifold_metrics(ref, sample, block_size=block_size, device=device)
+    )
+    subset_size = min(KID_SUBSET_SIZE, size)
+    kid = timed(lambda: kernel_inception_distance(ref, sample, subset_size=subset_size, device=device))
+    original = fid + pr
+    added = (everything - pr) + kid
+    print(
+        f"{size} x {size} on {device}: original metrics {original:.1f} s (statistics + FID + sFID "
+        f"{fid:.1f} s, precision/recall {pr:.1f} s); added: density/coverage "
+        f"{everything - pr:+.1f} s (precision/recall/density/coverage in one pass {everything:.1f} s), "
+        f"KID {kid:.1f} s (100 subsets of {subset_size}, float64); {added:.1f} s = "
+        f"{100 * added / original:.1f}% of the metrics",
+        flush=True,
+    )
+    if images_per_second:
+        extraction = size / images_per_second
+        total = extraction + original
+        print(
+            f"  with Inception features of {size} images at {images_per_second} images/s "
+            f"({extraction:.0f} s): the evaluator takes {total:.0f} s, KID + density/coverage add "
+            f"{added:.1f} s = {100 * added / total:.1f}%",
+            flush=True,
+        )
 
 
 def main() -> None:
@@ -91,6 +163,10 @@ def main() -> None:
                 f"(block {args.block_size}; precision {precision:.4f}, recall {recall:.4f})",
                 flush=True,
             )
+    if args.new:
+        for device in devices:
+            for size in (int(value) for value in args.sizes.split(",")):
+                time_new_metrics(size, args.dim, device, args.block_size, args.images_per_second)
     if args.fid:
         feats = random_features(max(4 * args.dim, 10000), args.dim, 0.0, seed=2).numpy()
         start = time.perf_counter()

@@ -16,6 +16,15 @@ OPTIONAL_PACKAGES: dict[str, tuple[str, str]] = {
     "sklearn": ("scikit-learn", "demo"),  # the demo's digits and their clean classifier
     "mpi4py": ("mpi4py", "mpi"),  # ranks started by mpiexec / mpirun
     "tensorboard": ("tensorboard", "tensorboard"),  # logger's 'tensorboard' format
+    "timm": ("timm", "timm"),  # the evaluator's --fd_timm_model
+    # evaluations/compare_metrics.py, a developer's check against independent implementations
+    "torchmetrics": ("torchmetrics", "dev"),
+    "prdc": ("prdc", "dev"),
+}
+
+# optional packages that [dev] does not install, and why (their tests use a stand-in module)
+NOT_IN_DEV: dict[str, str] = {
+    "timm": "it needs torchvision, which does not import beside the CPU build of torch",
 }
 
 # imports of an installed package's module that work only with another package present

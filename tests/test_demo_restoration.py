@@ -1,5 +1,5 @@
 """
-The demo's restoration section (guided_diffusion.demo_restoration): choosing the digits,
+The demo's restoration section (guided_diffusion.demo.restoration): choosing the digits,
 scoring, the grid and the table, the section's wiring with a stand-in program runner, and
 (slow) the real programs end to end through scripts/demo.py --restoration yes.
 """
@@ -15,20 +15,20 @@ import numpy as np
 import pytest
 
 
-from guided_diffusion import demo_restoration as dr  # noqa: E402
-from guided_diffusion import digits_data  # noqa: E402
+from guided_diffusion.demo import digits  # noqa: E402
+from guided_diffusion.demo import restoration as dr  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
-def digits():
+def held_out():
     """(uint8 [300 x 8 x 8 x 3] held-out digits, labels, a clean classifier fitted on the rest)."""
-    images, labels = digits_data.load_digit_arrays()
-    train, held = digits_data.holdout_split(labels, 30)
-    rgb = np.stack([np.asarray(digits_data.digit_to_image(d, 8)) for d in images])
-    clean = digits_data.fit_clean_classifier(
-        digits_data.images_to_digit_features(rgb[train]), labels[train])
+    images, labels = digits.load_digit_arrays()
+    train, held = digits.holdout_split(labels, 30)
+    rgb = np.stack([np.asarray(digits.digit_to_image(d, 8)) for d in images])
+    clean = digits.fit_clean_classifier(
+        digits.images_to_digit_features(rgb[train]), labels[train])
     return rgb[held], labels[held], clean
 
 
@@ -92,8 +92,8 @@ def test_tasks_name_their_operators_and_methods():
     assert dict(sr.methods)["ilvr"] == ("--ilvr_down_n", "2", "--ilvr_filter", "avgpool")
 
 
-def test_score_accuracy_and_psnr_over_the_hidden_half(digits):
-    images, labels, clean = digits
+def test_score_accuracy_and_psnr_over_the_hidden_half(held_out):
+    images, labels, clean = held_out
     hidden = 1.0 - dr.named_mask("half", 8).numpy()
     accuracy, value = dr.score(images, images, labels, clean, hidden)
     assert accuracy > 0.95 and value > 100  # exact restoration
@@ -150,8 +150,8 @@ class StandInRunner:
         return log
 
 
-def test_section_rows_grids_and_reuse(digits, tmp_path):
-    images, labels, clean = digits
+def test_section_rows_grids_and_reuse(held_out, tmp_path):
+    images, labels, clean = held_out
     one_each = np.stack([images[labels == d][0] for d in range(10)])
     runner = StandInRunner(tmp_path, one_each)
     csv_path, md_path, grids = dr.run_section(
@@ -188,7 +188,7 @@ def test_section_rows_grids_and_reuse(digits, tmp_path):
     assert len(runner.calls) == 26  # every edit again; the labels, so label only, are the same
 
 
-def test_labels_withheld_on_a_model_with_a_null_class(digits, tmp_path):
+def test_labels_withheld_on_a_model_with_a_null_class(held_out, tmp_path):
     import json as json_module
 
     from guided_diffusion import run_config
@@ -203,7 +203,7 @@ def test_labels_withheld_on_a_model_with_a_null_class(digits, tmp_path):
         assert dr.labels_withheld("auto", model) is withheld
         assert dr.labels_withheld("given", model) is False
         assert dr.labels_withheld("withheld", model) is True
-    images, labels, clean = digits
+    images, labels, clean = held_out
     runner = StandInRunner(tmp_path / "out", np.stack([images[labels == d][0] for d in range(10)]))
     csv_path, _, _ = dr.run_section(_args(restoration_labels="auto"), runner, (images, labels),
                                     model, clean, {"disable": True})

@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from guided_diffusion import demo_settings as ds
+from guided_diffusion.demo import settings as ds
 
 BASE = ds.Setting(name="base", steps=50)
 
@@ -83,6 +83,14 @@ def test_results_files(tmp_path):
     assert lines[2].startswith("| classifier_4 | ancestral | 50 | 4 |  | 12.346 | 150.2 |")
     assert lines[3].startswith("| cfg | ancestral | 50 | 0 | 2 | nan |")
     assert len(lines) == 4
+    # rows without the evaluator's newer metrics have NaN there; KID keeps its small digits
+    assert math.isnan(float(read[0]["kid"])) and math.isnan(float(read[1]["coverage"]))
+    row = ds.result_row(BASE, dict(metrics, kid=0.000123456, density=1.0625, coverage=0.5))
+    cells = ds.format_markdown([row]).splitlines()[2].split(" | ")
+    columns = list(ds.RESULT_COLUMNS + ds.EXTRA_COLUMNS)
+    assert columns[5:12] == ["fid", "sfid", "precision", "recall", "kid", "density", "coverage"]
+    assert [cells[columns.index(c)] for c in ("kid", "density", "coverage")] == [
+        "0.000123", "1.062", "0.500"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["results.csv", "results.md"]
 
 

@@ -35,6 +35,8 @@ from evaluations.metrics import (
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUTPUT_LINES = [r"Inception Score: ", r"FID: ", r"sFID: ", r"Precision: ", r"Recall: "]
+# the default output: the original evaluator's five lines, then KID, density and coverage
+DEFAULT_LINES = OUTPUT_LINES + [r"KID: ", r"KID std: ", r"Density: ", r"Coverage: "]
 FLOAT = r"-?\d+(\.\d+)?(e[-+]?\d+)?"
 
 
@@ -170,7 +172,7 @@ def test_bad_batches_name_the_file_and_what_was_expected(tmp_path):
         "somestats.npz": ({"arr_0": make_images(4), "mu": np.zeros(2048)}, r"needs all of"),
     }
     good = str(tmp_path / "good.npz")
-    np.savez(good, make_images(4))
+    np.savez(good, make_images(6))  # k + 1 = 6 for density / coverage
     for name, (arrays, message) in cases.items():
         path = str(tmp_path / name)
         np.savez(path, **arrays)
@@ -416,15 +418,32 @@ def test_make_ref_empty_folder(tmp_path):
 # Command line
 
 
-def test_cli_prints_the_five_lines(tmp_path, capsys):
+def test_cli_prints_the_original_lines_then_kid_density_coverage(tmp_path, capsys):
     ref, sample = str(tmp_path / "ref.npz"), str(tmp_path / "sample.npz")
     np.savez(ref, make_images(10, seed=11))
     np.savez(sample, make_images(10, seed=12))
     main([ref, sample, "--device", "cpu"], extractor=FakeExtractor())
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0] == "computing reference batch activations..."
-    for line, prefix in zip(lines[-5:], OUTPUT_LINES):
+    assert lines[-10] == "Computing evaluations..."
+    for line, prefix in zip(lines[-9:], DEFAULT_LINES, strict=True):
         assert re.fullmatch(prefix + FLOAT, line), line
+
+
+def test_a_reference_the_original_took_still_evaluates_without_density(tmp_path, capsys):
+    # 4 images: enough for ADM's k = 3 precision / recall, too few for density and coverage
+    # (k = 5); by default they are left out with a warning, asked for they are an error
+    ref, sample = str(tmp_path / "ref.npz"), str(tmp_path / "sample.npz")
+    np.savez(ref, make_images(4, seed=11))
+    np.savez(sample, make_images(4, seed=12))
+    with pytest.warns(UserWarning, match="too few for density and coverage"):
+        main([ref, sample, "--device", "cpu", "--no_cache"], extractor=FakeExtractor())
+    lines = capsys.readouterr().out.strip().splitlines()
+    for line, prefix in zip(lines[-7:], DEFAULT_LINES[:7], strict=True):
+        assert re.fullmatch(prefix + FLOAT, line), line
+    for flags in (["--metrics", "fid,density"], ["--dc_nearest_k", "4"]):
+        with pytest.raises(SystemExit, match="ref.npz: holds 4 images; density / coverage"):
+            main([ref, sample, "--device", "cpu", "--no_cache", *flags], extractor=FakeExtractor())
 
 
 def test_cli_without_logits_reports_inception_score_unavailable(tmp_path, capsys):
@@ -432,9 +451,9 @@ def test_cli_without_logits_reports_inception_score_unavailable(tmp_path, capsys
     np.savez(ref, make_images(8))
     main([ref, ref, "--device", "cpu", "--no_cache"], extractor=FakeExtractor(has_logits=False))
     lines = capsys.readouterr().out.strip().splitlines()
-    assert re.fullmatch(r"Inception Score: unavailable \(.*logits.*\)", lines[-5])
-    assert lines[-4] == "FID: " + lines[-4].split(" ")[1] and re.fullmatch(
-        "FID: " + FLOAT, lines[-4]
+    assert re.fullmatch(r"Inception Score: unavailable \(.*logits.*\)", lines[-9])
+    assert lines[-8] == "FID: " + lines[-8].split(" ")[1] and re.fullmatch(
+        "FID: " + FLOAT, lines[-8]
     )
 
 
@@ -490,12 +509,13 @@ def test_real_inception_activations_through_the_batch_pipeline(tmp_path):
 @pytest.mark.slow
 def test_cli_smoke_real_inception(tmp_path):
     """
-    The script end to end through the real network on 5 tiny images; slow because of the two
-    2048x2048 matrix square roots (20-60 s on 2 shared CPU cores).
+    The script end to end through the real network on 6 tiny images (k + 1 for density /
+    coverage); slow because of the two 2048x2048 matrix square roots (20-60 s on 2 shared CPU
+    cores).
     """
     _real_weights_or_skip()
     ref, sample = str(tmp_path / "ref.npz"), str(tmp_path / "sample.npz")
-    images = make_images(5, size=32, seed=13)
+    images = make_images(6, size=32, seed=13)
     np.savez(ref, images)
     np.savez_compressed(sample, images)
     run = subprocess.run(
@@ -513,13 +533,15 @@ def test_cli_smoke_real_inception(tmp_path):
         cwd=str(tmp_path),
     )
     assert run.returncode == 0, run.stderr
-    lines = run.stdout.strip().splitlines()
-    assert re.fullmatch(r"Inception Score: (" + FLOAT + r"|unavailable \(.*\))", lines[-5])
-    for line, prefix in zip(lines[-4:], OUTPUT_LINES[1:]):
+    lines = run.stdout.strip().splitlines()[-9:]
+    assert re.fullmatch(r"Inception Score: (" + FLOAT + r"|unavailable \(.*\))", lines[0])
+    for line, prefix in zip(lines[1:], DEFAULT_LINES[1:], strict=True):
         assert re.fullmatch(prefix + FLOAT, line), line
-    # the same images: FID and sFID vanish (up to the square root's rounding), P = R = 1
-    assert abs(float(lines[-4].split()[1])) < 1e-3 and abs(float(lines[-3].split()[1])) < 1e-3
-    assert lines[-2:] == ["Precision: 1.0", "Recall: 1.0"]
+    # the same images: FID and sFID vanish (up to the square root's rounding), P = R = 1;
+    # every reference ball holds its own image and its k = 5 neighbours' (density (k + 1) / k)
+    assert abs(float(lines[1].split()[1])) < 1e-3 and abs(float(lines[2].split()[1])) < 1e-3
+    assert lines[3:5] == ["Precision: 1.0", "Recall: 1.0"]
+    assert lines[7:] == ["Density: 1.2", "Coverage: 1.0"]
     assert (
         sum(name.endswith(".npz") and ".inception-" in name for name in os.listdir(tmp_path)) == 2
     )

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from guided_diffusion.synthetic_data import SHAPE_CLASSES, draw_shape, write_shapes_dataset
+from synthetic_data import SHAPE_CLASSES, draw_shape, write_shapes_dataset
 
 
 def test_shapes_dataset_files_classes_and_determinism(tmp_path):

@@ -1,7 +1,7 @@
 """
 A small class-labelled image folder drawn procedurally (coloured shapes on a plain
 background), needing nothing beyond Pillow: test data for training, guided sampling and
-evaluation. (The demo uses real data instead: the digits of guided_diffusion.digits_data.)
+evaluation. (The demo uses real data instead: the digits of guided_diffusion.demo.digits.)
 
 Files are named "{class}_{index:05d}.png", the class convention of load_data.
 """

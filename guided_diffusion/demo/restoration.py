@@ -40,13 +40,13 @@ from typing import Optional
 
 import numpy as np
 
-from .digits_data import images_to_digit_features
-from .edit_util import psnr, to_float
-from . import io_util
-from .io_util import atomic_write
-from .operators import named_mask
-from .run_config import read_run_config
-from .sample_io import save_png
+from guided_diffusion import io_util
+from guided_diffusion.demo.digits import images_to_digit_features
+from guided_diffusion.edit_util import psnr, to_float
+from guided_diffusion.io_util import atomic_write
+from guided_diffusion.operators import named_mask
+from guided_diffusion.run_config import read_run_config
+from guided_diffusion.sample_io import save_png
 
 COLUMNS = ("task", "method", "labels", "accuracy", "psnr", "psnr_region", "seconds_per_image",
            "flags")

@@ -25,6 +25,9 @@ RESULT_COLUMNS = (
     "sfid",
     "precision",
     "recall",
+    "kid",
+    "density",
+    "coverage",
     "accuracy",
     "images_per_second",
 )
@@ -32,6 +35,8 @@ RESULT_COLUMNS = (
 # evaluations per image the sampling program counted (model forward passes, classifier
 # gradients), so a guidance interval's savings and a solver's cost can be read off
 EXTRA_COLUMNS = ("guidance_interval", "model_evaluations", "classifier_evaluations")
+# the evaluator's KID, density and coverage: NaN in rows whose metrics predate them
+NEWER_METRICS = ("kid", "density", "coverage")
 # the sampling programs: guided by the noisy classifier, or not
 CLASSIFIER_PROGRAM = "scripts/classifier_sample.py"
 PLAIN_PROGRAM = "scripts/image_sample.py"
@@ -263,7 +268,8 @@ def check_unique(settings: Sequence[Setting]) -> None:
 def result_row(setting: Setting, metrics: dict[str, float]) -> dict[str, object]:
     """
     :param metrics: fid, sfid, precision, recall, accuracy, images_per_second, and
-        optionally model_evaluations and classifier_evaluations.
+        optionally kid, density, coverage (NaN when missing), model_evaluations and
+        classifier_evaluations.
     :return: one row of the table, keyed by RESULT_COLUMNS + EXTRA_COLUMNS.
     """
     row = {
@@ -273,7 +279,8 @@ def result_row(setting: Setting, metrics: dict[str, float]) -> dict[str, object]
         "classifier_scale": setting.classifier_scale,
         "guidance_scale": "" if setting.guidance_scale is None else setting.guidance_scale,
     }
-    row.update({key: metrics[key] for key in RESULT_COLUMNS[5:]})
+    row.update({key: metrics.get(key, math.nan) if key in NEWER_METRICS else metrics[key]
+                for key in RESULT_COLUMNS[5:]})
     row["guidance_interval"] = setting.guidance_interval()
     for key in EXTRA_COLUMNS[1:]:
         row[key] = metrics.get(key, "")
@@ -285,6 +292,8 @@ def _cell(column: str, value: object) -> str:
         return str(value)
     if column in RESULT_COLUMNS[:5] or column in EXTRA_COLUMNS:  # counts and settings as given
         return _number(value)
+    if column == "kid":  # typically 1e-4 to 1e-1
+        return f"{value:.3g}"
     return f"{value:.3f}" if abs(value) < 100 else f"{value:.1f}"
 
 

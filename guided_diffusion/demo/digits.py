@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .extras import require
+from guided_diffusion.extras import require
 
 DIGIT_CLASSES = tuple(str(d) for d in range(10))
 DIGIT_SIDE = 8

@@ -12,7 +12,7 @@ import os
 from collections import defaultdict
 from typing import Optional, Sequence
 
-from guided_diffusion.demo_settings import FID_FIGURE, PR_FIGURE, Setting
+from guided_diffusion.demo.settings import FID_FIGURE, PR_FIGURE, Setting
 from guided_diffusion.io_util import atomic_write
 
 Row = dict[str, object]
