@@ -481,11 +481,12 @@ SAMPLING_FLAG_HELP = {
     "step), unipc (Zhao et al. 2023) or edm (Karras et al. 2022, Algorithm 2: Heun steps, "
     "stochastic with --S_churn > 0); one model evaluation per step of --timestep_respacing, "
     "edm two (one at the last step)",
-    "unipc_order": "UniPC's predictor order (its corrector adds one): 2 (the authors' choice, "
-    "also for guided sampling) or 3 (for unguided sampling at about 10 steps or more; 1 only "
-    "for tests)",
-    "third_order_form": "dpm++3m's third-order term: exact (2 D2, the Taylor expansion: order "
-    "3) or circulated (D2, the widely shared 3M code: order 2; to reproduce its numbers)",
+    "unipc_order": "UniPC's predictor order (its corrector adds one): 2 below about 20 "
+    "steps, 3 from 20 to 25 steps on a log-SNR grid (measured on an exact Gaussian-mixture "
+    "model: docs/samplers.md); 1 gives the order-2 UniPC-p1",
+    "third_order_form": "dpm++3m's third-order term: exact (2 D2, the Taylor expansion, order "
+    "3: for 20 steps or more) or circulated (D2, the widely shared 3M code, order 2: to "
+    "reproduce its numbers; a little better at 10 to 15 steps on the mixture model)",
     "sde_eta": "dpm++2m-sde's amount of fresh noise: 1 the reverse SDE (corrects model errors "
     "best), 0 the probability-flow ODE (dpm++2m), between: less noise for few steps",
     "lower_order_final": "when dpm++2m / dpm++3m / dpm++2m-sde / unipc lower the order of the "
