@@ -250,3 +250,15 @@ def test_out_of_range_labels_name_where_the_class_count_comes_from():
     with pytest.raises(SamplingInputError, match="\\(--num_classes 3\\)"):
         image_labels("", np.array([7]), 1, 3, seed=0)
     assert image_labels("1,2", None, 3, 3, seed=0).tolist() == [1, 2, 1]
+
+
+@pytest.mark.parametrize("grid", ["trailing3", "karras3"])
+def test_editing_programs_take_the_named_grids(ckpt, inputs, tmp_path, grid):
+    """The grids are --timestep_respacing forms, so the editing programs have them too."""
+    args = edit_flags(ckpt, inputs, "uncond", "--method", "sdedit", "--operator", "none",
+                      "--sdedit_repeats", "1", "--num_samples", "2")  # fmt: skip
+    args[args.index("--timestep_respacing") + 1] = grid
+    run("image_edit.py", args, tmp_path / "edit")
+    common = [*flags(MODEL), "--class_cond", "True", "--timestep_respacing", grid,
+              "--model_path", ckpt["cond"], "--input", str(inputs / "folder"), "--class_labels", "2"]
+    assert "round-trip error" in run("ddim_invert.py", common, tmp_path / "invert").stdout
