@@ -28,9 +28,8 @@ from guided_diffusion.image_datasets import (
     list_image_files,
     to_rgb,
 )
-from guided_diffusion.io_util import atomic_write
-from guided_diffusion.npz_batch import (  # noqa: F401  (importable here as before)
-    NpyStreamWriter,
+from guided_diffusion.io_util import atomic_write, hash_file
+from guided_diffusion.npz_batch import (
     NpzArrayReader,
     NpzWriter,
     check_images,
@@ -297,16 +296,13 @@ def file_sha256(path: str, chunk_bytes: int = 1 << 24) -> str:
     except (OSError, ValueError, TypeError):
         pass  # no memo yet, or an unreadable one: hash the file
     stamp["hashed_at_ns"] = time.time_ns()
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
+    digest = hash_file(path, chunk_bytes)
     try:
         with atomic_write(memo, "w") as f:
-            json.dump({**stamp, "sha256": digest.hexdigest()}, f)
+            json.dump({**stamp, "sha256": digest}, f)
     except OSError:
         pass  # an unwritable cache only costs the next run a re-read
-    return digest.hexdigest()
+    return digest
 
 
 def weights_identity(extractor: torch.nn.Module) -> str:

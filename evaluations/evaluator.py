@@ -59,7 +59,7 @@ from evaluations.metrics import (
     kernel_inception_distance,
     manifold_metrics,
 )
-from evaluations.results import (  # noqa: F401  (format_results: importable here as before)
+from evaluations.results import (
     INCEPTION_METRICS,
     METRIC_NAMES,
     check_writable,

@@ -27,15 +27,11 @@ import urllib.error
 import urllib.request
 import warnings
 import zipfile
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn as nn
 
 from guided_diffusion.io_util import atomic_write
-
-if TYPE_CHECKING:  # the network module imports this one
-    from evaluations.inception import InceptionFeatureExtractor
 
 __all__ = [
     "resolve_inception_weights",
@@ -138,12 +134,12 @@ _PYTORCH_FID_TENSORS = {
 }
 
 
-def export_pytorch_fid_state_dict(model: "InceptionFeatureExtractor") -> dict[str, torch.Tensor]:
+def export_pytorch_fid_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     """
     The model's weights in the layout of pytorch-fid's ``pt_inception`` file (torchvision
     names, batch-norm scales of one; a zero ``fc.bias``, unused by the Inception Score).
 
-    :param model: the network to export.
+    :param model: the network to export (``inception.InceptionFeatureExtractor``).
     :return: a state dict readable by ``load_inception`` and by pytorch-fid.
     """
     state = model.state_dict()

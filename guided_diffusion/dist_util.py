@@ -32,6 +32,8 @@ from typing import Any, Optional
 import torch
 import torch.distributed as dist
 
+from .checkpoint_util import read_checkpoint
+
 # Environment variables that MPI launchers set for every process: (rank, size, local rank).
 _MPI_ENV = (
     ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),  # Open MPI
@@ -264,8 +266,6 @@ def load_state_dict(path: str, **kwargs: Any) -> Any:
     :param kwargs: passed to ``torch.load``, e.g. ``map_location="cpu"``.
     :return: the loaded object (usually a state dict).
     """
-    from .checkpoint_util import read_checkpoint  # it imports the models, which import us
-
     kwargs.setdefault("map_location", None)
     return read_checkpoint(path, **kwargs)
 

@@ -1,9 +1,10 @@
 """
 The pieces the editing programs (``scripts/image_edit.py``, ``scripts/ddim_invert.py``)
-share: their flags and published defaults, reading input images (a ``.npz`` batch, a
-folder, or one image file) and masks, running a method over the images split across the
-ranks like the sampling programs (see ``sample_util``), and writing the ``.npz`` with a
-PNG grid of input, degraded and result side by side.
+share: reading input images (a ``.npz`` batch, a folder, or one image file) and masks,
+loading the models, running a method over the images split across the ranks like the
+sampling programs (see ``sample_util``), and writing the ``.npz`` with a PNG grid of input,
+degraded and result side by side. Their flags are ``flags``' (``image_edit_defaults``,
+``ddim_invert_defaults``, ``EDIT_FLAG_HELP``).
 """
 
 import argparse
@@ -17,28 +18,15 @@ import blobfile as bf
 import numpy as np
 import torch
 
-from . import dist_util, flags, guidance, logger, sample_util, shards
+from . import dist_util, flags, guidance, logger, shards
 from .image_datasets import center_crop_arr, list_image_files, read_rgb
+from .image_seeds import chunk_seeds, shared_seed
 from .io_util import atomic_write
 from .model_loading import load_classifier, load_model_and_diffusion
-from .operators import MASK_NAMES, OPERATOR_NAMES, mask_from_image, named_mask
-from .sample_io import SamplingInputError, image_grid, read_npz_images, save_png
-from .flags import (  # noqa: F401  (importable here as before)
-    EDIT_FLAG_HELP,
-    EDIT_METHODS,
-    ddim_invert_defaults,
-    edit_common_defaults,
-    image_edit_defaults,
-)
-from .sample_util import chunk_seeds, shared_seed, to_uint8_nhwc
-
-# ---------------------------------------------------------------- flags
-
-# The editing programs' flags live in flags.py; the names stay importable here.
-FLAG_HELP = EDIT_FLAG_HELP
-METHODS = EDIT_METHODS
-common_defaults = edit_common_defaults
-
+from .npz_batch import read_npz_images
+from .operators import MASK_NAMES, mask_from_image, named_mask
+from .sample_io import image_grid, save_png, to_uint8_nhwc
+from .script_errors import SamplingInputError
 
 # ---------------------------------------------------------------- inputs
 
@@ -248,21 +236,6 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return to_uint8_nhwc(torch.from_numpy(images)).numpy()
 
 
-def create_argparser(doc: str, defaults: dict[str, object]) -> argparse.ArgumentParser:
-    """
-    An editing program's parser: its own flags (``defaults``, with help; ``--seed`` an
-    int defaulting to None), then the model, diffusion and classifier flags.
-
-    :param doc: the program's docstring, shown by --help.
-    """
-    parser = flags.create_parser(doc)
-    flags.add_flags(parser, defaults, helps=EDIT_FLAG_HELP)
-    flags.add_dict_to_argparser(
-        parser, {**flags.model_and_diffusion_defaults(), **flags.classifier_defaults()}
-    )
-    return parser
-
-
 @dataclass
 class Models:
     """What a method runs with: the model (wrapped for guidance), process, guidance, labels."""
@@ -295,27 +268,13 @@ def load_models(
         model = model if args.class_cond else guidance.labels_to_classifier_only(model)
     labels = None
     if args.class_cond or cond_fn is not None:
-        num_classes = sample_util.num_classes_of(args)
-        origin = sample_util.class_count_origin(args)
+        num_classes = flags.num_classes_of(args)
+        origin = flags.class_count_origin(args)
         labels = image_labels(args.class_labels, given_labels, count, num_classes, seed, origin)
     return Models(model=model, diffusion=diffusion, cond_fn=cond_fn, labels=labels)
 
 
 # ---------------------------------------------------------------- methods
-
-
-def check_method(method: str, operator: str) -> None:
-    """Reject an unknown ``--method`` and a method without the operator it needs."""
-    if method not in METHODS:
-        raise SamplingInputError(f"--method {method!r} is not one of {', '.join(METHODS)}")
-    if operator not in OPERATOR_NAMES:
-        raise SamplingInputError(
-            f"--operator {operator!r} is not one of {', '.join(OPERATOR_NAMES)}"
-        )
-    if method == "repaint" and operator != "inpaint":
-        raise SamplingInputError(
-            f"--method repaint inpaints: it needs --operator inpaint, got {operator!r}"
-        )
 
 
 def make_edit_fn(
@@ -388,11 +347,11 @@ def image_labels(
     random classes drawn from ``seed``.
 
     :param origin: where ``num_classes`` comes from, for messages
-        (``sample_util.class_count_origin``; default: ``--num_classes``).
+        (``flags.class_count_origin``; default: ``--num_classes``).
     :return: int64 [count].
     """
     origin = origin or f"--num_classes {num_classes}"
-    chosen = sample_util.parse_class_labels(text, num_classes, origin)
+    chosen = flags.parse_class_labels(text, num_classes, origin)
     if chosen is not None:
         return np.array([chosen[i % len(chosen)] for i in range(count)], np.int64)
     if given is not None:

@@ -1,122 +1,48 @@
 """
-Every command-line flag of the programs in one place: the defaults (the original's names
-and values, plus the new flags), the help texts, and adding them to a parser.
+Every program's flags, parsed and checked in one place: the programs' own flags (sampling,
+training, editing; the networks' and diffusion processes' flags are ``script_util``'s), their
+help, the parsers, and ``parse_args``, which fills in the model flags of a checkpoint from
+what is known about it and checks them before any work starts.
 
-- models and diffusion: ``model_and_diffusion_defaults``, ``sr_model_and_diffusion_defaults``,
-  ``classifier_defaults``, ``classifier_and_diffusion_defaults``, ``diffusion_defaults``
-  (``network_defaults(kind)`` picks one by the kind of network);
-- training: ``diffusion_train_defaults`` (image_train.py, super_res_train.py),
-  ``classifier_train_defaults`` (classifier_train.py), ``TRAIN_LOOP_FLAGS``;
-- sampling: ``sampling_defaults`` (image_sample.py, classifier_sample.py,
-  super_res_sample.py) and ``nll_defaults`` (image_nll.py);
-- editing: ``image_edit_defaults``, ``ddim_invert_defaults`` (``EDIT_FLAG_HELP``);
-- help: ``FLAG_HELP`` (every flag), with ``TRAIN_FLAG_HELP`` and ``SAMPLING_FLAG_HELP``
-  (and ``EDIT_FLAG_HELP``) wording the flags the way those programs use them.
+A program reads its flags here, then sets up distribution, then does its work::
 
-A new flag goes into a defaults function here first, so that it reaches the programs and,
-for model flags, the run configuration saved beside every checkpoint (``run_config``).
-The original modules keep these names importable (``script_util``, ``train_util``,
-``sample_util``).
+    def main(argv=None):
+        args = flags.parse_args(create_argparser(), argv, model_path="model")
+        flags.check_counts(args.num_samples, args.batch_size)  # and other checks
+        dist_util.setup_dist()
+        ...
+
+    if __name__ == "__main__":
+        script_errors.run_program(main)
+
+- parsers: ``create_parser`` (a program's own flags, with help), ``create_sampling_parser``
+  (sampling, evaluating, editing) and ``create_train_parser``, with ``--preset`` where the
+  program builds a network;
+- ``parse_args(parser, argv, model_path="model", ...)``: the model flags not given come from
+  the run configuration saved beside the checkpoint (``run_config``), from ``--preset NAME``
+  or, for a published checkpoint with neither, from its layout recognised in the state dict
+  (``presets``); a given flag that contradicts them is refused naming it;
+- ``parse_train_args``: the same for ``--resume_checkpoint``, plus every training check,
+  returning the loop's settings (``train_config.TrainConfig``);
+- checks: ``check_counts``, ``parse_class_labels`` / ``class_labels_of``,
+  ``check_edit_method``, ``check_train_args``, ``check_num_classes``.
+
+A new flag goes into a defaults function here (or in ``script_util`` for a network flag)
+first, so that it reaches the programs and, for model flags, the run configuration saved
+beside every checkpoint.
 """
 
 import argparse
-from typing import Any, Callable, Optional, Union
+import math
+from typing import Any, Optional
 
+from . import presets, run_config
+from .fp16_util import check_precision
+from .image_datasets import list_classes
 from .operators import MASK_NAMES, OPERATOR_NAMES
-
-NUM_CLASSES = 1000
-
-
-# ---------------------------------------------------------------- models and diffusion
-
-
-def diffusion_defaults() -> dict[str, Any]:
-    """Defaults for the diffusion process flags (image and classifier training alike)."""
-    return dict(
-        learn_sigma=False,
-        diffusion_steps=1000,
-        noise_schedule="linear",
-        timestep_respacing="",
-        use_kl=False,
-        predict_xstart=False,
-        rescale_timesteps=False,
-        rescale_learned_sigmas=False,
-    )
-
-
-def classifier_defaults() -> dict[str, Any]:
-    """Defaults for the noisy classifier flags."""
-    return dict(
-        image_size=64,
-        classifier_use_fp16=False,
-        classifier_width=128,
-        classifier_depth=2,
-        classifier_attention_resolutions="32,16,8",  # 16
-        classifier_use_scale_shift_norm=True,  # False
-        classifier_resblock_updown=True,  # False
-        classifier_pool="attention",
-        classifier_channel_mult="",
-        num_classes=NUM_CLASSES,
-    )
-
-
-def model_and_diffusion_defaults() -> dict[str, Any]:
-    """Defaults for the image model and diffusion flags."""
-    res = dict(
-        image_size=64,
-        num_channels=128,
-        num_res_blocks=2,
-        num_heads=4,
-        num_heads_upsample=-1,
-        num_head_channels=-1,
-        attention_resolutions="16,8",
-        channel_mult="",
-        dropout=0.0,
-        class_cond=False,
-        use_checkpoint=False,
-        use_scale_shift_norm=True,
-        resblock_updown=False,
-        use_fp16=False,
-        use_new_attention_order=False,
-        num_classes=NUM_CLASSES,
-        class_dropout_prob=0.0,
-    )
-    res.update(diffusion_defaults())
-    return res
-
-
-def classifier_and_diffusion_defaults() -> dict[str, Any]:
-    """Defaults for the classifier and diffusion flags."""
-    res = classifier_defaults()
-    res.update(diffusion_defaults())
-    return res
-
-
-def sr_model_and_diffusion_defaults() -> dict[str, Any]:
-    """
-    Defaults for the super-resolution model and diffusion flags: the image model's, without
-    ``image_size``, ``channel_mult`` and ``use_new_attention_order``, plus ``large_size`` and
-    ``small_size``.
-    """
-    res = model_and_diffusion_defaults()
-    for name in ("image_size", "channel_mult", "use_new_attention_order"):
-        del res[name]
-    return {**res, "large_size": 256, "small_size": 64}
-
-
-def network_defaults(kind: str) -> dict[str, Any]:
-    """
-    :param kind: "model" (image_train, image_sample, ...), "super_res" or "classifier".
-    :return: the network and diffusion flags of that kind of network, with their defaults.
-    """
-    table = {
-        "model": model_and_diffusion_defaults,
-        "super_res": sr_model_and_diffusion_defaults,
-        "classifier": classifier_and_diffusion_defaults,
-    }
-    if kind not in table:
-        raise ValueError(f"unknown network kind {kind!r}: expected one of {', '.join(table)}")
-    return table[kind]()
+from .script_errors import SamplingInputError
+from .script_util import NUM_CLASSES, add_dict_to_argparser
+from .train_config import TrainConfig, classifier_train_config
 
 
 # ---------------------------------------------------------------- training
@@ -125,25 +51,7 @@ def network_defaults(kind: str) -> dict[str, Any]:
 # ``image_datasets.load_data`` arguments that image_train.py takes from the flags of the same name.
 DATA_FLAGS = ("data_dir", "batch_size", "image_size", "class_cond", "random_flip")
 
-# ``TrainLoop`` arguments that come straight from the command-line flags of the same name.
-TRAIN_LOOP_FLAGS = (
-    "batch_size",
-    "microbatch",
-    "lr",
-    "ema_rate",
-    "log_interval",
-    "save_interval",
-    "resume_checkpoint",
-    "use_fp16",
-    "fp16_scale_growth",
-    "weight_decay",
-    "lr_anneal_steps",
-    "use_bf16",
-    "max_steps",
-    "seed",
-)
-
-# Help for the training flags that FLAG_HELP does not cover.
+# Help for the training flags that PROGRAM_FLAG_HELP does not cover.
 TRAIN_FLAG_HELP = {
     "max_steps": "stop after this many training steps in total, counting those of a resumed "
     "run (0: no limit)",
@@ -208,24 +116,6 @@ def classifier_train_defaults() -> dict[str, Any]:
     )
 
 
-# ``ClassifierTrainLoop`` arguments that come straight from the flags of the same name.
-CLASSIFIER_LOOP_FLAGS = (
-    "noised",
-    "iterations",
-    "anneal_lr",
-    "eval_interval",
-    "batch_size",
-    "microbatch",
-    "lr",
-    "weight_decay",
-    "log_interval",
-    "save_interval",
-    "resume_checkpoint",
-    "seed",
-    "use_bf16",
-)
-
-
 # ---------------------------------------------------------------- sampling
 
 
@@ -278,8 +168,6 @@ def nll_defaults() -> dict[str, object]:
         keep_shards=False,
     )
 
-
-# ---------------------------------------------------------------- editing (image_edit.py, ddim_invert.py)
 
 EDIT_METHODS = ("repaint", "sdedit", "ilvr", "dps", "ddnm")
 
@@ -377,58 +265,10 @@ def edit_common_defaults(clip_denoised: bool = True) -> dict[str, object]:
     )
 
 
-# ---------------------------------------------------------------- help and parsers
-
-FLAG_HELP = {
-    # models
-    "image_size": "image side length in pixels",
-    "num_channels": "base channel count of the model",
-    "num_res_blocks": "residual blocks per resolution",
-    "num_heads": "attention heads (when --num_head_channels is -1)",
-    "num_heads_upsample": "attention heads in the upsampling path (-1: --num_heads)",
-    "num_head_channels": "channels per attention head (-1: use --num_heads)",
-    "attention_resolutions": "comma-separated resolutions with attention, e.g. 32,16,8",
-    "channel_mult": "comma-separated channel multipliers per resolution "
-    "('': the image size's default)",
-    "dropout": "dropout rate",
-    "class_cond": "condition the model on class labels",
-    "num_classes": "number of classes (label embedding rows / classifier outputs)",
-    "class_dropout_prob": "training replaces each label by a null class with this "
-    "probability, for classifier-free guidance; > 0 adds the null-class row to the label "
-    "embedding (0: the original model)",
-    "use_checkpoint": "gradient checkpointing: less memory, slower steps",
-    "use_scale_shift_norm": "AdaGN: the timestep embedding scales and shifts the normalised "
-    "features",
-    "resblock_updown": "residual blocks for up- and downsampling",
-    "use_fp16": "run the model in float16 (mixed precision)",
-    "use_new_attention_order": "split qkv before heads in attention",
-    "large_size": "output side length of the upsampler",
-    "small_size": "input side length of the upsampler",
-    # classifier
-    "classifier_use_fp16": "run the classifier in float16",
-    "classifier_width": "base channel count of the classifier",
-    "classifier_depth": "residual blocks per resolution in the classifier",
-    "classifier_attention_resolutions": "comma-separated resolutions with attention in the "
-    "classifier",
-    "classifier_use_scale_shift_norm": "AdaGN in the classifier",
-    "classifier_resblock_updown": "residual blocks for downsampling in the classifier",
-    "classifier_pool": "classifier head: adaptive, attention, spatial or spatial_v2",
-    "classifier_channel_mult": "classifier channel multipliers ('': the image size's default)",
+# Help for the programs' own flags (the network flags' is ``script_util.FLAG_HELP``).
+PROGRAM_FLAG_HELP = {
     "classifier_scale": "scale of the classifier gradient in guided sampling",
     "classifier_path": "classifier checkpoint (.pt)",
-    # diffusion
-    "learn_sigma": "the model also predicts the variance (6 output channels)",
-    "diffusion_steps": "number of diffusion steps T",
-    "noise_schedule": "beta schedule: linear or cosine",
-    "timestep_respacing": "steps to keep: '' (all), '250', '10,15,20' or 'ddim50'; or a named "
-    "grid of N steps: 'trailingN' (uniform in t from T-1), 'leadingN' (from 0, stride T//N), "
-    "'logsnrN' (uniform in log-SNR), 'karrasN' (Karras et al. 2022; '_rhoR' sets rho, default 7; "
-    "with logsnr too, '_maxS' starts at the noise level sigma/alpha S, e.g. 'karras10_max80' "
-    "for the cosine schedule)",
-    "use_kl": "train on the variational bound",
-    "predict_xstart": "the model predicts x_0 instead of the noise",
-    "rescale_timesteps": "show the model timesteps scaled to [0, 1000)",
-    "rescale_learned_sigmas": "rescale the bound term of the loss (RESCALED_MSE)",
     # training and sampling
     "data_dir": "folder of training images (searched recursively)",
     "val_data_dir": "folder of validation images",
@@ -454,8 +294,9 @@ FLAG_HELP = {
     "base_samples": ".npz of low-resolution samples to upsample",
 }
 
+
 # Help for the flags only the sampling scripts have, and sharper wording for a few that
-# FLAG_HELP describes for training as well.
+# PROGRAM_FLAG_HELP describes for training as well.
 SAMPLING_FLAG_HELP = {
     "num_samples": "how many images to produce in total, over all ranks",
     "batch_size": "images per model call on each rank",
@@ -516,41 +357,26 @@ SAMPLING_FLAG_HELP = {
 
 
 def create_parser(
-    description: str, *defaults: dict[str, Any], helps: Optional[dict[str, str]] = None
+    description: str,
+    *defaults: dict[str, Any],
+    helps: Optional[dict[str, str]] = None,
+    choices: Optional[dict[str, list[str]]] = None,
 ) -> argparse.ArgumentParser:
     """
     A program's parser: ``description`` (its docstring, kept as written) and a flag per
-    entry of the ``defaults`` dicts (see ``add_dict_to_argparser``).
+    entry of the ``defaults`` dicts (see ``script_util.add_dict_to_argparser``).
+
+    :param helps: help texts over ``PROGRAM_FLAG_HELP`` and the network flags' help.
+    :param choices: the values some flags are limited to, by flag name.
     """
     parser = argparse.ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    add_dict_to_argparser(parser, {k: v for group in defaults for k, v in group.items()}, helps)
+    merged = {k: v for group in defaults for k, v in group.items()}
+    add_dict_to_argparser(parser, merged, {**PROGRAM_FLAG_HELP, **(helps or {})})
+    for action in parser._actions:
+        action.choices = (choices or {}).get(action.dest, action.choices)
     return parser
-
-
-def add_dict_to_argparser(
-    parser: argparse.ArgumentParser,
-    default_dict: dict[str, Any],
-    helps: Optional[dict[str, str]] = None,
-) -> None:
-    """
-    Add a ``--key`` option per entry of ``default_dict``, typed by its default (booleans
-    parse with ``str2bool``, None defaults as strings).
-
-    :param parser: the parser to extend.
-    :param default_dict: flag names and defaults.
-    :param helps: help texts overriding or extending ``FLAG_HELP``.
-    """
-    helps = {**FLAG_HELP, **(helps or {})}
-    for k, v in default_dict.items():
-        v_type = type(v)
-        if v is None:
-            v_type = str
-        elif isinstance(v, bool):
-            v_type = str2bool
-        text = helps.get(k, k.replace("_", " "))
-        parser.add_argument(f"--{k}", default=v, type=v_type, help=f"{text} (default: %(default)s)")
 
 
 def add_flags(
@@ -567,7 +393,7 @@ def add_flags(
     :param defaults: flag name -> default.
     :param helps: help texts overriding ``SAMPLING_FLAG_HELP`` (e.g. ``EDIT_FLAG_HELP``).
     """
-    helps = {**SAMPLING_FLAG_HELP, **(helps or {})}
+    helps = {**PROGRAM_FLAG_HELP, **SAMPLING_FLAG_HELP, **(helps or {})}
     defaults = dict(defaults)
     if "seed" in defaults:
         default = defaults.pop("seed")
@@ -576,53 +402,407 @@ def add_flags(
     add_dict_to_argparser(parser, defaults, helps=helps)
 
 
+def add_preset_flag(parser: argparse.ArgumentParser, kind: str, recognised: bool = True) -> None:
+    """
+    Add ``--preset``: the flags of a published checkpoint of ``kind`` (``presets``).
+
+    :param recognised: the program recognises a published checkpoint without it.
+    """
+    names = presets.names(kind)
+
+    def preset_name(text: str) -> str:
+        if text and text not in names:
+            raise argparse.ArgumentTypeError(f"{text!r} is not one of {', '.join(names)}")
+        return text
+
+    default = "none"
+    if recognised:
+        default += (
+            ": the run configuration beside the checkpoint gives them, else the published "
+            "checkpoint whose layout its state dict has"
+        )
+    parser.add_argument(
+        "--preset", type=preset_name, default="",
+        help=f"the network and diffusion flags of a published checkpoint: {', '.join(names)}; "
+        f"a flag given besides must not change its layout (default: {default})",
+    )  # fmt: skip
+
+
 def create_sampling_parser(
-    description: str, own: dict[str, object], *model_defaults: dict[str, Any]
+    description: str,
+    own: dict[str, object],
+    *model_defaults: dict[str, Any],
+    kind: str = "model",
+    helps: Optional[dict[str, str]] = None,
 ) -> argparse.ArgumentParser:
     """
-    A sampling (or evaluation) program's parser: its own flags first, with the sampling
-    help (``add_flags``), then the model flags of ``model_defaults``.
+    A sampling, evaluation or editing program's parser: its own flags first, with the
+    sampling help (``add_flags``), then the model flags of ``model_defaults`` and ``--preset``.
 
     :param description: the program's docstring, kept as written.
     :param own: the program's own flags and defaults (e.g. ``sampling_defaults()``).
     :param model_defaults: dicts of model, diffusion (and classifier) flags.
+    :param kind: the kind of network of ``--model_path`` ("model" or "super_res").
+    :param helps: help texts over the sampling help (``EDIT_FLAG_HELP`` for editing).
     """
     parser = create_parser(description)
-    add_flags(parser, own)
+    add_flags(parser, own, helps)
     add_dict_to_argparser(parser, {k: v for group in model_defaults for k, v in group.items()})
+    add_preset_flag(parser, kind)
     return parser
 
 
-def create_train_parser(description: str, *defaults: dict[str, Any]) -> argparse.ArgumentParser:
-    """A training program's parser: the flags of ``defaults`` with the training help."""
-    return create_parser(description, *defaults, helps=TRAIN_FLAG_HELP)
+def create_train_parser(
+    description: str, *defaults: dict[str, Any], kind: str = "model"
+) -> argparse.ArgumentParser:
+    """A training program's parser: the flags of ``defaults`` with the training help, and
+    ``--preset`` for the kind of network it trains."""
+    parser = create_parser(description, *defaults, helps=TRAIN_FLAG_HELP)
+    add_preset_flag(parser, kind, recognised=False)
+    return parser
 
 
-def args_to_dict(args: argparse.Namespace, keys) -> dict[str, Any]:
-    """The values of ``keys`` in parsed arguments, as a dict."""
-    return {k: getattr(args, k) for k in keys}
+# ---------------------------------------------------------------- parsing
 
 
-def parse_list(text: str, kind: Callable[[str], Any], error: str) -> list:
+def given_flags(parser: argparse.ArgumentParser, argv: Optional[list[str]] = None) -> set[str]:
     """
-    Parse a comma-separated flag value such as "32,16,8".
+    The flags given on the command line (whatever their value), as destination names.
 
-    :param kind: the type of each item (``int``, ``float``).
-    :param error: the message of the ValueError raised when an item does not parse.
-    :return: the items.
+    :param argv: the arguments (None: ``sys.argv[1:]``), already known to parse.
     """
+    # a marker per flag; "append" flags add to a copy of a list, so theirs is an empty list
+    markers = {
+        a.dest: [] if isinstance(a, argparse._AppendAction) else object()
+        for a in parser._actions
+        if a.default is not argparse.SUPPRESS
+    }
+    namespace = argparse.Namespace(**markers)
+    parser.parse_args(argv, namespace=namespace)
+    return {name for name, value in vars(namespace).items() if value is not markers[name]}
+
+
+def parse_args(
+    parser: argparse.ArgumentParser,
+    argv: Optional[list[str]] = None,
+    recognise: bool = True,
+    **checkpoint_flags: str,
+) -> argparse.Namespace:
+    """
+    Parse a program's flags and fill in the network (and diffusion) flags of each checkpoint
+    named by ``checkpoint_flags`` that the command line does not give:
+
+    - from the run configuration saved beside the checkpoint (``run_config``): a flag given
+      with another value is refused, unless it does not change the network
+      (``run_config.RUNTIME_FLAGS``);
+    - from ``--preset NAME`` (the first checkpoint's network): a flag given that would build
+      another layout is refused; the others (e.g. ``--use_fp16``) stay as given;
+    - for a checkpoint with neither, when ``recognise``: from the published checkpoint whose
+      layout its state dict has (``presets.recognise_file``), if no flag that changes a
+      layout was given; otherwise such flags that contradict that layout are refused.
+
+    :param parser: the program's parser.
+    :param argv: the arguments (None: ``sys.argv[1:]``).
+    :param checkpoint_flags: flag naming a checkpoint -> the kind of network it holds, e.g.
+        ``model_path="model", classifier_path="classifier"``. The diffusion flags come from
+        the first one; the others give their network's flags only.
+    :return: the flags, plus ``class_names``: the training folder's class names (label i is
+        ``class_names[i]``) when a configuration records them, else None; and ``presets``:
+        checkpoint flag -> what its flags were taken from, for the log.
+    :raises RunConfigError: a flag given contradicts a checkpoint's, or two checkpoints
+        were trained for different settings.
+    """
+    args = parser.parse_args(argv)
+    check_finite_flags(args)
+    args.class_names, args.presets = None, {}
+    explicit = given_flags(parser, argv)
+    filled: dict[str, tuple[Any, str]] = {}  # flag -> (value, where it comes from)
+    for position, (flag, kind) in enumerate(checkpoint_flags.items()):
+        path = getattr(args, flag)
+        named = getattr(args, "preset", "") if position == 0 else ""
+        if named:
+            values = _preset_values(named, kind, position)
+            _refuse_contradiction(args, named, explicit, f"--preset {named}")
+            _fill(args, values, explicit, filled, f"--preset {named}", check_given=False)
+            args.presets[flag] = f"the flags of --preset {named}"
+        config = run_config.read_run_config(path) if path else None
+        if config is not None:
+            _fill_from_config(args, config, flag, kind, position, explicit, filled)
+        elif recognise and not named and path:
+            _fill_recognised(args, flag, kind, position, explicit, filled)
+    return args
+
+
+def _fill_from_config(args, config: dict, flag: str, kind: str, position: int, explicit, filled):
+    """Fill in the flags saved in a checkpoint's run configuration (see ``parse_args``)."""
+    path = getattr(args, flag)
+    if config["kind"] != kind:
+        raise run_config.RunConfigError(
+            f"--{flag} {path} holds a {config['kind'].replace('_', '-')} network (see "
+            f"{run_config.config_path(path)}), not a {kind.replace('_', '-')} network: give it "
+            "to the program for that kind"
+        )
+    values = dict(config["model_flags"])
+    if position == 0:
+        values.update(config.get("diffusion_flags") or {})
+    if not run_config.is_class_conditional(kind, values):
+        values.pop("num_classes", None)  # no label embedding: the count builds nothing
+    _fill(args, values, explicit, filled, run_config.config_path(path))
+    data = config.get("data")
+    if args.class_names is None and run_config.is_class_conditional(kind, values) and data:
+        args.class_names = list(data["class_names"])
+
+
+def _fill_recognised(args, flag: str, kind: str, position: int, explicit, filled) -> None:
+    """Fill in the flags of the published checkpoint whose layout ``--flag`` has, if any."""
+    path = getattr(args, flag)
+    found = presets.recognise_file(path, kind)
+    if not found:
+        return
+    source = f"the published {found[0]} (recognised in the state dict of --{flag} {path})"
+    values = _preset_values(found[0], kind, position)
+    if explicit & presets.LAYOUT_FLAGS & set(values):
+        _refuse_contradiction(args, found[0], explicit, source)
+        return  # the layout flags given build it: the flags stay as given
+    _fill(args, values, explicit, filled, source, check_given=False)
+    shared = f" ({', '.join(found[1:])} have its layout too)" if found[1:] else ""
+    args.presets[flag] = f"the flags of the published {found[0]}{shared}"
+
+
+def _preset_values(name: str, kind: str, position: int) -> dict[str, Any]:
+    """The flags a preset fills in for the checkpoint at ``position`` of ``parse_args``."""
+    model_keys, diffusion_keys = run_config.flag_groups(kind)
+    every = presets.PRESETS[name].all_flags()
+    values = {k: every[k] for k in model_keys + (diffusion_keys if position == 0 else [])}
+    if not run_config.is_class_conditional(kind, values):
+        values.pop("num_classes", None)
+    return values
+
+
+def _refuse_contradiction(args, name: str, explicit: set[str], source: str) -> None:
+    """Refuse a given flag that would build another layout than the preset ``name``'s."""
+    bad = presets.contradiction(name, {k: getattr(args, k) for k in explicit if hasattr(args, k)})
+    if bad:
+        value = presets.PRESETS[name].all_flags()[bad]
+        raise run_config.RunConfigError(
+            f"--{bad} {getattr(args, bad)} contradicts {source}, whose layout has --{bad} "
+            f"{value}: leave --{bad} out or give that value"
+        )
+
+
+def check_finite_flags(args: argparse.Namespace) -> None:
+    """
+    :raises ValueError: naming the first numeric flag whose value is NaN or infinite (e.g.
+        ``--classifier_scale nan`` would sample all-black images).
+    """
+    for name, value in vars(args).items():
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError(f"--{name} must be a finite number, got {value}")
+
+
+def _fill(
+    args: argparse.Namespace,
+    values: dict[str, Any],
+    explicit: set[str],
+    filled: dict[str, tuple[Any, str]],
+    source: str,
+    check_given: bool = True,
+) -> None:
+    """
+    Set the flags in ``values`` that were not given; refuse a value another checkpoint set
+    differently and, with ``check_given`` (a run configuration), a given value that differs.
+    """
+    for name, saved in values.items():
+        if name in run_config.UNSAVED_FLAGS or not hasattr(args, name):
+            continue
+        if name in explicit:
+            given = getattr(args, name)
+            if check_given and given != saved and name not in run_config.RUNTIME_FLAGS:
+                raise run_config.RunConfigError(
+                    f"--{name} {given} contradicts the run configuration {source}, which "
+                    f"says the network was trained with --{name} {saved}: leave --{name} "
+                    "out or give the saved value"
+                )
+            continue
+        if name in filled and filled[name][0] != saved:
+            raise run_config.RunConfigError(
+                f"--{name}: {filled[name][1]} says {filled[name][0]} but {source} says "
+                f"{saved}; these checkpoints were trained for different settings"
+            )
+        setattr(args, name, saved)
+        filled[name] = (saved, source)
+
+
+# ---------------------------------------------------------------- sampling checks
+
+
+def check_counts(num_samples: int, batch_size: int) -> None:
+    """Reject a non-positive ``--num_samples`` or ``--batch_size``."""
+    if num_samples <= 0:
+        raise SamplingInputError(f"--num_samples must be a positive integer, got {num_samples}")
+    if batch_size <= 0:
+        raise SamplingInputError(f"--batch_size must be a positive integer, got {batch_size}")
+
+
+def parse_class_labels(
+    text: str, num_classes: int, origin: Optional[str] = None
+) -> Optional[list[int]]:
+    """
+    Parse ``--class_labels``.
+
+    :param text: comma-separated class ids, or "" for random classes.
+    :param num_classes: valid ids are 0..num_classes-1.
+    :param origin: where that count comes from, for the message (``class_count_origin``;
+        default: ``--num_classes``).
+    :return: the ids, or None for random classes.
+    """
+    if not text.strip():
+        return None
     try:
-        return [kind(part) for part in text.split(",")]
+        labels = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ValueError(error) from None
+        raise SamplingInputError(
+            f"--class_labels must be comma-separated integers such as '1,207,360', got {text!r}"
+        ) from None
+    bad = [y for y in labels if not 0 <= y < num_classes]
+    if not labels or bad:
+        raise SamplingInputError(
+            f"--class_labels {text!r}: class ids must lie in 0..{num_classes - 1} "
+            f"({origin or f'--num_classes {num_classes}'}); out of range: {bad}"
+        )
+    return labels
 
 
-def str2bool(v: Union[str, bool]) -> bool:
-    """Parse a boolean flag value (yes/no, true/false, t/f, y/n, 1/0)."""
-    if isinstance(v, bool):
-        return v
-    if v.lower() in ("yes", "true", "t", "y", "1"):
-        return True
-    if v.lower() in ("no", "false", "f", "n", "0"):
-        return False
-    raise argparse.ArgumentTypeError(f"boolean value expected (true/false, yes/no, 1/0), got {v!r}")
+def class_labels_of(args: argparse.Namespace) -> Optional[list[int]]:
+    """:return: ``--class_labels`` parsed against ``num_classes_of(args)``, or None (random)."""
+    return parse_class_labels(args.class_labels, num_classes_of(args), class_count_origin(args))
+
+
+def num_classes_of(args: argparse.Namespace) -> int:
+    """
+    How many classes labels are drawn from: those of the training folder when the run
+    configuration beside the checkpoint names them (``args.class_names``, set by
+    ``parse_args``), else ``--num_classes`` (the original 1000 where a factory has none).
+    """
+    if getattr(args, "class_names", None):
+        return len(args.class_names)
+    return int(getattr(args, "num_classes", NUM_CLASSES))
+
+
+def class_count_origin(args: argparse.Namespace) -> str:
+    """
+    Where ``num_classes_of(args)`` comes from, for messages: the training folder's classes
+    or the ``num_classes`` saved in a checkpoint's run configuration (the first of
+    ``--model_path``, ``--classifier_path`` that has one), else the ``--num_classes`` flag.
+
+    :return: e.g. "the 3 classes of the training folder, from runs/model000600.json".
+    """
+    count, names = num_classes_of(args), getattr(args, "class_names", None)
+    for flag in ("model_path", "classifier_path"):
+        path = getattr(args, flag, "")
+        config = run_config.read_run_config(path) if path else None
+        if config is None or not run_config.is_class_conditional(
+            config["kind"], config["model_flags"]
+        ):
+            continue
+        where = run_config.config_path(path)
+        if names and (config.get("data") or {}).get("class_names") == names:
+            return f"the {count} classes of the training folder, from {where}"
+        if not names and config["model_flags"].get("num_classes") == count:
+            return f"num_classes {count}, from {where}"
+    return f"--num_classes {count}"
+
+
+# ---------------------------------------------------------------- editing checks
+
+
+def check_edit_method(method: str, operator: str) -> None:
+    """Reject an unknown ``--method`` or ``--operator``, and a method without its operator."""
+    if method not in EDIT_METHODS:
+        raise SamplingInputError(f"--method {method!r} is not one of {', '.join(EDIT_METHODS)}")
+    if operator not in OPERATOR_NAMES:
+        raise SamplingInputError(
+            f"--operator {operator!r} is not one of {', '.join(OPERATOR_NAMES)}"
+        )
+    if method == "repaint" and operator != "inpaint":
+        raise SamplingInputError(
+            f"--method repaint inpaints: it needs --operator inpaint, got {operator!r}"
+        )
+
+
+# ---------------------------------------------------------------- training checks
+
+
+def parse_train_args(
+    parser: argparse.ArgumentParser, argv: Optional[list[str]], kind: str
+) -> tuple[argparse.Namespace, TrainConfig]:
+    """
+    A training program's flags: parsed (``parse_args``: the model flags saved beside
+    ``--resume_checkpoint``, or those of ``--preset``, fill in those not given) and checked
+    (``check_train_args``) before anything is loaded or written.
+
+    :param kind: "model", "super_res" or "classifier": the network being trained.
+    :return: (the flags, the loop's checked settings).
+    """
+    args = parse_args(parser, argv, recognise=False, resume_checkpoint=kind)
+    return args, check_train_args(args, kind)
+
+
+def check_train_args(args, kind: str = "model") -> TrainConfig:
+    """
+    Check the training flags that can be checked before anything is loaded or written: the
+    loop's settings (``train_config_from_flags``: batch and microbatch sizes,
+    learning rate, EMA rates, intervals, step limits, seed, resume checkpoint), the precision
+    flags and the class count of the data.
+
+    :param args: parsed flags; one it lacks takes the program's default.
+    :param kind: "model", "super_res" or "classifier": the program's network.
+    :return: the checked settings, to give to the loop (``TrainLoop.from_config``,
+        ``ClassifierTrainLoop(config=...)``) so that it does not check them again.
+    :raises ValueError, FileNotFoundError: naming the flag at fault.
+    """
+    config = train_config_from_flags(args, kind)
+    for fp16_flag in ("use_fp16", "classifier_use_fp16"):
+        use_fp16, use_bf16 = getattr(args, fp16_flag, False), getattr(args, "use_bf16", False)
+        check_precision(use_fp16, use_bf16, fp16_flag)
+    if getattr(args, "class_cond", False):
+        check_num_classes(args.data_dir, args.num_classes)
+    return config
+
+
+def check_num_classes(data_dir: str, num_classes: int) -> int:
+    """
+    Check that a class-conditional model has a label for every class of a data folder.
+
+    :param data_dir: the image folder (class = file name part before the first "_").
+    :param num_classes: the model's number of classes (--num_classes).
+    :return: the number of classes in the folder.
+    :raises ValueError: when the folder has more classes than ``num_classes``.
+    """
+    classes = list_classes(data_dir)
+    if len(classes) > num_classes:
+        raise ValueError(
+            f"{data_dir!r} holds {len(classes)} classes ({', '.join(list(classes)[:5])}"
+            f"{', ...' if len(classes) > 5 else ''}) but --num_classes is {num_classes}: "
+            f"set --num_classes {len(classes)} or more"
+        )
+    return len(classes)
+
+
+def train_config_from_flags(args, kind: str = "model") -> TrainConfig:
+    """
+    The settings given by a training program's parsed flags (those named like a
+    ``TrainConfig`` setting); a flag that ``args`` lacks takes the program's default.
+
+    :param kind: "model" or "super_res" (image_train.py, super_res_train.py flags) or
+        "classifier" (classifier_train.py: --iterations, --anneal_lr, --classifier_use_fp16).
+    """
+    defaults = classifier_train_defaults() if kind == "classifier" else diffusion_train_defaults()
+    values = {**defaults, **vars(args)}
+    settings = {k: values[k] for k in TrainConfig.setting_names() if k in defaults}
+    if kind != "classifier":
+        return TrainConfig(**settings)
+    return classifier_train_config(
+        values["iterations"], values["anneal_lr"],
+        use_fp16=getattr(args, "classifier_use_fp16", False), **settings,
+    )  # fmt: skip

@@ -349,36 +349,57 @@ class MixedPrecisionTrainer:
     def master_params_to_state_dict(
         self, master_params: list[torch.Tensor]
     ) -> dict[str, torch.Tensor]:
-        """
-        :param master_params: ``master_params`` or a copy of them (e.g. EMA weights).
-        :return: a state dict with the float32 model's keys, order and shapes, holding
-            those weights (and the model's buffers).
-        """
-        state_dict = self.model.state_dict()
-        if self.use_fp16:
-            for master_param, (param_group, _) in zip(master_params, self.param_groups_and_shapes):
-                for (name, _), value in zip(
-                    param_group, unflatten_master_params(param_group, master_param)
-                ):
-                    state_dict[name] = value.detach()
-        else:
-            for (name, _), value in zip(self.model.named_parameters(), master_params):
-                state_dict[name] = value.detach()
-        return state_dict
+        """See the module function ``master_params_to_state_dict``, for this trainer's model."""
+        return master_params_to_state_dict(
+            self.model, self.param_groups_and_shapes, master_params, self.use_fp16
+        )
 
     def state_dict_to_master_params(
         self, state_dict: dict[str, torch.Tensor]
     ) -> list[torch.Tensor]:
-        """
-        Inverse of ``master_params_to_state_dict``.
+        """See the module function ``state_dict_to_master_params``, for this trainer's model."""
+        return state_dict_to_master_params(self.model, state_dict, self.use_fp16)
 
-        :param state_dict: a float32 model state dict (e.g. loaded from a checkpoint).
-        :return: tensors laid out like ``master_params``, on the model's devices.
-        """
-        named = [(name, state_dict[name].to(p.device)) for name, p in self.model.named_parameters()]
-        if self.use_fp16:
-            return make_master_params(get_param_groups_and_shapes(named))
-        return [value for _, value in named]
+
+def master_params_to_state_dict(
+    model: nn.Module,
+    param_groups_and_shapes: Optional[list[tuple[ParamGroup, tuple[int, ...]]]],
+    master_params: list[torch.Tensor],
+    use_fp16: bool,
+) -> dict[str, torch.Tensor]:
+    """
+    :param param_groups_and_shapes: the groups of the flat fp16 masters (None without fp16).
+    :param master_params: the master parameters or a copy of them (e.g. EMA weights): flat
+        per group with ``use_fp16``, else one per ``model.named_parameters()``.
+    :return: a state dict with the float32 model's keys, order and shapes, holding those
+        weights (and the model's buffers).
+    """
+    state_dict = model.state_dict()
+    if use_fp16:
+        for master_param, (param_group, _) in zip(master_params, param_groups_and_shapes):
+            for (name, _), value in zip(
+                param_group, unflatten_master_params(param_group, master_param)
+            ):
+                state_dict[name] = value.detach()
+    else:
+        for (name, _), value in zip(model.named_parameters(), master_params):
+            state_dict[name] = value.detach()
+    return state_dict
+
+
+def state_dict_to_master_params(
+    model: nn.Module, state_dict: dict[str, torch.Tensor], use_fp16: bool
+) -> list[torch.Tensor]:
+    """
+    Inverse of ``master_params_to_state_dict``.
+
+    :param state_dict: a float32 model state dict (e.g. loaded from a checkpoint).
+    :return: tensors laid out like the master parameters, on the model's devices.
+    """
+    named = [(name, state_dict[name].to(p.device)) for name, p in model.named_parameters()]
+    if use_fp16:
+        return make_master_params(get_param_groups_and_shapes(named))
+    return [value for _, value in named]
 
 
 def _non_finite(**values: float) -> str:

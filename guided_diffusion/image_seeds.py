@@ -6,10 +6,14 @@ al. 2022). An image therefore never depends on ``--batch_size``, on the number o
 on which other images share its batch, or on which sampler runs after x_T.
 """
 
+import secrets
 from collections.abc import Sequence
+from typing import Optional
 
 import numpy as np
 import torch
+
+from . import dist_util
 
 
 def image_seeds(seed: int, index: int) -> tuple[int, int]:
@@ -68,3 +72,18 @@ class ImageRandom:
         return torch.cat(
             [torch.randint(0, num_classes, (1,), generator=g) for g in self._labels]
         )
+
+
+def shared_seed(seed: Optional[int]) -> int:
+    """
+    The run's base seed: ``seed``, or a fresh one drawn on rank 0 and shared by all ranks.
+    """
+    if seed is not None:
+        return int(seed)
+    return int(dist_util.broadcast_object(secrets.randbits(31)))
+
+
+def chunk_seeds(seed: int, chunk: int) -> tuple[int, int]:
+    """Two independent 32-bit seeds (noise, labels) for one chunk of images (editing tools)."""
+    noise_seed, label_seed = np.random.SeedSequence([seed, chunk]).generate_state(2)
+    return int(noise_seed), int(label_seed)

@@ -1,10 +1,12 @@
 """
 File helpers: atomic writes for checkpoints, sample batches (local disk or blob storage) and
-result tables. Reading and writing .npz batches is ``npz_batch``'s job.
+result tables, and the SHA-256 of a file. Reading and writing .npz batches is ``npz_batch``'s
+job.
 """
 
 import contextlib
 import csv
+import hashlib
 import os
 import tempfile
 from typing import IO, Callable, Iterator, Sequence
@@ -63,6 +65,15 @@ def atomic_write(path: str, mode: str = "wb", buffering: int = -1) -> Iterator[I
         raise
 
 
+def hash_file(path: str, chunk_bytes: int = 1 << 24) -> str:
+    """:return: the SHA-256 hex digest of a local file's bytes, read ``chunk_bytes`` at a time."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def atomic_torch_save(obj, path: str) -> None:
     """
     ``torch.save`` through ``atomic_write``, unbuffered: torch reports a failed buffered
@@ -105,11 +116,3 @@ def write_table(
         f.write(markdown_table(rows, columns, cell))
     return csv_path, md_path
 
-
-def __getattr__(name: str):
-    """``io_util.NpzArrayReader`` still works: the .npz batch code lives in ``npz_batch``."""
-    if name == "NpzArrayReader":
-        from .npz_batch import NpzArrayReader
-
-        return NpzArrayReader
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

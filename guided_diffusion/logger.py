@@ -27,7 +27,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import IO, Any, Optional
 
 import torch
@@ -264,12 +264,7 @@ class Logger:
             gathered = dist_util.all_gather_object(local)
         else:
             return {k: v for k, (v, _) in local.items()}
-        totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
-        for rank_means in gathered:
-            for key, (mean, count) in rank_means.items():
-                totals[key][0] += mean * count
-                totals[key][1] += count
-        return {k: total / count for k, (total, count) in totals.items()}
+        return _weighted_means(gathered)
 
     def log(self, *args: Any, level: int = INFO) -> None:
         if self.level <= level:
@@ -280,12 +275,40 @@ class Logger:
     def set_level(self, level: int) -> None:
         self.level = level
 
+    def set_comm(self, comm: Any) -> None:
+        self.comm = comm
+
     def get_dir(self) -> Optional[str]:
         return self.dir
 
     def close(self) -> None:
         for fmt in self.output_formats:
             fmt.close()
+
+
+def _weighted_means(gathered: Sequence[dict[str, tuple[float, int]]]) -> dict[str, float]:
+    """:return: per key, the mean of the ranks' (mean, count) pairs weighted by their counts."""
+    totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0])
+    for rank_means in gathered:
+        for key, (mean, count) in rank_means.items():
+            totals[key][0] += float(mean) * count
+            totals[key][1] += count
+    return {k: total / count for k, (total, count) in totals.items()}
+
+
+def mpi_weighted_mean(comm: Any, local_name2valcount: dict[str, tuple[float, int]]) -> dict:
+    """
+    Average (value, count) pairs over the ranks of an mpi4py communicator, weighted by count.
+
+    :return: key -> mean on rank 0, {} on the other ranks.
+    """
+    gathered = comm.gather(local_name2valcount)
+    return _weighted_means(gathered) if comm.rank == 0 else {}
+
+
+def get_rank_without_mpi_import() -> int:
+    """:return: this process's rank, from the launcher's environment (mpi4py is not imported)."""
+    return dist_util.get_rank()
 
 
 _current: Optional[Logger] = None
@@ -435,6 +458,11 @@ def set_level(level: int) -> None:
     get_current().set_level(level)
 
 
+def set_comm(comm: Any) -> None:
+    """Average ``logkv_mean`` values over this mpi4py communicator (None: torch.distributed)."""
+    get_current().set_comm(comm)
+
+
 def get_dir() -> Optional[str]:
     """:return: the log directory, where checkpoints are saved too."""
     return get_current().get_dir()
@@ -450,6 +478,11 @@ def profile_kv(scopename: str) -> Iterator[None]:
     finally:
         current = get_current()
         current.name2val[key] = current.name2val.get(key, 0.0) + time.time() - start
+
+
+def profile(name: str) -> Callable:
+    """A decorator timing every call of a function under ``profile_kv(name)``."""
+    return profile_kv(name)  # a context manager made by contextlib is a decorator too
 
 
 record_tabular = logkv

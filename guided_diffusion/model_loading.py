@@ -1,8 +1,9 @@
 """
 Building a diffusion model or noisy classifier from its flags and loading its checkpoint
 into it: the one way every program (sampling, upsampling, bits/dim, guidance, editing)
-gets a ready network. The flags usually come from ``run_config.parse_args``, which fills
-them in from the run configuration saved beside the checkpoint.
+gets a ready network. The flags usually come from ``flags.parse_args``, which fills them in
+from the run configuration saved beside the checkpoint or from a published checkpoint's
+preset.
 """
 
 import argparse
@@ -14,9 +15,9 @@ import torch
 import torch.nn as nn
 
 from . import dist_util, logger, run_config, script_util
-from .checkpoint_util import CheckpointMismatchError, load_checkpoint
+from .checkpoint_diagnosis import CheckpointMismatchError, load_checkpoint
 from .gaussian_diffusion import GaussianDiffusion
-from .sample_io import SamplingInputError
+from .script_errors import SamplingInputError
 
 
 def resolve_fp16(flag: str, requested: bool, device: torch.device) -> bool:
@@ -72,6 +73,13 @@ def _build(args: argparse.Namespace, kind: str, fp16_flag: str) -> tuple[nn.Modu
     return network, diffusion, use_fp16
 
 
+def _log_flags_source(args: argparse.Namespace, flag: str) -> None:
+    """Say where the flags of ``--flag``'s network came from when a preset gave them."""
+    source = getattr(args, "presets", {}).get(flag)
+    if source:
+        logger.log(f"--{flag}: {source}")
+
+
 def _prepare(model: nn.Module, use_fp16: bool, device: torch.device) -> nn.Module:
     model.to(device)
     if use_fp16:
@@ -93,6 +101,7 @@ def load_model_and_diffusion(
     :return: (model in eval mode on ``dist_util.dev()``, diffusion).
     """
     model, diffusion, use_fp16 = _build(args, "super_res" if super_res else "model", "use_fp16")
+    _log_flags_source(args, path_flag)
     load_weights(model, getattr(args, path_flag), path_flag)
     return _prepare(model, use_fp16, dist_util.dev()), diffusion
 
@@ -160,6 +169,7 @@ def load_classifier(args: argparse.Namespace) -> nn.Module:
     # the classifier's diffusion flags are the model's: fill in what a parser left out
     args = argparse.Namespace(**{**defaults, **vars(args)})
     classifier, _, use_fp16 = _build(args, "classifier", "classifier_use_fp16")
+    _log_flags_source(args, "classifier_path")
     load_weights(classifier, args.classifier_path, "classifier_path")
     classifier.requires_grad_(False)
     return _prepare(classifier, use_fp16, dist_util.dev())

@@ -148,3 +148,32 @@ def checkpoint(
     if flag:
         return torch.utils.checkpoint.checkpoint(func, *inputs, use_reentrant=False)
     return func(*inputs)
+
+
+class CheckpointFunction(torch.autograd.Function):
+    """
+    The original's reentrant gradient checkpoint, for code that calls it directly:
+    ``CheckpointFunction.apply(func, len(inputs), *inputs, *params)`` runs ``func(*inputs)``
+    without storing its activations and runs it again in the backward pass to get the
+    gradients of the inputs and of ``params`` (``checkpoint`` above uses torch's own).
+    """
+
+    @staticmethod
+    def forward(ctx, run_function: Callable, length: int, *args: torch.Tensor):
+        ctx.run_function = run_function
+        ctx.input_tensors = list(args[:length])
+        ctx.input_params = list(args[length:])
+        with torch.no_grad():
+            return run_function(*ctx.input_tensors)
+
+    @staticmethod
+    def backward(ctx, *output_grads: torch.Tensor):
+        inputs = [x.detach().requires_grad_(True) for x in ctx.input_tensors]
+        with torch.enable_grad():
+            # views, so that a function changing its input in place leaves ours alone
+            outputs = ctx.run_function(*[x.view_as(x) for x in inputs])
+        grads = torch.autograd.grad(
+            outputs, inputs + ctx.input_params, output_grads, allow_unused=True
+        )
+        del ctx.input_tensors, ctx.input_params
+        return (None, None) + grads

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .sample_io import SamplingInputError
+from .script_errors import SamplingInputError
 
 MASK_NAMES = ("box", "half", "random", "lines")
 OPERATOR_NAMES = ("none", "inpaint", "sr_avgpool", "sr_bicubic", "blur", "colorize")
@@ -85,14 +85,6 @@ class Operator:
             return y
         y = F.interpolate(y, size=(height, width), mode="nearest")
         return y.expand(-1, channels, -1, -1).contiguous()
-
-    def check_fits(self, shape: Sequence[int]) -> None:
-        """Raise OperatorError unless images of ``shape`` [N x C x H x W] fit this operator."""
-        if tuple(shape[1:]) != self.image_shape:
-            raise OperatorError(
-                f"operator {self.name!r} was built for {list(self.image_shape)} images, "
-                f"got {list(shape[1:])}"
-            )
 
 
 class Identity(Operator):

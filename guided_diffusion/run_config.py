@@ -20,21 +20,21 @@ diffusion process (``timestep_respacing`` aside: it is chosen when sampling); ``
 holds the classes of the training folder (label i is ``class_names[i]``) for
 class-conditional models and classifiers. The ``.pt`` files keep the original layout.
 
-A program that loads a checkpoint parses its flags with ``parse_args``: when the file
+A program that loads a checkpoint parses its flags with ``flags.parse_args``: when the file
 beside the checkpoint exists, every model flag not given on the command line takes its saved
 value, and a flag given with another value is refused (``RunConfigError`` naming the flag,
-the saved and the given value). Without the file the flags work as they always did.
+the saved and the given value). Without the file the flags work as they always did, or come
+from the published checkpoint whose layout the state dict has (``presets``).
 """
 
 import argparse
 import json
-import math
 import os
 from typing import Any, Optional
 
 import blobfile as bf
 
-from . import __version__, flags
+from . import __version__, script_util
 from .image_datasets import list_classes
 from .io_util import atomic_write
 
@@ -67,8 +67,8 @@ def flag_groups(kind: str) -> tuple[list[str], list[str]]:
     :param kind: "model", "super_res" or "classifier".
     :return: (model flag names, diffusion flag names) that a configuration of that kind saves.
     """
-    diffusion = flags.diffusion_defaults()
-    model = [k for k in flags.network_defaults(kind) if k not in diffusion]
+    diffusion = script_util.diffusion_defaults()
+    model = [k for k in script_util.network_defaults(kind) if k not in diffusion]
     return model, [k for k in diffusion if k not in UNSAVED_FLAGS]
 
 
@@ -135,107 +135,3 @@ def read_run_config(checkpoint_path: str) -> Optional[dict[str, Any]]:
     if config.get("kind") not in KINDS or not isinstance(config.get("model_flags"), dict):
         raise RunConfigError(f"run configuration {path} has no valid \"kind\" and \"model_flags\"")
     return config
-
-
-# ---------------------------------------------------------------- filling in the flags
-
-
-def given_flags(parser: argparse.ArgumentParser, argv: Optional[list[str]] = None) -> set[str]:
-    """
-    The flags given on the command line (whatever their value), as destination names.
-
-    :param argv: the arguments (None: ``sys.argv[1:]``), already known to parse.
-    """
-    unset = object()
-    namespace = argparse.Namespace(
-        **{a.dest: unset for a in parser._actions if a.default is not argparse.SUPPRESS}
-    )
-    parser.parse_args(argv, namespace=namespace)
-    return {name for name, value in vars(namespace).items() if value is not unset}
-
-
-def parse_args(
-    parser: argparse.ArgumentParser, argv: Optional[list[str]] = None, **checkpoint_flags: str
-) -> argparse.Namespace:
-    """
-    Parse the flags, then fill in the model flags from the run configuration beside each
-    checkpoint named by ``checkpoint_flags``.
-
-    :param parser: the program's parser.
-    :param argv: the arguments (None: ``sys.argv[1:]``).
-    :param checkpoint_flags: flag naming a checkpoint -> the kind of network it holds, e.g.
-        ``model_path="model", classifier_path="classifier"``. The diffusion flags come from
-        the first one's configuration; the others give their network's flags only.
-    :return: the flags, plus ``class_names``: the training folder's class names (label i is
-        ``class_names[i]``) when a configuration records them, else None.
-    :raises RunConfigError: a flag given on the command line contradicts a saved value, or
-        two configurations disagree.
-    """
-    args = parser.parse_args(argv)
-    check_finite_flags(args)
-    args.class_names = None
-    explicit = given_flags(parser, argv)
-    filled: dict[str, tuple[Any, str]] = {}  # flag -> (value, configuration file)
-    for position, (flag, kind) in enumerate(checkpoint_flags.items()):
-        path = getattr(args, flag)
-        config = read_run_config(path) if path else None
-        if config is None:
-            continue
-        _check_kind(config, kind, flag, path)
-        values = dict(config["model_flags"])
-        if position == 0:
-            values.update(config.get("diffusion_flags") or {})
-        if not is_class_conditional(kind, values):
-            values.pop("num_classes", None)  # no label embedding: the count builds nothing
-        _fill(args, values, explicit, filled, config_path(path))
-        if args.class_names is None and is_class_conditional(kind, values) and config.get("data"):
-            args.class_names = list(config["data"]["class_names"])
-    return args
-
-
-def check_finite_flags(args: argparse.Namespace) -> None:
-    """
-    :raises ValueError: naming the first numeric flag whose value is NaN or infinite (e.g.
-        ``--classifier_scale nan`` would sample all-black images).
-    """
-    for name, value in vars(args).items():
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ValueError(f"--{name} must be a finite number, got {value}")
-
-
-def _check_kind(config: dict, kind: str, flag: str, path: str) -> None:
-    if config["kind"] != kind:
-        raise RunConfigError(
-            f"--{flag} {path} holds a {config['kind'].replace('_', '-')} network (see "
-            f"{config_path(path)}), not a {kind.replace('_', '-')} network: give it to the "
-            "program for that kind"
-        )
-
-
-def _fill(
-    args: argparse.Namespace,
-    values: dict[str, Any],
-    explicit: set[str],
-    filled: dict[str, tuple[Any, str]],
-    source: str,
-) -> None:
-    """Set the flags in ``values`` that were not given; refuse contradictions."""
-    for name, saved in values.items():
-        if name in UNSAVED_FLAGS or not hasattr(args, name):
-            continue
-        if name in explicit:
-            given = getattr(args, name)
-            if given != saved and name not in RUNTIME_FLAGS:
-                raise RunConfigError(
-                    f"--{name} {given} contradicts the run configuration {source}, which "
-                    f"says the network was trained with --{name} {saved}: leave --{name} "
-                    "out or give the saved value"
-                )
-            continue
-        if name in filled and filled[name][0] != saved:
-            raise RunConfigError(
-                f"--{name}: {filled[name][1]} says {filled[name][0]} but {source} says "
-                f"{saved}; these checkpoints were trained for different settings"
-            )
-        setattr(args, name, saved)
-        filled[name] = (saved, source)

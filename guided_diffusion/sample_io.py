@@ -1,7 +1,7 @@
 """
 The files of the sampling programs: ``.npz`` sample batches (written atomically, read
 back from any batch), the ``--base_samples`` input of super-resolution, PNG grids and
-single PNG images, and the per-timestep bits/dim terms.
+single PNG images, and the conversion of float images to uint8 pixels.
 
 A sample batch is arr_0 [N x H x W x 3] uint8 images, plus arr_1 [N] int64 labels when
 the images have classes, in ``samples_{N}x{H}x{W}x3.npz``; the .npz reading and writing
@@ -15,23 +15,12 @@ from typing import Optional
 
 import blobfile as bf
 import numpy as np
+import torch
 from PIL import Image
 
 from .io_util import atomic_write
-from .npz_batch import (  # noqa: F401  (the batch readers, importable here as before)
-    BatchFileError,
-    NpzArrayReader,
-    NpzWriter,
-    check_images,
-    iter_npz_images,
-    npz_keys,
-    read_array,
-    read_npz_images,
-)
-
-
-class SamplingInputError(ValueError):
-    """Bad flags or input files: the message says what to change."""
+from .npz_batch import BatchFileError, NpzArrayReader, NpzWriter, check_images, npz_keys, read_array
+from .script_errors import SamplingInputError
 
 
 # ---------------------------------------------------------------- sample batches
@@ -171,20 +160,20 @@ def save_png(path: str, image: np.ndarray) -> None:
     with atomic_write(path, "wb") as f:
         Image.fromarray(image).save(f, format="PNG")
 
-# ---------------------------------------------------------------- bits/dim terms
 
-
-def save_bpd_terms(metrics: dict[str, np.ndarray], out_dir: str) -> list[str]:
+def to_uint8_nhwc(sample: torch.Tensor) -> torch.Tensor:
     """
-    Save the per-timestep means [T] of "vb", "mse" and "xstart_mse" as
-    ``{name}_terms.npz`` (arr_0) in ``out_dir``.
-
-    :return: the paths written.
+    :param sample: [N x 3 x H x W] images in [-1, 1].
+    :return: [N x H x W x 3] uint8 (x + 1) * 127.5, rounded and clamped to 0..255.
+    :raises ValueError: when a value is NaN or infinite (it would become a black or white
+        pixel): nothing is written from such samples.
     """
-    paths = []
-    for name in ("vb", "mse", "xstart_mse"):
-        path = bf.join(out_dir, f"{name}_terms.npz")
-        with atomic_write(path, "wb") as f:
-            np.savez(f, metrics[name])
-        paths.append(path)
-    return paths
+    finite = torch.isfinite(sample).flatten(1).all(dim=1)
+    if not bool(finite.all()):
+        raise ValueError(
+            f"{int((~finite).sum())} of {len(sample)} samples hold NaN or infinite values: the "
+            "model or the guidance diverged (check the checkpoint, --classifier_scale and "
+            "--timestep_respacing); nothing was written"
+        )
+    pixels = ((sample.float() + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
+    return pixels.permute(0, 2, 3, 1).contiguous()  # (N, H, W, 3)

@@ -19,6 +19,10 @@ DEBUG_VAR = "GUIDED_DIFFUSION_DEBUG"
 USER_ERRORS = (ValueError, OSError)
 
 
+class SamplingInputError(ValueError):
+    """Bad flags or input files: the message says what to change."""
+
+
 def debugging() -> bool:
     """:return: True when ``GUIDED_DIFFUSION_DEBUG`` asks for full tracebacks."""
     return os.environ.get(DEBUG_VAR, "").strip().lower() not in ("", "0", "false", "no")

@@ -1,37 +1,167 @@
 """
-The factories that build the models and diffusion processes from their flags.
+The flags of the networks and diffusion processes (defaults and help), and the factories
+that build the models and diffusion processes from them.
 
-The flags, their defaults and help live in ``flags`` (importable from here as in the
-original: ``model_and_diffusion_defaults``, ``add_dict_to_argparser``, ...). Their names
-and defaults are those of the original guided-diffusion release, so its command lines and
-published checkpoints work unchanged. New flags (``num_classes``,
-``classifier_channel_mult``, ``class_dropout_prob``) default to the original behaviour.
+The flags' names and defaults are those of the original guided-diffusion release, so its
+command lines and published checkpoints work unchanged. New flags (``num_classes``,
+``classifier_channel_mult``, ``class_dropout_prob``) default to the original behaviour. The
+programs' own flags (sampling, training, editing) and the parsing and checking of every flag
+are ``flags``' job.
 """
 
 import argparse
 import inspect
 import warnings
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Optional, Sequence, Union
 
 import numpy as np
 
 from . import gaussian_diffusion as gd
-from .flags import (  # noqa: F401  (the flag helpers' original home: still importable here)
-    FLAG_HELP,
-    NUM_CLASSES,
-    add_dict_to_argparser,
-    args_to_dict,
-    classifier_and_diffusion_defaults,
-    classifier_defaults,
-    diffusion_defaults,
-    model_and_diffusion_defaults,
-    network_defaults,
-    parse_list,
-    sr_model_and_diffusion_defaults,
-    str2bool,
-)
 from .respace import SpacedDiffusion, space_timesteps
 from .unet import EncoderUNetModel, SuperResModel, UNetModel
+
+NUM_CLASSES = 1000
+
+
+def diffusion_defaults() -> dict[str, Any]:
+    """Defaults for the diffusion process flags (image and classifier training alike)."""
+    return dict(
+        learn_sigma=False,
+        diffusion_steps=1000,
+        noise_schedule="linear",
+        timestep_respacing="",
+        use_kl=False,
+        predict_xstart=False,
+        rescale_timesteps=False,
+        rescale_learned_sigmas=False,
+    )
+
+
+def classifier_defaults() -> dict[str, Any]:
+    """Defaults for the noisy classifier flags."""
+    return dict(
+        image_size=64,
+        classifier_use_fp16=False,
+        classifier_width=128,
+        classifier_depth=2,
+        classifier_attention_resolutions="32,16,8",  # 16
+        classifier_use_scale_shift_norm=True,  # False
+        classifier_resblock_updown=True,  # False
+        classifier_pool="attention",
+        classifier_channel_mult="",
+        num_classes=NUM_CLASSES,
+    )
+
+
+def model_and_diffusion_defaults() -> dict[str, Any]:
+    """Defaults for the image model and diffusion flags."""
+    res = dict(
+        image_size=64,
+        num_channels=128,
+        num_res_blocks=2,
+        num_heads=4,
+        num_heads_upsample=-1,
+        num_head_channels=-1,
+        attention_resolutions="16,8",
+        channel_mult="",
+        dropout=0.0,
+        class_cond=False,
+        use_checkpoint=False,
+        use_scale_shift_norm=True,
+        resblock_updown=False,
+        use_fp16=False,
+        use_new_attention_order=False,
+        num_classes=NUM_CLASSES,
+        class_dropout_prob=0.0,
+    )
+    res.update(diffusion_defaults())
+    return res
+
+
+def classifier_and_diffusion_defaults() -> dict[str, Any]:
+    """Defaults for the classifier and diffusion flags."""
+    res = classifier_defaults()
+    res.update(diffusion_defaults())
+    return res
+
+
+def sr_model_and_diffusion_defaults() -> dict[str, Any]:
+    """
+    Defaults for the super-resolution model and diffusion flags: the image model's, without
+    ``image_size``, ``channel_mult`` and ``use_new_attention_order``, plus ``large_size`` and
+    ``small_size``.
+    """
+    res = model_and_diffusion_defaults()
+    for name in ("image_size", "channel_mult", "use_new_attention_order"):
+        del res[name]
+    return {**res, "large_size": 256, "small_size": 64}
+
+
+def network_defaults(kind: str) -> dict[str, Any]:
+    """
+    :param kind: "model" (image_train, image_sample, ...), "super_res" or "classifier".
+    :return: the network and diffusion flags of that kind of network, with their defaults.
+    """
+    table = {
+        "model": model_and_diffusion_defaults,
+        "super_res": sr_model_and_diffusion_defaults,
+        "classifier": classifier_and_diffusion_defaults,
+    }
+    if kind not in table:
+        raise ValueError(f"unknown network kind {kind!r}: expected one of {', '.join(table)}")
+    return table[kind]()
+
+
+# Help for every network and diffusion flag (``add_dict_to_argparser`` shows it).
+FLAG_HELP = {
+    # models
+    "image_size": "image side length in pixels",
+    "num_channels": "base channel count of the model",
+    "num_res_blocks": "residual blocks per resolution",
+    "num_heads": "attention heads (when --num_head_channels is -1)",
+    "num_heads_upsample": "attention heads in the upsampling path (-1: --num_heads)",
+    "num_head_channels": "channels per attention head (-1: use --num_heads)",
+    "attention_resolutions": "comma-separated resolutions with attention, e.g. 32,16,8",
+    "channel_mult": "comma-separated channel multipliers per resolution "
+    "('': the image size's default)",
+    "dropout": "dropout rate",
+    "class_cond": "condition the model on class labels",
+    "num_classes": "number of classes (label embedding rows / classifier outputs)",
+    "class_dropout_prob": "training replaces each label by a null class with this "
+    "probability, for classifier-free guidance; > 0 adds the null-class row to the label "
+    "embedding (0: the original model)",
+    "use_checkpoint": "gradient checkpointing: less memory, slower steps",
+    "use_scale_shift_norm": "AdaGN: the timestep embedding scales and shifts the normalised "
+    "features",
+    "resblock_updown": "residual blocks for up- and downsampling",
+    "use_fp16": "run the model in float16 (mixed precision)",
+    "use_new_attention_order": "split qkv before heads in attention",
+    "large_size": "output side length of the upsampler",
+    "small_size": "input side length of the upsampler",
+    # classifier
+    "classifier_use_fp16": "run the classifier in float16",
+    "classifier_width": "base channel count of the classifier",
+    "classifier_depth": "residual blocks per resolution in the classifier",
+    "classifier_attention_resolutions": "comma-separated resolutions with attention in the "
+    "classifier",
+    "classifier_use_scale_shift_norm": "AdaGN in the classifier",
+    "classifier_resblock_updown": "residual blocks for downsampling in the classifier",
+    "classifier_pool": "classifier head: adaptive, attention, spatial or spatial_v2",
+    "classifier_channel_mult": "classifier channel multipliers ('': the image size's default)",
+    # diffusion
+    "learn_sigma": "the model also predicts the variance (6 output channels)",
+    "diffusion_steps": "number of diffusion steps T",
+    "noise_schedule": "beta schedule: linear or cosine",
+    "timestep_respacing": "steps to keep: '' (all), '250', '10,15,20' or 'ddim50'; or a named "
+    "grid of N steps: 'trailingN' (uniform in t from T-1), 'leadingN' (from 0, stride T//N), "
+    "'logsnrN' (uniform in log-SNR), 'karrasN' (Karras et al. 2022; '_rhoR' sets rho, default 7; "
+    "with logsnr too, '_maxS' starts at the noise level sigma/alpha S, e.g. 'karras10_max80' "
+    "for the cosine schedule)",
+    "use_kl": "train on the variational bound",
+    "predict_xstart": "the model predicts x_0 instead of the noise",
+    "rescale_timesteps": "show the model timesteps scaled to [0, 1000)",
+    "rescale_learned_sigmas": "rescale the bound term of the loss (RESCALED_MSE)",
+}
 
 # Default channel multipliers per image size (one entry per resolution level).
 MODEL_CHANNEL_MULTS = {
@@ -342,7 +472,7 @@ def create_from_flags(args: argparse.Namespace, kind: str = "model") -> tuple[An
     """
     Build a network and its diffusion process from parsed flags.
 
-    :param args: the parsed flags, holding every key of ``flags.network_defaults(kind)``.
+    :param args: the parsed flags, holding every key of ``network_defaults(kind)``.
     :param kind: "model", "super_res" or "classifier".
     :return: (network, diffusion).
     """
@@ -404,3 +534,60 @@ def create_gaussian_diffusion(
 def _first_set(choices: Sequence[tuple[bool, Any]], default: Any) -> Any:
     """:return: the value of the first (flag, value) pair whose flag is set, else ``default``."""
     return next((value for flag, value in choices if flag), default)
+
+
+# ---------------------------------------------------------------- parsing
+
+
+def add_dict_to_argparser(
+    parser: argparse.ArgumentParser,
+    default_dict: dict[str, Any],
+    helps: Optional[dict[str, str]] = None,
+) -> None:
+    """
+    Add a ``--key`` option per entry of ``default_dict``, typed by its default (booleans
+    parse with ``str2bool``, None defaults as strings).
+
+    :param parser: the parser to extend.
+    :param default_dict: flag names and defaults.
+    :param helps: help texts overriding or extending ``FLAG_HELP``.
+    """
+    helps = {**FLAG_HELP, **(helps or {})}
+    for k, v in default_dict.items():
+        v_type = type(v)
+        if v is None:
+            v_type = str
+        elif isinstance(v, bool):
+            v_type = str2bool
+        text = helps.get(k, k.replace("_", " "))
+        parser.add_argument(f"--{k}", default=v, type=v_type, help=f"{text} (default: %(default)s)")
+
+
+def args_to_dict(args: argparse.Namespace, keys) -> dict[str, Any]:
+    """The values of ``keys`` in parsed arguments, as a dict."""
+    return {k: getattr(args, k) for k in keys}
+
+
+def parse_list(text: str, kind: Callable[[str], Any], error: str) -> list:
+    """
+    Parse a comma-separated flag value such as "32,16,8".
+
+    :param kind: the type of each item (``int``, ``float``).
+    :param error: the message of the ValueError raised when an item does not parse.
+    :return: the items.
+    """
+    try:
+        return [kind(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(error) from None
+
+
+def str2bool(v: Union[str, bool]) -> bool:
+    """Parse a boolean flag value (yes/no, true/false, t/f, y/n, 1/0)."""
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if v.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"boolean value expected (true/false, yes/no, 1/0), got {v!r}")

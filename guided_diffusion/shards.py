@@ -11,12 +11,17 @@ after a digest of everything that determines the items (flags, seed, checkpoint 
 and holds that identity as ``manifest.json``: a rerun of the same command finds its
 shards and computes only what is missing; a run with different flags gets another folder,
 so shards of different runs never mix. No process holds more than one round.
+``run_resumable`` runs a job so, and ``assemble_samples`` streams sample shards into the
+final ``.npz``.
 """
 
+import argparse
+import dataclasses
 import hashlib
 import json
 import os
 import re
+import secrets
 import shutil
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -25,9 +30,10 @@ from typing import Any, Optional
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import dist_util
-from .io_util import atomic_write
+from . import dist_util, logger
+from .io_util import atomic_write, hash_file
 from .npz_batch import NpzWriter, npz_keys, read_array
+from .script_errors import SamplingInputError
 
 MANIFEST = "manifest.json"
 _SHARD_NAME = re.compile(r"^(\d{9})-(\d{9})\.npz$")
@@ -55,11 +61,7 @@ def file_identity(path: str, chunk_bytes: int = 1 << 24) -> dict[str, Any]:
         )
         text = json.dumps([(name, st.st_size, st.st_mtime_ns) for name, st in listing])
         return {"files": len(listing), "sha256": hashlib.sha256(text.encode()).hexdigest()}
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(chunk_bytes):
-            digest.update(chunk)
-    return {"size": os.path.getsize(path), "sha256": digest.hexdigest()}
+    return {"size": os.path.getsize(path), "sha256": hash_file(path, chunk_bytes)}
 
 
 def identity_digest(identity: dict[str, Any]) -> str:
@@ -249,3 +251,114 @@ def previous_seed(final_path: str, identity: dict[str, Any]) -> Optional[int]:
                 found.append((os.path.getmtime(manifest), seed))
     return max(found)[1] if found else None
 
+
+# ---------------------------------------------------------------- resumable runs
+
+
+def run_identity(args: argparse.Namespace, files: dict[str, str], **extra) -> dict[str, object]:
+    """
+    Everything that determines a run's images: every flag but those that only say how
+    many, how fast or what else to write, the contents of the input files instead of their
+    paths, and ``extra`` (e.g. the program's name).
+
+    :param files: flag name -> path of each input file (checkpoints, base samples); the
+        autoguidance guide (``--guide_model_path``) is added when given.
+    """
+    if getattr(args, "guide_model_path", ""):
+        files = {**files, "guide_model_path": args.guide_model_path}
+    identity = {k: v for k, v in vars(args).items() if k not in _NOT_IDENTITY and k not in files}
+    identity.update(extra)
+    identity["files"] = {flag: path for flag, path in files.items() if path}
+    return identity
+
+
+# Flags that never change an image: how many, how fast, what else to write (and the preset
+# whose flags were filled in: the flags themselves are part of the identity).
+_NOT_IDENTITY = {"num_samples", "batch_size", "grid", "keep_shards", "seed", "preset", "presets"}
+
+
+def _open_store(
+    npz_path: str, identity: dict, seed: Optional[int]
+) -> tuple[ShardStore, list[tuple[int, int]]]:
+    """On rank 0: hash the input files, settle the seed, open the shard folder."""
+    identity = dict(identity)
+    identity["files"] = {f: file_identity(p) for f, p in identity["files"].items()}
+    if seed is None:
+        seed = previous_seed(npz_path, identity)
+        if seed is not None:
+            logger.log(f"resuming the unseeded run found beside {npz_path}: seed {seed}")
+    identity["seed"] = secrets.randbits(31) if seed is None else int(seed)
+    store = ShardStore.beside(npz_path, identity)
+    return store, store.prepare()
+
+
+def _shared_store(npz_path: str, identity: dict, seed: Optional[int]):
+    """Every rank: the store and its finished ranges, or the one-line reason it failed."""
+    reply = None
+    if dist_util.group_rank() == 0:
+        try:
+            reply = _open_store(npz_path, identity, seed)
+        except (OSError, ValueError) as err:
+            reply = f"cannot write the samples beside {npz_path}: {err}"
+    reply = dist_util.broadcast_object(reply)
+    if isinstance(reply, str):
+        raise SamplingInputError(reply)
+    return reply
+
+
+def run_resumable(
+    final_path: str,
+    identity: dict[str, object],
+    job: Any,
+    num_items: int,
+    batch_size: int,
+    desc: str = "sample",
+    on_chunk: Optional[Callable[[int, dict[str, np.ndarray]], None]] = None,
+) -> ShardStore:
+    """
+    Compute items 0..N-1 with ``job`` into the shard folder of ``final_path`` for this
+    ``identity``, skipping the shards an earlier run of the same command left there; on
+    return (on every rank) every shard is written.
+
+    :param job: a dataclass computing a chunk (a ComputeFn, e.g. ``sample_util.ImageJob``,
+        ``bpd.BpdJob``) with a ``seed``: None means the earlier run's, else a fresh one.
+    :param on_chunk: also called with every chunk computed now, on rank 0.
+    :return: the store, whose identity holds the seed used.
+    """
+    store, done = _shared_store(final_path, identity, job.seed)
+    job = dataclasses.replace(job, seed=store.identity["seed"])
+    found = sum(stop - start for start, stop in done if start < num_items)
+    logger.log(f"shards in {store.folder}: found {found} images, {num_items - found} to {desc}")
+
+    def sink(start: int, arrays: dict[str, np.ndarray]) -> None:
+        store.write(start, arrays)
+        if on_chunk is not None:
+            on_chunk(start, arrays)
+
+    run_sharded(num_items, batch_size, job, sink, done, desc=desc)
+    dist_util.barrier()
+    return store
+
+
+def assemble_samples(
+    store: ShardStore, num_samples: int, npz_path: str, keep: int = 64
+) -> tuple[Optional[np.ndarray], np.ndarray]:
+    """
+    Stream the shards' images (arr_0, uint8) and labels (arr_1, when they have them) into
+    one .npz, a shard at a time.
+
+    :param keep: how many of the first images to return (e.g. for a grid).
+    :return: (the labels or None, the first ``keep`` images).
+    """
+    first: list[np.ndarray] = []
+    labels = None
+    with NpzWriter(npz_path) as out:
+        shape = next(store.iter_chunks(num_samples, "arr_0")).shape[1:]
+        with out.array("arr_0", (num_samples, *shape), np.uint8) as rows:
+            for images in store.iter_chunks(num_samples, "arr_0"):
+                rows.write(images)
+                first.append(images[: max(keep - sum(map(len, first)), 0)])
+        if "arr_1" in store.keys():
+            labels = np.concatenate(list(store.iter_chunks(num_samples, "arr_1")))  # (N,) int64
+            out.write("arr_1", labels)
+    return labels, np.concatenate(first)

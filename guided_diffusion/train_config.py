@@ -3,10 +3,8 @@ The settings of a training loop, checked once: ``TrainConfig`` holds what the lo
 ``train_util`` take besides the network, the data and the loss (batch sizes, learning rate,
 EMA, intervals, resume checkpoint, precision, step limits, seed), and building one runs every
 check of those values. The training programs build it from their flags before anything is
-loaded or written (``train_config_from_flags``) and hand it to the loop, which does not check
+loaded or written (``flags.parse_train_args``) and hand it to the loop, which does not check
 again; ``TrainLoop``'s keyword arguments (the original API) build one the same way.
-
-The check functions stay importable from ``train_util``, their former home.
 """
 
 import dataclasses
@@ -19,12 +17,6 @@ from typing import Any, Optional, Union
 
 import blobfile as bf
 
-from .flags import (
-    CLASSIFIER_LOOP_FLAGS,
-    TRAIN_LOOP_FLAGS,
-    classifier_train_defaults,
-    diffusion_train_defaults,
-)
 from .fp16_util import INITIAL_LOG_LOSS_SCALE
 
 # The classifier trainer's first fp16 loss scale (log2), as in the original classifier_train.py.
@@ -85,8 +77,8 @@ class TrainConfig:
         self.micro_size = check_batch_flags(self.batch_size, self.microbatch)
         check_learning_rate(self.lr)
         self.ema_rates = parse_ema_rate(self.ema_rate)
-        _check_positive(log_interval=self.log_interval, save_interval=self.save_interval)
-        _check_non_negative(lr_anneal_steps=self.lr_anneal_steps, max_steps=self.max_steps)
+        check_positive(log_interval=self.log_interval, save_interval=self.save_interval)
+        check_non_negative(lr_anneal_steps=self.lr_anneal_steps, max_steps=self.max_steps)
         if self.seed is not None and self.seed < 0:
             raise ValueError(f"--seed must be a non-negative integer, got {self.seed}")
         self.resume_step = check_resume_checkpoint(self.resume_checkpoint)
@@ -113,28 +105,11 @@ def classifier_train_config(
 
     :param settings: the other ``TrainConfig`` settings.
     """
-    _check_positive(iterations=iterations)
+    check_positive(iterations=iterations)
     settings.setdefault("initial_lg_loss_scale", CLASSIFIER_LG_LOSS_SCALE)
     return TrainConfig(
         max_steps=iterations, lr_anneal_steps=iterations if anneal_lr else 0, **settings
     )
-
-
-def train_config_from_flags(args, kind: str = "model") -> TrainConfig:
-    """
-    The settings given by a training program's parsed flags; a flag that ``args`` lacks
-    takes the program's default.
-
-    :param kind: "model" or "super_res" (image_train.py, super_res_train.py flags) or
-        "classifier" (classifier_train.py: --iterations, --anneal_lr, --classifier_use_fp16).
-    """
-    if kind == "classifier":
-        flags = {**classifier_train_defaults(), "classifier_use_fp16": False, **vars(args)}
-        loop_only = ("noised", "eval_interval")
-        settings = {k: flags[k] for k in CLASSIFIER_LOOP_FLAGS if k not in loop_only}
-        return classifier_train_config(use_fp16=flags["classifier_use_fp16"], **settings)
-    flags = {**diffusion_train_defaults(), **vars(args)}
-    return TrainConfig(**{name: flags[name] for name in TRAIN_LOOP_FLAGS})
 
 
 # ---------------------------------------------------------------- the checks
@@ -214,13 +189,13 @@ def check_resume_checkpoint(resume_checkpoint: str) -> int:
     return parse_resume_step_from_filename(resume_checkpoint)
 
 
-def _check_positive(**values: int) -> None:
+def check_positive(**values: int) -> None:
     for name, value in values.items():
         if value <= 0:
             raise ValueError(f"--{name} must be a positive integer, got {value}")
 
 
-def _check_non_negative(**values: int) -> None:
+def check_non_negative(**values: int) -> None:
     for name, value in values.items():
         if value < 0:
             raise ValueError(f"--{name} must be 0 (off) or a positive integer, got {value}")

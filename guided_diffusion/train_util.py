@@ -42,18 +42,10 @@ from torch.nn.parallel.distributed import DistributedDataParallel as DDP
 from torch.optim import AdamW
 
 from . import dist_util, logger
-from .checkpoint_util import diagnose_mismatch, read_optimizer_state, read_state_dict
-from .flags import (  # noqa: F401  (importable here as before)
-    TRAIN_FLAG_HELP,
-    TRAIN_LOOP_FLAGS,
-    diffusion_train_defaults,
-)
-from .fp16_util import (
-    MixedPrecisionTrainer,
-    NonFiniteLossError,
-    check_precision,
-)
-from .image_datasets import list_classes
+from .checkpoint_diagnosis import diagnose_mismatch
+from .checkpoint_util import read_optimizer_state, read_state_dict
+from .flags import train_config_from_flags
+from .fp16_util import MixedPrecisionTrainer, NonFiniteLossError
 from .io_util import atomic_torch_save, is_local_path
 from .nn import update_ema
 from .resample import (
@@ -62,19 +54,14 @@ from .resample import (
     UniformSampler,
     create_named_schedule_sampler,
 )
-from .run_config import make_run_config, parse_args, write_run_config
-from .train_config import (  # noqa: F401  (the checks' former home: importable here)
-    TrainConfig,
-    _check_positive,
-    check_batch_flags,
-    check_learning_rate,
-    check_resume_checkpoint,
-    classifier_train_config,
-    parse_ema_rate,
-    parse_resume_step_from_filename,
-    train_config_from_flags,
-)
+from .run_config import make_run_config, write_run_config
 from .script_util import create_from_flags
+from .train_config import (
+    TrainConfig,
+    check_positive,
+    classifier_train_config,
+    parse_resume_step_from_filename,
+)
 
 Batch = tuple[torch.Tensor, dict[str, torch.Tensor]]
 
@@ -509,7 +496,7 @@ class ClassifierTrainLoop(BaseTrainLoop):
         run_config: Optional[dict] = None,
         **settings,
     ):
-        _check_positive(eval_interval=eval_interval)
+        check_positive(eval_interval=eval_interval)
         if config is not None and settings:
             raise TypeError(f"give config or the settings {sorted(settings)}, not both")
         config = config if config is not None else classifier_train_config(**settings)
@@ -568,48 +555,7 @@ class ClassifierTrainLoop(BaseTrainLoop):
                     self.mp_trainer.backward(loss.mean() * share)
 
 
-# ---------------------------------------------------------------------------- flags
-
-
-def check_train_args(args, kind: str = "model") -> TrainConfig:
-    """
-    Check the training flags that can be checked before anything is loaded or written: the
-    loop's settings (``train_config.train_config_from_flags``: batch and microbatch sizes,
-    learning rate, EMA rates, intervals, step limits, seed, resume checkpoint), the precision
-    flags and the class count of the data.
-
-    :param args: parsed flags; one it lacks takes the program's default.
-    :param kind: "model", "super_res" or "classifier": the program's network.
-    :return: the checked settings, to give to the loop (``TrainLoop.from_config``,
-        ``ClassifierTrainLoop(config=...)``) so that it does not check them again.
-    :raises ValueError, FileNotFoundError: naming the flag at fault.
-    """
-    config = train_config_from_flags(args, kind)
-    for fp16_flag in ("use_fp16", "classifier_use_fp16"):
-        use_fp16, use_bf16 = getattr(args, fp16_flag, False), getattr(args, "use_bf16", False)
-        check_precision(use_fp16, use_bf16, fp16_flag)
-    if getattr(args, "class_cond", False):
-        check_num_classes(args.data_dir, args.num_classes)
-    return config
-
-
 # ---------------------------------------------------------------------------- helpers
-
-
-def parse_train_flags(
-    parser: argparse.ArgumentParser, argv: Optional[list[str]], kind: str
-) -> tuple[argparse.Namespace, TrainConfig]:
-    """
-    The training programs' start: parse the flags (filling in the model flags saved beside
-    ``--resume_checkpoint``), join the process group and check the flags
-    (``check_train_args``) before anything is loaded or written.
-
-    :param kind: "model", "super_res" or "classifier": the network being trained.
-    :return: (the flags, the loop's checked settings).
-    """
-    args = parse_args(parser, argv, resume_checkpoint=kind)
-    dist_util.setup_dist()
-    return args, check_train_args(args, kind)
 
 
 def create_network(args: argparse.Namespace, kind: str) -> tuple[nn.Module, object]:
@@ -637,10 +583,11 @@ def train_diffusion_model(
     this process's device, make the timestep sampler, run the TrainLoop (writing the run
     configuration beside every checkpoint), and leave the process group.
 
-    :param args: parsed flags holding ``schedule_sampler``, TRAIN_LOOP_FLAGS and the model
+    :param args: parsed flags holding ``schedule_sampler``, the training flags and the model
         and diffusion flags.
     :param kind: "model" or "super_res": the network being trained.
-    :param config: the loop's settings from ``check_train_args`` (None: made from ``args``).
+    :param config: the loop's settings from ``flags.parse_train_args`` (None: made from
+        ``args``).
     """
     model.to(dist_util.dev())
     schedule_sampler = create_named_schedule_sampler(args.schedule_sampler, diffusion)
@@ -815,25 +762,6 @@ def _all_finite(obj) -> bool:
     if isinstance(obj, (list, tuple)):
         return all(_all_finite(v) for v in obj)
     return True
-
-
-def check_num_classes(data_dir: str, num_classes: int) -> int:
-    """
-    Check that a class-conditional model has a label for every class of a data folder.
-
-    :param data_dir: the image folder (class = file name part before the first "_").
-    :param num_classes: the model's number of classes (--num_classes).
-    :return: the number of classes in the folder.
-    :raises ValueError: when the folder has more classes than ``num_classes``.
-    """
-    classes = list_classes(data_dir)
-    if len(classes) > num_classes:
-        raise ValueError(
-            f"{data_dir!r} holds {len(classes)} classes ({', '.join(list(classes)[:5])}"
-            f"{', ...' if len(classes) > 5 else ''}) but --num_classes is {num_classes}: "
-            f"set --num_classes {len(classes)} or more"
-        )
-    return len(classes)
 
 
 def _check_optimizer_state(state_dict: dict, master_params: list[torch.Tensor], path: str) -> None:

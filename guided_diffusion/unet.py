@@ -9,6 +9,7 @@ formulation, which computes the same function and serves as a reference.
 """
 
 import contextlib
+import math
 from abc import abstractmethod
 from dataclasses import dataclass, fields
 from typing import Any, Iterator, Optional, Sequence
@@ -143,6 +144,18 @@ def _packed_attention(qkv: torch.Tensor, n_heads: int, legacy: bool) -> torch.Te
     return out.transpose(-1, -2).reshape(n, -1, length)
 
 
+def count_flops_attn(model: nn.Module, _x: Any, y: Any) -> None:
+    """
+    Count an attention layer's matrix products for a FLOP counter (thop's ``custom_ops``):
+    q^T k and the weights times v take N * T^2 * C multiply-adds each, added to
+    ``model.total_ops``; ``y`` is the layer's output [N x C x T] (or a tuple starting with it).
+    """
+    out = y[0] if isinstance(y, (tuple, list)) else y
+    n, c, *spatial = out.shape
+    tokens = math.prod(spatial)
+    model.total_ops += torch.DoubleTensor([2 * n * tokens**2 * c])
+
+
 class QKVAttentionLegacy(nn.Module):
     """
     Attention on a packed qkv tensor laid out heads first: each head's channels hold its
@@ -159,6 +172,8 @@ class QKVAttentionLegacy(nn.Module):
         :return: an [N x (H * ch) x T] tensor.
         """
         return _packed_attention(qkv, self.n_heads, legacy=True)
+
+    count_flops = staticmethod(count_flops_attn)
 
 
 class QKVAttention(nn.Module):
@@ -177,6 +192,8 @@ class QKVAttention(nn.Module):
         :return: an [N x (H * ch) x T] tensor.
         """
         return _packed_attention(qkv, self.n_heads, legacy=False)
+
+    count_flops = staticmethod(count_flops_attn)
 
 
 class AttentionPool2d(nn.Module):

@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from guided_diffusion import logger
+from guided_diffusion import dist_util, flags, logger, presets
 from guided_diffusion import script_util as su
 from guided_diffusion.fp16_util import MixedPrecisionTrainer
+from guided_diffusion.script_errors import run_program
 from guided_diffusion.unet import (
     ATTENTION_BACKENDS,
     EncoderUNetModel,
@@ -39,108 +40,29 @@ from guided_diffusion.unet import (
     attention_backend,
 )
 
-_OFFICIAL_MODEL = dict(
-    attention_resolutions="32,16,8",
-    class_cond=True,
-    resblock_updown=True,
-    learn_sigma=True,
-    num_channels=256,
-    num_head_channels=64,
-)
-# Flags over the defaults of the family ("model", "sr" or "classifier").
+# Flags over the defaults of the kind of network ("model", "super_res" or "classifier"): two
+# small configurations and the published checkpoints' (lsun_cat and lsun_horse are
+# lsun_bedroom's network).
 CONFIGS = {
-    "tiny": (
-        "model",
-        dict(
-            image_size=32,
-            num_channels=32,
-            num_res_blocks=1,
-            channel_mult="1,2",
-            attention_resolutions="16",
-            num_head_channels=32,
-            learn_sigma=True,
-            class_cond=True,
-        ),
-    ),
-    "small": (
-        "model",
-        dict(
-            image_size=64,
-            num_channels=64,
-            num_res_blocks=2,
-            attention_resolutions="16,8",
-            num_head_channels=32,
-            learn_sigma=True,
-            class_cond=True,
-            resblock_updown=True,
-        ),
-    ),
-    "64x64_diffusion": (
-        "model",
-        {
-            **_OFFICIAL_MODEL,
-            "image_size": 64,
-            "num_channels": 192,
-            "num_res_blocks": 3,
-            "dropout": 0.1,
-            "use_new_attention_order": True,
-            "noise_schedule": "cosine",
-        },
-    ),
-    "128x128_diffusion": ("model", {**_OFFICIAL_MODEL, "image_size": 128, "num_head_channels": -1}),
-    "256x256_diffusion": ("model", {**_OFFICIAL_MODEL, "image_size": 256}),
-    "256x256_diffusion_uncond": (
-        "model",
-        {**_OFFICIAL_MODEL, "image_size": 256, "class_cond": False},
-    ),
-    "512x512_diffusion": ("model", {**_OFFICIAL_MODEL, "image_size": 512}),
-    "lsun_bedroom": (
-        "model",
-        {**_OFFICIAL_MODEL, "image_size": 256, "class_cond": False, "dropout": 0.1},
-    ),
-    "64_256_upsampler": (
-        "sr",
-        {
-            **_OFFICIAL_MODEL,
-            "large_size": 256,
-            "small_size": 64,
-            "num_channels": 192,
-            "num_head_channels": -1,
-        },
-    ),
-    "128_512_upsampler": (
-        "sr",
-        {
-            **_OFFICIAL_MODEL,
-            "large_size": 512,
-            "small_size": 128,
-            "num_channels": 192,
-            "attention_resolutions": "32,16",
-        },
-    ),
-    **{
-        f"{s}x{s}_classifier": (
-            "classifier",
-            dict(image_size=s, classifier_depth=4 if s == 64 else 2),
-        )
-        for s in (64, 128, 256, 512)
-    },
-}
-_FAMILIES = {
-    "model": (su.model_and_diffusion_defaults, su.create_model_and_diffusion),
-    "sr": (su.sr_model_and_diffusion_defaults, su.sr_create_model_and_diffusion),
-    "classifier": (su.classifier_and_diffusion_defaults, su.create_classifier_and_diffusion),
-}
+    "tiny": ("model", dict(
+        image_size=32, num_channels=32, num_res_blocks=1, channel_mult="1,2",
+        attention_resolutions="16", num_head_channels=32, learn_sigma=True, class_cond=True)),
+    "small": ("model", dict(
+        image_size=64, num_channels=64, num_res_blocks=2, attention_resolutions="16,8",
+        num_head_channels=32, learn_sigma=True, class_cond=True, resblock_updown=True)),
+    **{name: (preset.kind, preset.flags) for name, preset in presets.PRESETS.items()
+       if name not in ("lsun_cat", "lsun_horse")},
+}  # fmt: skip
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def build(config: str, device: str = "cpu"):
     """:return: (model, diffusion) of a named configuration in float32 on ``device``."""
-    family, flags = CONFIGS[config]
-    defaults, factory = _FAMILIES[family]
-    fp16_flag = "classifier_use_fp16" if family == "classifier" else "use_fp16"
+    kind, flags = CONFIGS[config]
+    fp16_flag = "classifier_use_fp16" if kind == "classifier" else "use_fp16"
+    args = argparse.Namespace(**{**su.network_defaults(kind), **flags, fp16_flag: False})
     with torch.device(device):
-        return factory(**{**defaults(), **flags, fp16_flag: False})  # --dtype sets the precision
+        return su.create_from_flags(args, kind)  # --dtype sets the precision
 
 
 def make_batch(model: torch.nn.Module, batch_size: int, device: str, config: str):
@@ -281,8 +203,9 @@ def run(args, mode: str, backends: list[str], peak: float) -> dict[str, float]:
     return speeds
 
 
-def main():
-    args = create_argparser().parse_args()
+def main(argv: list[str] | None = None) -> None:
+    args = flags.parse_args(create_argparser(), argv)
+    dist_util.setup_dist()
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -301,72 +224,34 @@ def main():
                 )
 
 
+HELP = {
+    "config": "named model configuration",
+    "mode": "what to time",
+    "batch_size": "images per step",
+    "dtype": "fp32; fp16 (float16 blocks, float32 master weights and loss scaling when "
+    "training); bf16 (autocast when training, bfloat16 blocks when sampling)",
+    "compile": "wrap the model in torch.compile",
+    "device": "torch device",
+    "steps": "timed steps (per attention backend); the median is reported",
+    "warmup": "untimed steps first (compilation, caches)",
+    "attention": "attention kernel: sdpa (scaled_dot_product_attention), einsum (the plain "
+    "formulation) or both, printing their speed ratio",
+    "threads": "CPU threads for torch (0: torch's default)",
+}
+
+
 def create_argparser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument(
-        "--config",
-        default="small",
-        choices=sorted(CONFIGS),
-        help="named model configuration (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--mode",
-        default="both",
-        choices=["train", "sample", "both"],
-        help="what to time (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--batch_size", type=int, default=8, help="images per step (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--dtype",
-        default="fp32",
-        choices=sorted(DTYPES),
-        help="fp32; fp16 (float16 blocks, float32 master weights and loss scaling "
-        "when training); bf16 (autocast when training, bfloat16 blocks when "
-        "sampling) (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--compile",
-        type=su.str2bool,
-        default=False,
-        help="wrap the model in torch.compile (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--device",
-        default="cuda" if torch.cuda.is_available() else "cpu",
-        help="torch device (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--steps",
-        type=int,
-        default=5,
-        help="timed steps (per attention backend); the median is reported (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--warmup",
-        type=int,
-        default=2,
-        help="untimed steps first (compilation, caches) (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--attention",
-        default="sdpa",
-        choices=[*ATTENTION_BACKENDS, "both"],
-        help="attention kernel: sdpa (scaled_dot_product_attention), einsum (the "
-        "plain formulation) or both, printing their speed ratio "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--threads",
-        type=int,
-        default=0,
-        help="CPU threads for torch (0: torch's default) (default: %(default)s)",
-    )
-    return parser
+    defaults = dict(
+        config="small", mode="both", batch_size=8, dtype="fp32", compile=False,
+        device="cuda" if torch.cuda.is_available() else "cpu", steps=5, warmup=2,
+        attention="sdpa", threads=0,
+    )  # fmt: skip
+    choices = dict(
+        config=sorted(CONFIGS), mode=["train", "sample", "both"], dtype=sorted(DTYPES),
+        attention=[*ATTENTION_BACKENDS, "both"],
+    )  # fmt: skip
+    return flags.create_parser(__doc__.split("\n\n")[0], defaults, helps=HELP, choices=choices)
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main)

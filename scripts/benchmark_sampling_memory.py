@@ -41,7 +41,6 @@ Processes run with OMP_NUM_THREADS=1 unless it is set. Examples (the README's fi
         --image_size 64 --batch_sizes 100
 """
 
-import argparse
 import ctypes
 import json
 import os
@@ -55,6 +54,9 @@ import sys
 import tempfile
 import time
 from typing import Optional
+
+from guided_diffusion import dist_util, flags, script_util
+from guided_diffusion.script_errors import run_program
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MIB = 2**20
@@ -84,18 +86,21 @@ def give_back_free_heap() -> None:
 
 
 class MemoryProbe:
-    """The memory of this process at the points of ``sample_util`` it wraps (in MiB)."""
+    """The memory of this process at the points of the sampling program it wraps (in MiB)."""
 
     def __init__(self):
         self.report: dict[str, object] = {"zero_model": False}
 
-    def wrap_sampling(self, sample_util) -> None:
+    def wrap_sampling(self) -> None:
         """
-        Measure around ``run_resumable`` (sampling: the peak of the first and of the second
-        half of this rank's images) and ``sample_to_npz`` (writing the final file).
+        Measure around ``shards.run_resumable`` (sampling: the peak of the first and of the
+        second half of this rank's images) and ``sample_util.sample_to_npz`` (writing the
+        final file).
         """
-        run_resumable, sample_to_npz = sample_util.run_resumable, sample_util.sample_to_npz
-        run_sharded = sample_util.run_sharded
+        from guided_diffusion import sample_util, shards
+
+        run_resumable, sample_to_npz = shards.run_resumable, sample_util.sample_to_npz
+        run_sharded = shards.run_sharded
         report = self.report
 
         def measured_run(*args, **kwargs):
@@ -129,14 +134,16 @@ class MemoryProbe:
             report["final_file_peak"] = status_kib("VmHWM") / 1024
             return paths
 
-        sample_util.run_resumable, sample_util.sample_to_npz = measured_run, measured_npz
-        sample_util.run_sharded = measured_sharded
+        shards.run_resumable, sample_util.sample_to_npz = measured_run, measured_npz
+        shards.run_sharded = measured_sharded
 
-    def zero_model(self, sample_util) -> None:
+    def zero_model(self) -> None:
         """Load the checkpoint as usual, then sample with a network that returns zeros."""
         import torch
 
-        load = sample_util.load_model_and_diffusion
+        from guided_diffusion import model_loading
+
+        load = model_loading.load_model_and_diffusion
 
         class Zeros(torch.nn.Module):
             def forward(self, x, t, **kwargs):
@@ -147,7 +154,7 @@ class MemoryProbe:
             self.report["zero_model"] = True
             return Zeros(), diffusion
 
-        sample_util.load_model_and_diffusion = zero_load
+        model_loading.load_model_and_diffusion = zero_load
 
 
 def run_child(report_dir: str, model: str, script: str, argv: list[str]) -> None:
@@ -156,12 +163,10 @@ def run_child(report_dir: str, model: str, script: str, argv: list[str]) -> None
     ``MemoryProbe``; write its report to ``report_dir``/rank{R}.json.
     """
     sys.path.insert(0, REPO)
-    from guided_diffusion import sample_util
-
     probe = MemoryProbe()
-    probe.wrap_sampling(sample_util)
+    probe.wrap_sampling()
     if model == "zero":
-        probe.zero_model(sample_util)
+        probe.zero_model()
     sys.argv = [script, *argv]
     runpy.run_path(script, run_name="__main__")
     rank = probe.report.get("rank", os.getpid())
@@ -201,9 +206,6 @@ def model_flags(image_size: int) -> dict[str, object]:
 def make_checkpoint(folder: str, flags: dict[str, object]) -> list[str]:
     """Save a random model with ``flags`` as ``folder``/model.pt; :return: its flags."""
     import torch
-
-    sys.path.insert(0, REPO)
-    from guided_diffusion import script_util
 
     model, _ = script_util.create_model_and_diffusion(
         **{**script_util.model_and_diffusion_defaults(), **flags}
@@ -274,7 +276,7 @@ def measure(
         raise RuntimeError(f"{' '.join(command)} failed:\n{done.stderr.decode()[-3000:]}")
     reports = [_read_json(os.path.join(run_dir, f"rank{r}.json")) for r in range(ranks)]
     if model == "zero" and not all(r["zero_model"] for r in reports):
-        raise RuntimeError("image_sample.py no longer loads its model through sample_util")
+        raise RuntimeError("image_sample.py no longer loads its model through model_loading")
     side = flags[flags.index("--image_size") + 1]
     npz = os.path.join(run_dir, f"samples_{num_samples}x{side}x{side}x3.npz")
     for r in reports:  # its peak over its whole life
@@ -324,9 +326,7 @@ HEADER = (
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = flags.create_parser(__doc__)
     parser.add_argument("--model", choices=("zero", "unet"), default="zero")
     parser.add_argument("--num_samples", type=int, default=20000, help="images per run")
     parser.add_argument("--image_size", type=int, default=128, help="image side in pixels")
@@ -335,17 +335,18 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--ranks", default="1", help="comma-separated numbers of processes")
     parser.add_argument("--launcher", choices=("mpiexec", "torchrun"), default="mpiexec")
     parser.add_argument("--work_dir", default=None, help="where the runs write (default: temp)")
-    args = parser.parse_args(argv)
+    args = flags.parse_args(parser, argv)
+    dist_util.setup_dist()
     print(f"python {' '.join(sys.argv)}\n{HEADER}", flush=True)
     with tempfile.TemporaryDirectory(dir=args.work_dir) as folder:
-        flags = make_checkpoint(folder, model_flags(args.image_size))
+        checkpoint_flags = make_checkpoint(folder, model_flags(args.image_size))
         for ranks in (int(r) for r in args.ranks.split(",")):
             for batch_size in (int(b) for b in args.batch_sizes.split(",")):
                 setting = dict(model=args.model, num_samples=args.num_samples,
                                image_size=args.image_size, batch_size=batch_size)  # fmt: skip
-                result = measure(folder, flags, model=args.model, num_samples=args.num_samples,
-                                 batch_size=batch_size, ranks=ranks, launcher=args.launcher,
-                                 steps=args.steps)  # fmt: skip
+                result = measure(folder, checkpoint_flags, model=args.model,
+                                 num_samples=args.num_samples, batch_size=batch_size,
+                                 ranks=ranks, launcher=args.launcher, steps=args.steps)  # fmt: skip
                 print("\n".join(table_rows(result, setting)), flush=True)
 
 
@@ -355,4 +356,4 @@ if __name__ == "__main__":
     elif sys.argv[1:2] == ["--tree"]:
         run_tree(sys.argv[2], sys.argv[3:])
     else:
-        main()
+        run_program(main)

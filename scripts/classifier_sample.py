@@ -19,25 +19,26 @@ Example (the published 256x256 conditional model and classifier):
 import argparse
 from typing import Optional
 
-from guided_diffusion import dist_util, guidance, logger, run_config, sample_util
+from guided_diffusion import dist_util, flags, guidance, logger, model_loading, sample_util
+from guided_diffusion.script_errors import run_program
 from guided_diffusion.script_util import classifier_defaults, model_and_diffusion_defaults
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args = run_config.parse_args(
+    args = flags.parse_args(
         create_argparser(), argv, model_path="model", classifier_path="classifier"
     )
-    sample_util.check_counts(args.num_samples, args.batch_size)
+    flags.check_counts(args.num_samples, args.batch_size)
     sampler = sample_util.sampler_setting(args)
-    num_classes = sample_util.num_classes_of(args)
-    class_labels = sample_util.class_labels_of(args)
+    num_classes = flags.num_classes_of(args)
+    class_labels = flags.class_labels_of(args)
 
     dist_util.setup_dist()
     logger.configure()
 
     model, diffusion = sample_util.load_sampling_model(args, sampler)
     logger.log("loading classifier...")
-    classifier = sample_util.load_classifier(args)
+    classifier = model_loading.load_classifier(args)
 
     model_fn = model if args.class_cond else guidance.labels_to_classifier_only(model)
     logger.log(f"sampling with classifier scale {args.classifier_scale}...")
@@ -53,13 +54,13 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    return sample_util.create_sampling_parser(
+    return flags.create_sampling_parser(
         __doc__,
-        sample_util.sampling_defaults(classifier_path="", classifier_scale=1.0, class_labels=""),
+        flags.sampling_defaults(classifier_path="", classifier_scale=1.0, class_labels=""),
         model_and_diffusion_defaults(),
         classifier_defaults(),
     )
 
 
 if __name__ == "__main__":
-    sample_util.run_script(main)
+    run_program(main)

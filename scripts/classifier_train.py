@@ -23,27 +23,17 @@ import argparse
 
 import blobfile as bf
 
-from guided_diffusion import dist_util, logger
+from guided_diffusion import dist_util, flags, logger
 from guided_diffusion.image_datasets import list_classes, load_data
 from guided_diffusion.resample import create_named_schedule_sampler
-from guided_diffusion.flags import (
-    classifier_and_diffusion_defaults,
-    classifier_train_defaults,
-    create_train_parser,
-)
 from guided_diffusion.script_errors import run_program
-from guided_diffusion.train_util import (
-    ClassifierTrainLoop,
-    check_num_classes,
-    create_network,
-    parse_train_flags,
-    training_run_config,
-)
+from guided_diffusion.script_util import classifier_and_diffusion_defaults
+from guided_diffusion.train_util import ClassifierTrainLoop, create_network, training_run_config
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, config = parse_train_flags(create_argparser(), argv, "classifier")
-    check_num_classes(args.data_dir, args.num_classes)
+    args, config = flags.parse_train_args(create_argparser(), argv, "classifier")
+    flags.check_num_classes(args.data_dir, args.num_classes)
     if args.val_data_dir and not bf.isdir(args.val_data_dir):
         raise FileNotFoundError(
             f"--val_data_dir {args.val_data_dir!r} is not a folder (validation images, named "
@@ -54,6 +44,8 @@ def main(argv: list[str] | None = None) -> None:
             f"--val_data_dir {args.val_data_dir!r} must hold the same classes as --data_dir "
             f"{args.data_dir!r} (labels are numbered from the sorted class names of each folder)"
         )
+
+    dist_util.setup_dist()
     data = load_data(
         data_dir=args.data_dir,
         batch_size=args.batch_size,
@@ -92,8 +84,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    return create_train_parser(
-        __doc__, classifier_train_defaults(), classifier_and_diffusion_defaults()
+    return flags.create_train_parser(
+        __doc__,
+        flags.classifier_train_defaults(),
+        classifier_and_diffusion_defaults(),
+        kind="classifier",
     )
 
 

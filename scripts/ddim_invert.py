@@ -20,16 +20,19 @@ from typing import Optional
 import numpy as np
 import torch
 
-from guided_diffusion import dist_util, edit_util, logger, run_config, sample_util
+from guided_diffusion import dist_util, edit_util, flags, logger
 from guided_diffusion.editing import ddim_decode, ddim_invert
+from guided_diffusion.image_seeds import shared_seed
+from guided_diffusion.script_errors import SamplingInputError, run_program
+from guided_diffusion.script_util import classifier_defaults, model_and_diffusion_defaults
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args = run_config.parse_args(
+    args = flags.parse_args(
         create_argparser(), argv, model_path="model", classifier_path="classifier"
     )
     if args.mode not in ("encode", "decode"):
-        raise sample_util.SamplingInputError(f"--mode must be encode or decode, got {args.mode!r}")
+        raise SamplingInputError(f"--mode must be encode or decode, got {args.mode!r}")
     if args.mode == "encode":
         images, labels = edit_util.read_images(args.input, args.image_size, args.num_samples)
         inputs = edit_util.to_float(images)
@@ -38,7 +41,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     dist_util.setup_dist()
     logger.configure()
-    seed = sample_util.shared_seed(args.seed)
+    seed = shared_seed(args.seed)
     models = edit_util.load_models(args, labels, len(inputs), seed)
     model, diffusion, cond_fn = models.model, models.diffusion, models.cond_fn
 
@@ -94,8 +97,14 @@ def diffusion_steps(args: argparse.Namespace) -> str:
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    return edit_util.create_argparser(__doc__, edit_util.ddim_invert_defaults())
+    return flags.create_sampling_parser(
+        __doc__,
+        flags.ddim_invert_defaults(),
+        model_and_diffusion_defaults(),
+        classifier_defaults(),
+        helps=flags.EDIT_FLAG_HELP,
+    )
 
 
 if __name__ == "__main__":
-    sample_util.run_script(main)
+    run_program(main)

@@ -49,6 +49,7 @@ sys.path.insert(0, REPO)
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
+from guided_diffusion import dist_util, flags  # noqa: E402
 from guided_diffusion.demo import digits, restoration  # noqa: E402
 from guided_diffusion.demo import plots as demo_plots  # noqa: E402
 from guided_diffusion.demo import settings as ds  # noqa: E402
@@ -69,9 +70,7 @@ class DemoError(ValueError):
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = flags.create_parser(__doc__)
     add = parser.add_argument
     add("--out_dir", default="demo_out", help="folder for data, models, samples, logs and results")
     add("--image_size", type=int, default=8, help="side of the written digit images in pixels")
@@ -582,15 +581,16 @@ def finish_setting(npz: str, clean, per_class: int) -> tuple[float, str]:
 # ---------------------------------------------------------------- main
 
 
-def main() -> None:
+def main(argv: Optional[list[str]] = None) -> None:
     # SIGTERM unwinds like Ctrl-C, so the program running at the time is stopped too
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
-    args = create_argparser().parse_args()
+    args = flags.parse_args(create_argparser(), argv)
     # the digits and their judge (scikit-learn) and the plots (matplotlib), before any training
     require(*DEMO_PACKAGES, purpose="the demo")
     check_args(args)
     restoration.check_args(args)
     settings = build_settings(args)
+    dist_util.setup_dist()  # one process: the programs it runs set up their own
     out = os.path.abspath(args.out_dir)
     started = time.time()
     runner = Runner(out)

@@ -28,16 +28,19 @@ from typing import Optional
 
 import numpy as np
 
-from guided_diffusion import dist_util, edit_util, logger, run_config, sample_util
+from guided_diffusion import dist_util, edit_util, flags, logger
+from guided_diffusion.image_seeds import shared_seed
 from guided_diffusion.operators import make_operator
 from guided_diffusion.restoration import require_pinv
+from guided_diffusion.script_errors import run_program
+from guided_diffusion.script_util import classifier_defaults, model_and_diffusion_defaults
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args = run_config.parse_args(
+    args = flags.parse_args(
         create_argparser(), argv, model_path="model", classifier_path="classifier"
     )
-    edit_util.check_method(args.method, args.operator)
+    flags.check_edit_method(args.method, args.operator)
     images, labels = edit_util.read_images(args.input, args.image_size, args.num_samples)
     mask = None
     if args.operator == "inpaint":
@@ -52,7 +55,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     dist_util.setup_dist()
     logger.configure()
-    seed = sample_util.shared_seed(args.seed)
+    seed = shared_seed(args.seed)
     models = edit_util.load_models(args, labels, len(images), seed)
 
     logger.log(f"{args.method} with operator {args.operator} on {len(images)} images...")
@@ -93,8 +96,14 @@ def _report(args, images, labels, result, hidden: Optional[np.ndarray]) -> None:
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    return edit_util.create_argparser(__doc__, edit_util.image_edit_defaults())
+    return flags.create_sampling_parser(
+        __doc__,
+        flags.image_edit_defaults(),
+        model_and_diffusion_defaults(),
+        classifier_defaults(),
+        helps=flags.EDIT_FLAG_HELP,
+    )
 
 
 if __name__ == "__main__":
-    sample_util.run_script(main)
+    run_program(main)

@@ -18,17 +18,18 @@ Run it under `mpiexec -n N` or `torchrun --nproc_per_node N` to share the work.
 import argparse
 from typing import Optional
 
-from guided_diffusion import dist_util, logger, run_config, sample_util
+from guided_diffusion import dist_util, flags, logger, sample_util
+from guided_diffusion.script_errors import SamplingInputError, run_program
 from guided_diffusion.script_util import model_and_diffusion_defaults
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args = run_config.parse_args(create_argparser(), argv, model_path="model")
-    sample_util.check_counts(args.num_samples, args.batch_size)
+    args = flags.parse_args(create_argparser(), argv, model_path="model")
+    flags.check_counts(args.num_samples, args.batch_size)
     sampler = sample_util.sampler_setting(args)
-    class_labels = sample_util.class_labels_of(args)
+    class_labels = flags.class_labels_of(args)
     if class_labels is not None and not args.class_cond:
-        raise sample_util.SamplingInputError(
+        raise SamplingInputError(
             "--class_labels needs a class-conditional model (--class_cond True); "
             "to steer an unconditional model use scripts/classifier_sample.py"
         )
@@ -41,17 +42,17 @@ def main(argv: Optional[list[str]] = None) -> None:
     logger.log("sampling...")
     labels = sample_util.no_kwargs
     if args.class_cond:
-        labels = sample_util.class_label_kwargs(class_labels, sample_util.num_classes_of(args))
+        labels = sample_util.class_label_kwargs(class_labels, flags.num_classes_of(args))
     sample_util.sample_and_report(
         args, model, diffusion, sampler, files={"model_path": args.model_path}, make_kwargs=labels
     )
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    return sample_util.create_sampling_parser(
-        __doc__, sample_util.sampling_defaults(class_labels=""), model_and_diffusion_defaults()
+    return flags.create_sampling_parser(
+        __doc__, flags.sampling_defaults(class_labels=""), model_and_diffusion_defaults()
     )
 
 
 if __name__ == "__main__":
-    sample_util.run_script(main)
+    run_program(main)

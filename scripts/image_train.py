@@ -21,15 +21,17 @@ beside it are found automatically). `torchrun --nproc_per_node N` works as well 
 
 import argparse
 
-from guided_diffusion import flags, logger
+from guided_diffusion import dist_util, flags, logger
 from guided_diffusion.image_datasets import load_data
 from guided_diffusion.script_errors import run_program
-from guided_diffusion.train_util import create_network, parse_train_flags, train_diffusion_model
+from guided_diffusion.script_util import args_to_dict, model_and_diffusion_defaults
+from guided_diffusion.train_util import create_network, train_diffusion_model
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, config = parse_train_flags(create_argparser(), argv, "model")
-    data = load_data(**flags.args_to_dict(args, flags.DATA_FLAGS))
+    args, config = flags.parse_train_args(create_argparser(), argv, "model")
+    dist_util.setup_dist()
+    data = load_data(**args_to_dict(args, flags.DATA_FLAGS))
     logger.configure()
 
     model, diffusion = create_network(args, "model")
@@ -38,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def create_argparser() -> argparse.ArgumentParser:
     return flags.create_train_parser(
-        __doc__, flags.diffusion_train_defaults(), flags.model_and_diffusion_defaults()
+        __doc__, flags.diffusion_train_defaults(), model_and_diffusion_defaults()
     )
 
 

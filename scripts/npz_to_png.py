@@ -15,22 +15,22 @@ from typing import Optional
 
 import numpy as np
 
-from guided_diffusion import sample_io, sample_util
+from guided_diffusion import dist_util, flags, npz_batch, sample_io
+from guided_diffusion.script_errors import SamplingInputError, run_program
 from guided_diffusion.script_util import str2bool
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args = create_argparser().parse_args(argv)
+    args = flags.parse_args(create_argparser(), argv)
     if args.limit < 0:
-        raise sample_util.SamplingInputError(
-            f"--limit must be 0 (all) or positive, got {args.limit}"
-        )
+        raise SamplingInputError(f"--limit must be 0 (all) or positive, got {args.limit}")
+    dist_util.setup_dist()
     out_dir = args.out_dir or os.path.splitext(args.npz)[0] + "_png"
     # read (and so check) the input before creating anything
-    batches = sample_io.iter_npz_images(args.npz, key=args.key, limit=args.limit)
+    batches = npz_batch.iter_npz_images(args.npz, key=args.key, limit=args.limit)
     first = next(batches, None)
     if first is None or len(first[0]) == 0:
-        raise sample_util.SamplingInputError(f"{args.npz}: {args.key} holds no images")
+        raise SamplingInputError(f"{args.npz}: {args.key} holds no images")
     os.makedirs(out_dir, exist_ok=True)
 
     count, grid_images, size = 0, [], None
@@ -51,9 +51,7 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = flags.create_parser(__doc__)
     parser.add_argument("npz", help="the .npz batch to convert")
     parser.add_argument(
         "--out_dir",
@@ -77,4 +75,4 @@ def create_argparser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    sample_util.run_script(main)
+    run_program(main)

@@ -18,16 +18,17 @@ Example (64 -> 256 with the published upsampler, on samples from image_sample.py
 import argparse
 from typing import Optional
 
-from guided_diffusion import dist_util, guidance, logger, run_config, sample_io, sample_util
+from guided_diffusion import dist_util, flags, guidance, logger, sample_io, sample_util
+from guided_diffusion.script_errors import run_program
 from guided_diffusion.script_util import sr_model_and_diffusion_defaults
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    args = run_config.parse_args(create_argparser(), argv, model_path="super_res")
-    sample_util.check_counts(args.num_samples, args.batch_size)
+    args = flags.parse_args(create_argparser(), argv, model_path="super_res")
+    flags.check_counts(args.num_samples, args.batch_size)
     sampler = sample_util.sampler_setting(args)
     base = sample_io.load_base_samples(
-        args.base_samples, args.small_size, args.class_cond, sample_util.num_classes_of(args)
+        args.base_samples, args.small_size, args.class_cond, flags.num_classes_of(args)
     )
 
     dist_util.setup_dist()
@@ -58,10 +59,13 @@ def main(argv: Optional[list[str]] = None) -> None:
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    return sample_util.create_sampling_parser(
-        __doc__, sample_util.sampling_defaults(base_samples=""), sr_model_and_diffusion_defaults()
+    return flags.create_sampling_parser(
+        __doc__,
+        flags.sampling_defaults(base_samples=""),
+        sr_model_and_diffusion_defaults(),
+        kind="super_res",
     )
 
 
 if __name__ == "__main__":
-    sample_util.run_script(main)
+    run_program(main)

@@ -21,14 +21,16 @@ from collections.abc import Iterator
 import torch
 import torch.nn.functional as F
 
-from guided_diffusion import flags, logger
+from guided_diffusion import dist_util, flags, logger
 from guided_diffusion.image_datasets import load_data
 from guided_diffusion.script_errors import run_program
-from guided_diffusion.train_util import create_network, parse_train_flags, train_diffusion_model
+from guided_diffusion.script_util import sr_model_and_diffusion_defaults
+from guided_diffusion.train_util import create_network, train_diffusion_model
 
 
 def main(argv: list[str] | None = None) -> None:
-    args, config = parse_train_flags(create_argparser(), argv, "super_res")
+    args, config = flags.parse_train_args(create_argparser(), argv, "super_res")
+    dist_util.setup_dist()
     data = load_superres_data(
         args.data_dir, args.batch_size, args.large_size, args.small_size, args.class_cond,
         args.random_flip,
@@ -70,7 +72,10 @@ def _add_low_res(data, small_size: int):
 
 def create_argparser() -> argparse.ArgumentParser:
     return flags.create_train_parser(
-        __doc__, flags.diffusion_train_defaults(), flags.sr_model_and_diffusion_defaults()
+        __doc__,
+        flags.diffusion_train_defaults(),
+        sr_model_and_diffusion_defaults(),
+        kind="super_res",
     )
 
 

@@ -18,7 +18,7 @@ from test_evaluator import FakeExtractor, make_images
 from evaluations.batches import ImageSource
 from evaluations.evaluator import evaluate, main
 from evaluations.metrics import compute_statistics, frechet_distance
-from guided_diffusion import sample_io
+from guided_diffusion import npz_batch, sample_io
 from guided_diffusion.image_datasets import ImageDataset
 
 
@@ -122,7 +122,7 @@ def test_a_text_file_or_absurd_header_is_a_clear_error_everywhere(tmp_path, kind
         path = absurd_npz(tmp_path / "huge.npz")
         message = r"huge.npz\[arr_0\]: its header claims an array of shape \[10000000000000, 64"
     readers = [
-        lambda: next(sample_io.iter_npz_images(str(path))),  # npz_to_png.py
+        lambda: next(npz_batch.iter_npz_images(str(path))),  # npz_to_png.py
         lambda: sample_io.load_base_samples(str(path), 64, False, 10),  # super_res_sample.py
         lambda: ImageSource(str(path)),  # the evaluator
     ]

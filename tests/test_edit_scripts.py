@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from guided_diffusion.sample_io import SamplingInputError
+from guided_diffusion.script_errors import SamplingInputError
 
-from test_sample_scripts import MODEL, NUM_CLASSES, ckpt, flags, import_script, load, run  # noqa: F401
+from conftest import MODEL, NUM_CLASSES, flags, import_script, load, randomise_zero_init, run
 
 STEPS = ["--timestep_respacing", "2"]
 
@@ -121,7 +121,6 @@ def cfg_ckpt(tmp_path_factory):
     import torch
 
     from guided_diffusion import script_util
-    from test_sample_scripts import randomise_zero_init
 
     torch.manual_seed(0)
     values = {**script_util.model_and_diffusion_defaults(), **MODEL}
@@ -229,10 +228,10 @@ def test_read_images_from_npz_folder_and_file(inputs):
 
 
 def test_edit_flag_help_names_every_method_operator_and_mask():
-    from guided_diffusion import edit_util, flags, operators
+    from guided_diffusion import flags, operators
 
     help_text = flags.EDIT_FLAG_HELP
-    assert all(name in help_text["method"] for name in edit_util.METHODS)
+    assert all(name in help_text["method"] for name in flags.EDIT_METHODS)
     assert all(name in help_text["operator"] for name in operators.OPERATOR_NAMES)
     assert all(name in help_text["mask"] for name in operators.MASK_NAMES)
     parser = import_script("image_edit").create_argparser()

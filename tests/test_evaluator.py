@@ -16,16 +16,17 @@ import torch
 from PIL import Image
 
 from guided_diffusion.image_datasets import center_crop_arr
+from guided_diffusion.npz_batch import NpzArrayReader
 from evaluations import batches
 from evaluations.batches import (
     ImageSource,
-    NpzArrayReader,
     cache_paths,
     compute_activations,
     read_reference_statistics,
     write_reference_batch,
 )
-from evaluations.evaluator import evaluate, format_results, main
+from evaluations.evaluator import evaluate, main
+from evaluations.results import format_results
 from evaluations.metrics import (
     compute_statistics,
     frechet_distance,

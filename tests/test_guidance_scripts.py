@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from guided_diffusion import run_config, sample_util, script_util
-from guided_diffusion.checkpoint_util import CheckpointMismatchError
+from guided_diffusion import model_loading, run_config, sample_util, script_util, shards
+from guided_diffusion.checkpoint_diagnosis import CheckpointMismatchError
 from guided_diffusion.guidance import AutoGuidance, ClassifierFreeGuidance
-from guided_diffusion.sample_util import SamplingInputError
+from guided_diffusion.script_errors import SamplingInputError
 from guided_diffusion.samplers import EvaluationCounts
-from test_sample_scripts import MODEL, import_script, load, randomise_zero_init, run, sample_flags
+from conftest import MODEL, import_script, load, randomise_zero_init, run, sample_flags
 
 SAMPLES = "samples_4x16x16x3.npz"
 
@@ -79,7 +79,7 @@ def test_a_model_guiding_itself_writes_the_plain_samples(ckpt, plain, tmp_path):
 def test_guidance_flags_pick_the_wrapper(ckpt):
     parser = import_script("image_sample").create_argparser()
     args = parser.parse_args(cfg_flags(ckpt))
-    model, diffusion = sample_util.load_model_and_diffusion(args)
+    model, diffusion = model_loading.load_model_and_diffusion(args)
     assert sample_util.guided_model_fn(args, model, diffusion) is model  # scale 1: untouched
     args.guidance_scale = 2.0
     assert isinstance(sample_util.guided_model_fn(args, model, diffusion), ClassifierFreeGuidance)
@@ -98,7 +98,7 @@ def test_guidance_flags_pick_the_wrapper(ckpt):
     auto = sample_util.guided_model_fn(args, model, diffusion, counts=counts)
     assert isinstance(auto, AutoGuidance) and auto.guide is not model and auto.counts is counts
     # a resumed run checks the guide's contents, like the model's
-    identity = sample_util.run_identity(args, {"model_path": args.model_path})
+    identity = shards.run_identity(args, {"model_path": args.model_path})
     assert identity["files"]["guide_model_path"] == ckpt["cfg"]
     assert identity["guidance_scale"] == 2.0 and "guide_model_path" not in identity
     args.timestep_respacing, args.guide_model_path = "", ckpt["cfg"]
@@ -107,7 +107,7 @@ def test_guidance_flags_pick_the_wrapper(ckpt):
     # a model without the null class: the scripts' one-line error (SamplingInputError)
     args = parser.parse_args(cfg_flags(ckpt, "--model_path", ckpt["cond"]))
     args.class_dropout_prob, args.guidance_scale = 0.0, 2.0
-    model, diffusion = sample_util.load_model_and_diffusion(args)
+    model, diffusion = model_loading.load_model_and_diffusion(args)
     with pytest.raises(SamplingInputError, match="needs a model trained with --class_drop"):
         sample_util.guided_model_fn(args, model, diffusion)
 
@@ -126,7 +126,7 @@ def test_a_guide_is_built_from_its_own_run_configuration(ckpt, tmp_path):
     args = import_script("image_sample").create_argparser().parse_args(
         cfg_flags(ckpt, "--guide_model_path", path, "--guidance_scale", "2")
     )
-    model, diffusion = sample_util.load_model_and_diffusion(args)
+    model, diffusion = model_loading.load_model_and_diffusion(args)
     auto = sample_util.guided_model_fn(args, model, diffusion)
     assert auto.guide.model_channels == 64 and model.model_channels == 32
     assert args.num_channels == 32  # the main model's flags are left alone

@@ -14,7 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
-from guided_diffusion import dist_util, logger, run_config, sample_util
+from guided_diffusion import dist_util, flags, logger, run_config
 from guided_diffusion.run_config import RunConfigError
 from guided_diffusion.script_util import add_dict_to_argparser, model_and_diffusion_defaults
 
@@ -127,8 +127,11 @@ def test_config_path_and_unreadable_files(tmp_path):
 def test_given_flags_tells_explicit_values_from_defaults():
     parser = argparse.ArgumentParser()
     add_dict_to_argparser(parser, model_and_diffusion_defaults())
-    given = run_config.given_flags(parser, ["--num_channels", "128", "--class_cond", "False"])
+    given = flags.given_flags(parser, ["--num_channels", "128", "--class_cond", "False"])
     assert given == {"num_channels", "class_cond"}  # given at their default values too
+    parser.add_argument("--extra", action="append", default=[])  # as the demo's flags
+    assert flags.given_flags(parser, ["--extra", "a"]) == {"extra"}
+    assert flags.given_flags(parser, ["--num_channels", "64"]) == {"num_channels"}
 
 
 # ---------------------------------------------------------------- using it
@@ -251,14 +254,14 @@ def test_out_of_range_class_labels_name_where_the_classes_come_from(trained, run
 def test_class_count_origin(tmp_path):
     path = tmp_path / "model.pt"
     args = argparse.Namespace(model_path=str(path), num_classes=10, class_names=None)
-    assert sample_util.class_count_origin(args) == "--num_classes 10"  # no configuration
+    assert flags.class_count_origin(args) == "--num_classes 10"  # no configuration
     config = {"format": run_config.FORMAT, "kind": "model", "data": None,
               "model_flags": {"class_cond": True, "num_classes": 10}}  # fmt: skip
     run_config.write_run_config(str(path), config)
     expected = f"num_classes 10, from {tmp_path / 'model.json'}"
-    assert sample_util.class_count_origin(args) == expected
+    assert flags.class_count_origin(args) == expected
     with pytest.raises(ValueError, match=r"0\.\.9 \(num_classes 10, from .*model\.json\)"):
-        sample_util.class_labels_of(argparse.Namespace(**vars(args), class_labels="10"))
+        flags.class_labels_of(argparse.Namespace(**vars(args), class_labels="10"))
     config["model_flags"]["class_cond"] = False  # an unconditional model's count is not used
     run_config.write_run_config(str(path), config)
-    assert sample_util.class_count_origin(args) == "--num_classes 10"
+    assert flags.class_count_origin(args) == "--num_classes 10"

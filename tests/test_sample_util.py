@@ -4,6 +4,7 @@ loop and how it splits work over ranks, classifier guidance, and the .npz / PNG 
 """
 
 import os
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -12,9 +13,11 @@ import torch.nn as nn
 from PIL import Image
 
 from guided_diffusion import gaussian_diffusion as gd
-from guided_diffusion import guidance, sample_io, sample_util, shards
+from guided_diffusion import bpd, dist_util, flags, guidance, image_seeds, npz_batch
+from guided_diffusion import sample_io, sample_util, shards
 from guided_diffusion.image_seeds import ImageRandom
 from guided_diffusion.respace import SpacedDiffusion, space_timesteps
+from guided_diffusion.script_errors import SamplingInputError
 
 STEPS, RESPACING = 20, "5"
 
@@ -68,12 +71,12 @@ class ColourClassifier(nn.Module):
 
 
 def test_parse_class_labels():
-    assert sample_util.parse_class_labels("", 10) is None
-    assert sample_util.parse_class_labels("3, 1,9", 10) == [3, 1, 9]
+    assert flags.parse_class_labels("", 10) is None
+    assert flags.parse_class_labels("3, 1,9", 10) == [3, 1, 9]
     with pytest.raises(ValueError, match=r"--class_labels.*0\.\.9.*\[10\]"):
-        sample_util.parse_class_labels("1,10", 10)
+        flags.parse_class_labels("1,10", 10)
     with pytest.raises(ValueError, match="comma-separated integers"):
-        sample_util.parse_class_labels("cat,dog", 10)
+        flags.parse_class_labels("cat,dog", 10)
 
 
 @pytest.mark.parametrize(
@@ -81,7 +84,7 @@ def test_parse_class_labels():
 )
 def test_check_counts_rejects_non_positive(num_samples, batch_size, flag):
     with pytest.raises(ValueError, match=flag):
-        sample_util.check_counts(num_samples, batch_size)
+        flags.check_counts(num_samples, batch_size)
 
 
 # ---------------------------------------------------------------- conversion and work split
@@ -92,7 +95,7 @@ def test_to_uint8_nhwc_inverts_the_data_scaling():
     x = (levels / 127.5 - 1).view(1, 1, 16, 16).repeat(1, 3, 1, 1)  # (1, 3, 16, 16)
     x[0, 1] = 2.0  # out of range: clamped
     x[0, 2] = -2.0
-    out = sample_util.to_uint8_nhwc(x)
+    out = sample_io.to_uint8_nhwc(x)
     assert out.dtype == torch.uint8 and out.shape == (1, 16, 16, 3)
     assert torch.equal(out[0, :, :, 0].flatten(), levels.to(torch.uint8))
     assert (out[..., 1] == 255).all() and (out[..., 2] == 0).all()
@@ -121,54 +124,59 @@ def test_class_label_kwargs_cycles_or_draws_in_range():
 
 
 def test_shared_seed_fresh_unless_given():
-    assert sample_util.shared_seed(5) == 5
-    fresh = {sample_util.shared_seed(None) for _ in range(3)}
+    assert image_seeds.shared_seed(5) == 5
+    fresh = {image_seeds.shared_seed(None) for _ in range(3)}
     assert len(fresh) == 3 and all(0 <= seed < 2**31 for seed in fresh)
-
-
-def test_old_names_stay_importable_from_sample_util():
-    assert sample_util.classifier_cond_fn is guidance.classifier_cond_fn
-    assert sample_util.labels_to_classifier_only is guidance.labels_to_classifier_only
 
 
 def test_all_gather_rows_alone_returns_the_input():
     x = torch.arange(6).view(3, 2)
-    assert torch.equal(sample_util.all_gather_rows(x), x)
+    assert torch.equal(dist_util.all_gather_rows(x), x)
 
 
 # ---------------------------------------------------------------- the batch loop
 
 
-def test_sample_images_exact_count_labels_and_seed():
+def sample_images(out_dir, model, diffusion, *, num_samples, batch_size, seed, make_kwargs=None,
+                  cond_fn=None, sample_fn=None) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """Draw 8x8 images with ``sample_util.sample_to_npz`` on the CPU; :return: (arr_0, arr_1)."""
+    job = sample_util.ImageJob(
+        model, sample_fn or diffusion.p_sample_loop, 8, seed,
+        make_kwargs or sample_util.no_kwargs, cond_fn=cond_fn, device=torch.device("cpu"),
+    )  # fmt: skip
+    (path, *_) = sample_util.sample_to_npz(
+        job, num_samples=num_samples, batch_size=batch_size, identity={"files": {}},
+        out_dir=str(out_dir),
+    )  # fmt: skip
+    with np.load(path) as npz:
+        return npz["arr_0"], (npz["arr_1"] if "arr_1" in npz.files else None)
+
+
+def test_sample_to_npz_exact_count_labels_and_seed(tmp_path):
     model, diffusion = ConvEps(), spaced_diffusion()
-    kwargs = dict(num_samples=5, batch_size=2, image_size=8, device=torch.device("cpu"))
     make = sample_util.class_label_kwargs([2, 0, 1], num_classes=3)
-    first = sample_util.sample_images(model, diffusion, make_kwargs=make, seed=3, **kwargs)
-    again = sample_util.sample_images(model, diffusion, make_kwargs=make, seed=3, **kwargs)
-    other = sample_util.sample_images(model, diffusion, make_kwargs=make, seed=4, **kwargs)
-    assert first.images.shape == (5, 8, 8, 3) and first.images.dtype == np.uint8
-    assert first.labels.dtype == np.int64 and first.labels.tolist() == [2, 0, 1, 2, 0]
-    assert np.array_equal(first.images, again.images)
-    assert not np.array_equal(first.images, other.images)
-    assert first.images.std() > 10  # real noise went through, not a constant image
+    kwargs = dict(num_samples=5, batch_size=2, make_kwargs=make)
+    first, labels = sample_images(tmp_path / "a", model, diffusion, seed=3, **kwargs)
+    again, _ = sample_images(tmp_path / "b", model, diffusion, seed=3, **kwargs)
+    other, _ = sample_images(tmp_path / "c", model, diffusion, seed=4, **kwargs)
+    assert first.shape == (5, 8, 8, 3) and first.dtype == np.uint8
+    assert labels.dtype == np.int64 and labels.tolist() == [2, 0, 1, 2, 0]
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+    assert first.std() > 10  # real noise went through, not a constant image
     # the model saw the saved labels, chunk by chunk (one call per step)
     steps = len(space_timesteps(STEPS, RESPACING))
     seen = [y.tolist() for y in model.seen_labels[: 3 * steps : steps]]
     assert seen == [[2, 0], [1, 2], [0]]
 
 
-def test_sample_images_without_labels_and_with_ddim():
-    result = sample_util.sample_images(
-        ConvEps(),
-        spaced_diffusion(),
-        num_samples=3,
-        batch_size=3,
-        image_size=8,
-        use_ddim=True,
-        seed=0,
-        device=torch.device("cpu"),
-    )
-    assert result.labels is None and result.images.shape == (3, 8, 8, 3)
+def test_sample_to_npz_without_labels_and_with_ddim(tmp_path):
+    diffusion = spaced_diffusion()
+    images, labels = sample_images(
+        tmp_path, ConvEps(), diffusion, num_samples=3, batch_size=3, seed=0,
+        sample_fn=diffusion.ddim_sample_loop,
+    )  # fmt: skip
+    assert labels is None and images.shape == (3, 8, 8, 3)
 
 
 def test_classifier_cond_fn_matches_the_analytic_gradient():
@@ -191,39 +199,38 @@ def test_labels_go_only_to_the_classifier_for_an_unconditional_model():
     assert torch.equal(out, model(x, torch.zeros(2))) and not model.seen_labels
 
 
-def test_guidance_moves_samples_towards_the_target_class():
+def test_guidance_moves_samples_towards_the_target_class(tmp_path):
     classifier = ColourClassifier()
     diffusion = spaced_diffusion(learn_sigma=True)
     model = guidance.labels_to_classifier_only(ConvEps(out_channels=6))
     kwargs = dict(
-        num_samples=6,
-        batch_size=6,
-        image_size=8,
-        seed=11,
-        device=torch.device("cpu"),
+        num_samples=6, batch_size=6, seed=11,
         make_kwargs=sample_util.class_label_kwargs([0, 1, 2], num_classes=3),
-    )
-    plain = sample_util.sample_images(
-        model, diffusion, cond_fn=guidance.classifier_cond_fn(classifier, 0.0), **kwargs
-    )
-    guided = sample_util.sample_images(
-        model, diffusion, cond_fn=guidance.classifier_cond_fn(classifier, 50.0), **kwargs
-    )
+    )  # fmt: skip
+    plain = sample_images(
+        tmp_path / "plain", model, diffusion,
+        cond_fn=guidance.classifier_cond_fn(classifier, 0.0), **kwargs,
+    )  # fmt: skip
+    guided = sample_images(
+        tmp_path / "guided", model, diffusion,
+        cond_fn=guidance.classifier_cond_fn(classifier, 50.0), **kwargs,
+    )  # fmt: skip
 
     def mean_log_prob(result):
-        x0 = torch.from_numpy(result.images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, H, W)
+        images, labels = result
+        x0 = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, H, W)
         log_probs = torch.log_softmax(classifier(x0, torch.zeros(len(x0))), dim=-1)
-        return log_probs[torch.arange(len(x0)), torch.from_numpy(result.labels)].mean().item()
+        return log_probs[torch.arange(len(x0)), torch.from_numpy(labels)].mean().item()
 
-    assert np.array_equal(plain.labels, guided.labels)
-    assert not np.array_equal(plain.images, guided.images)
+    assert np.array_equal(plain[1], guided[1])
+    assert not np.array_equal(plain[0], guided[0])
     assert mean_log_prob(guided) > mean_log_prob(plain) + 0.5
     # the classifier saw the original process's timesteps, not the re-spaced indices
     seen = {int(t) for ts in classifier.seen_timesteps for t in ts}
     assert seen == space_timesteps(STEPS, RESPACING)
 
 
-def test_evaluate_bpd_uses_exactly_num_samples_images():
+def test_evaluate_bpd_uses_exactly_num_samples_images(tmp_path):
     diffusion, model = spaced_diffusion(), ConvEps()
     images = torch.sin(torch.arange(5 * 3 * 8 * 8, dtype=torch.float32) * 0.37).view(5, 3, 8, 8)
     read_calls = []
@@ -232,8 +239,10 @@ def test_evaluate_bpd_uses_exactly_num_samples_images():
         read_calls.append((start, count))
         return images[start : start + count], {}
 
-    job = sample_util.BpdJob(model, diffusion, read, seed=7, device=torch.device("cpu"))
-    metrics = sample_util.evaluate_bpd(job, num_samples=5, batch_size=2)
+    job = bpd.BpdJob(model, diffusion, read, seed=7, device=torch.device("cpu"))
+    metrics = bpd.evaluate_bpd_resumable(
+        job, num_samples=5, batch_size=2, identity={"files": {}}, out_dir=str(tmp_path)
+    )
     assert read_calls == [(0, 2), (2, 2), (4, 1)]
     # the same per-image terms in one batch of five
     whole = diffusion.calc_bpd_loop(model, images, randn=ImageRandom(7, range(5)).randn)
@@ -330,14 +339,14 @@ def test_load_base_samples_missing_or_unreadable(tmp_path):
 
 def test_read_npz_images_accepts_grey_and_labels(tmp_path):
     grey = write_npz(tmp_path / "g.npz", arr_0=np.zeros((2, 5, 5), np.uint8))
-    images, labels = sample_io.read_npz_images(grey)
+    images, labels = npz_batch.read_npz_images(grey)
     assert images.shape == (2, 5, 5, 1) and labels is None
     labelled = write_npz(
         tmp_path / "l.npz", arr_0=np.zeros((2, 5, 5, 3), np.uint8), arr_1=np.array([3, 4])
     )
-    assert sample_io.read_npz_images(labelled)[1].tolist() == [3, 4]
+    assert npz_batch.read_npz_images(labelled)[1].tolist() == [3, 4]
     with pytest.raises(ValueError, match="no array named 'mu'"):
-        sample_io.read_npz_images(labelled, key="mu")
+        npz_batch.read_npz_images(labelled, key="mu")
 
 
 def test_sample_to_npz_checks_the_folder_before_sampling(tmp_path):
@@ -347,7 +356,7 @@ def test_sample_to_npz_checks_the_folder_before_sampling(tmp_path):
         model, spaced_diffusion().p_sample_loop, 8, seed=0,
         make_kwargs=sample_util.class_label_kwargs(None, 3), device=torch.device("cpu"),
     )  # fmt: skip
-    with pytest.raises(sample_util.SamplingInputError, match="cannot write the samples beside"):
+    with pytest.raises(SamplingInputError, match="cannot write the samples beside"):
         sample_util.sample_to_npz(
             job, num_samples=2, batch_size=2, identity={"files": {}},
             out_dir=str(tmp_path / "file" / "out"),
@@ -355,20 +364,12 @@ def test_sample_to_npz_checks_the_folder_before_sampling(tmp_path):
     assert not model.seen_labels  # nothing was sampled
 
 
-def test_sample_to_npz_matches_sample_images(tmp_path):
+def test_sample_to_npz_does_not_depend_on_the_batch_size(tmp_path):
     model, diffusion = ConvEps(), spaced_diffusion()
     make = sample_util.class_label_kwargs(None, num_classes=3)
-    job = sample_util.ImageJob(
-        model, diffusion.p_sample_loop, 8, seed=4, make_kwargs=make, device=torch.device("cpu")
-    )
-    paths = sample_util.sample_to_npz(
-        job, num_samples=5, batch_size=2, identity={"files": {}}, out_dir=str(tmp_path)
-    )
-    memory = sample_util.sample_images(
-        model, diffusion, num_samples=5, batch_size=3, image_size=8, make_kwargs=make, seed=4,
-        device=torch.device("cpu"),
-    )  # fmt: skip
-    with np.load(paths[0]) as npz:
-        assert np.array_equal(npz["arr_0"], memory.images)
-        assert np.array_equal(npz["arr_1"], memory.labels) and npz["arr_1"].dtype == np.int64
-    assert sorted(os.listdir(tmp_path)) == ["samples_5x8x8x3.npz", "samples_5x8x8x3.png"]
+    kwargs = dict(num_samples=5, seed=4, make_kwargs=make)
+    two = sample_images(tmp_path / "two", model, diffusion, batch_size=2, **kwargs)
+    three = sample_images(tmp_path / "three", model, diffusion, batch_size=3, **kwargs)
+    assert np.array_equal(two[0], three[0])
+    assert np.array_equal(two[1], three[1]) and two[1].dtype == np.int64
+    assert sorted(os.listdir(tmp_path / "two")) == ["samples_5x8x8x3.npz", "samples_5x8x8x3.png"]

@@ -6,10 +6,9 @@ tiny checkpoints of test_sample_scripts (one and two ranks).
 import numpy as np
 import pytest
 
-from test_sample_scripts import (  # noqa: F401  (ckpt is a fixture)
+from conftest import (
     CLASSIFIER,
     SUPER_RES,
-    ckpt,
     flags,
     import_script,
     load,
@@ -87,7 +86,7 @@ def test_super_resolution_with_the_solver(ckpt, tmp_path):
     ],
 )
 def test_bad_sampler_flags_fail_before_any_work(script, argv, message):
-    from guided_diffusion.sample_util import SamplingInputError
+    from guided_diffusion.script_errors import SamplingInputError
 
     with pytest.raises(SamplingInputError, match=message):
         import_script(script).main(argv)

@@ -16,7 +16,8 @@ from guided_diffusion.script_util import (
     classifier_and_diffusion_defaults,
     create_classifier_and_diffusion,
 )
-from guided_diffusion.train_util import ClassifierTrainLoop, TrainLoop, check_train_args
+from guided_diffusion.flags import check_train_args
+from guided_diffusion.train_util import ClassifierTrainLoop, TrainLoop
 from tests.test_train_util import BATCH, TINY_CLASSIFIER, _data, _model_and_diffusion
 
 SETTINGS = dict(

@@ -26,7 +26,8 @@ from test_train_util import (
 from guided_diffusion import fp16_util, io_util, logger
 from guided_diffusion.fp16_util import MixedPrecisionTrainer, NonFiniteLossError
 from guided_diffusion.script_errors import describe
-from guided_diffusion.train_util import TrainLoop, check_fresh_log_dir, check_train_args
+from guided_diffusion.flags import check_train_args
+from guided_diffusion.train_util import TrainLoop, check_fresh_log_dir
 
 
 def _poisoned(data, from_step: int):

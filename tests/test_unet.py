@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from guided_diffusion.checkpoint_util import load_checkpoint
+from guided_diffusion.checkpoint_diagnosis import load_checkpoint
 from guided_diffusion.io_util import atomic_torch_save
 from guided_diffusion.nn import checkpoint, timestep_embedding
 from guided_diffusion.unet import (
