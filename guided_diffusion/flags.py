@@ -40,7 +40,7 @@ from . import presets, run_config
 from .fp16_util import check_precision
 from .image_datasets import list_classes
 from .operators import MASK_NAMES, OPERATOR_NAMES
-from .script_errors import SamplingInputError
+from .script_errors import ArgumentParser, SamplingInputError
 from .script_util import NUM_CLASSES, add_dict_to_argparser
 from .train_config import TrainConfig, classifier_train_config
 
@@ -330,12 +330,14 @@ def create_parser(
 ) -> argparse.ArgumentParser:
     """
     A program's parser: ``description`` (its docstring, kept as written) and a flag per
-    entry of the ``defaults`` dicts (see ``script_util.add_dict_to_argparser``).
+    entry of the ``defaults`` dicts (see ``script_util.add_dict_to_argparser``). A command
+    line it cannot parse is a user error (``script_errors.ArgumentParser``: one line, exit
+    status 1 under ``run_program``).
 
     :param helps: help texts over ``PROGRAM_FLAG_HELP`` and the network flags' help.
     :param choices: the values some flags are limited to, by flag name.
     """
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     merged = {k: v for group in defaults for k, v in group.items()}
