@@ -39,19 +39,23 @@ def resolve_fp16(flag: str, requested: bool, device: torch.device) -> bool:
 
 def load_weights(model: nn.Module, path: str, flag: str) -> None:
     """
-    Load the checkpoint ``path`` (given by ``--flag``) into ``model`` strictly.
+    Load the checkpoint ``path`` (given by ``--flag``) into ``model`` strictly, after
+    checking its bytes against the SHA-256 its run configuration records (else against its
+    zip CRC-32s).
 
-    :raises SamplingInputError: no path, or a file that is no checkpoint.
+    :raises SamplingInputError: no path, or a file that is no checkpoint or was altered.
     :raises FileNotFoundError: no such file.
     :raises CheckpointMismatchError: the checkpoint does not fit the flags.
+    :raises RunConfigError: the run configuration beside it is invalid.
     """
     if not path:
         raise SamplingInputError(f"--{flag} is required: the checkpoint (.pt) file to load")
     if not bf.exists(path):
         raise FileNotFoundError(f"--{flag}: checkpoint file not found: {path}")
+    recorded, where = run_config.recorded_checkpoint_hash(path)
     logger.log(f"loading {path}")
     try:
-        load_checkpoint(model, path, map_location="cpu")
+        load_checkpoint(model, path, "cpu", expected_sha256=recorded, recorded_in=where)
     except CheckpointMismatchError:
         raise
     except ValueError as err:  # not a checkpoint at all

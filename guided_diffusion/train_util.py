@@ -54,7 +54,7 @@ from .resample import (
     UniformSampler,
     create_named_schedule_sampler,
 )
-from .run_config import make_run_config, write_run_config
+from .run_config import make_run_config, recorded_checkpoint_hash, write_run_config
 from .script_util import create_from_flags
 from .train_config import (
     TrainConfig,
@@ -187,9 +187,11 @@ class BaseTrainLoop:
         return [p.detach().clone() for p in params]
 
     def _read_model_state(self, path: str) -> dict[str, torch.Tensor]:
-        """:return: the state dict in ``path`` (safely read); a ``CheckpointMismatchError``
-        naming the differing keys and likely flags when it does not fit the model."""
-        state_dict = read_state_dict(path, map_location="cpu")
+        """:return: the state dict in ``path`` (safely read, its bytes checked against the
+        SHA-256 its run configuration records); a ``CheckpointMismatchError`` naming the
+        differing keys and likely flags when it does not fit the model."""
+        recorded, where = recorded_checkpoint_hash(path)
+        state_dict = read_state_dict(path, "cpu", expected_sha256=recorded, recorded_in=where)
         error = diagnose_mismatch(self.model, state_dict, path)
         if error is not None:
             raise error
@@ -375,10 +377,16 @@ class BaseTrainLoop:
         dist_util.barrier()
 
     def _save_weights(self, state_dict: dict[str, torch.Tensor], path: str) -> None:
-        """Write the run configuration beside ``path`` (if any), then the weights."""
-        if self.run_config is not None:
-            write_run_config(path, self.run_config)
-        atomic_torch_save(state_dict, path)
+        """Write the weights and the run configuration beside them (if any), recording their
+        SHA-256; the configuration is in place before the weights appear under ``path``."""
+        if self.run_config is None:
+            atomic_torch_save(state_dict, path)
+            return
+
+        def write_config(sha256: str) -> None:
+            write_run_config(path, self.run_config, sha256)
+
+        atomic_torch_save(state_dict, path, before_replace=write_config)
 
 
 class TrainLoop(BaseTrainLoop):
