@@ -305,8 +305,10 @@ SAMPLING_FLAG_HELP = {
     "--class_dropout_prob > 0; with --guide_model_path the autoguidance scale instead",
     "guide_model_path": "autoguidance: a smaller or less-trained model of the same kind "
     "(.pt; built from the run configuration beside it, else from the main model's flags); "
-    "the prediction becomes "
-    "guide + s (main - guide) with s = --guidance_scale",
+    "the prediction becomes guide + s (main - guide) with s = --guidance_scale. The guide "
+    "must have the main model's image size, --learn_sigma and diffusion process (checked "
+    "before sampling); an unconditional guide of a class-conditional model gets no labels "
+    "(classifier-free guidance with a separate unconditional model)",
     "sampler": "ancestral (the original), ddim (also --use_ddim True), dpm++2m, dpm++3m "
     "(DPM-Solver++, Lu et al. 2022), dpm++2m-sde (its stochastic form: fresh noise at every "
     "step) or unipc (Zhao et al. 2023); one model evaluation per step of --timestep_respacing",

@@ -439,3 +439,77 @@ def test_an_older_configuration_without_a_hash_loads_with_a_warning(trained, run
     _same_npz(tmp_path / "out/samples_3x8x8x3.npz", full / "samples_3x8x8x3.npz")
     log = (tmp_path / "out" / "log.txt").read_text()
     assert log.count(f"warning: {model.with_suffix('.json')} records no SHA-256") == 1
+
+
+# ---------------------------------------------------------------- autoguidance guides
+
+
+@pytest.fixture(scope="module")
+def guides(images, tmp_path_factory):
+    """Guides for the trained model, one step each (at a high learning rate, so that they
+    predict something): another image size, no learned variance, unconditional."""
+    root = tmp_path_factory.mktemp("guides")
+    mp = pytest.MonkeyPatch()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    one_step = [*TRAIN, "--max_steps", "1", "--save_interval", "1", "--lr", "0.01"]
+    runs = {
+        "size16": [*MODEL, "--image_size", "16", "--attention_resolutions", "8",
+                   "--class_cond", "True"],
+        "no_sigma": [*MODEL, "--learn_sigma", "False", "--class_cond", "True"],
+        "uncond": MODEL,
+    }  # fmt: skip
+    try:
+        for name, argv in runs.items():
+            mp.setenv("OPENAI_LOGDIR", str(root / name))
+            _script("image_train").main([str(a) for a in ["--data_dir", images, *argv, *one_step]])
+            logger.reset()
+            dist_util.cleanup()
+    finally:
+        mp.undo()
+        torch.set_num_threads(threads)
+    return {name: root / name / "model000001.pt" for name in runs}
+
+
+@pytest.mark.parametrize(
+    "guide, message",
+    [
+        ("size16", r"was trained with --image_size 16, the main model with --image_size 8"),
+        ("no_sigma", r"was trained with --learn_sigma False, the main model with --learn_sigma "
+         "True"),
+    ],
+)  # fmt: skip
+def test_a_guide_that_does_not_fit_is_refused_before_sampling(
+    trained, guides, run_main, tmp_path, guide, message
+):
+    argv = ["--model_path", trained["model"], "--guide_model_path", guides[guide],
+            "--guidance_scale", "2", *SAMPLE]  # fmt: skip
+    with pytest.raises(ValueError, match=rf"--guide_model_path {guides[guide]} \(see .*\) "
+                       f"{message}") as info:  # fmt: skip
+        run_main("image_sample", argv, tmp_path)
+    assert "\n" not in str(info.value)
+    assert "sampling..." not in (tmp_path / "log.txt").read_text()
+    assert not list(tmp_path.glob("samples_*"))
+
+
+def test_an_unconditional_guide_guides_a_conditional_model_without_labels(
+    trained, guides, run_main, tmp_path
+):
+    plain = ["--model_path", trained["model"], *SAMPLE]
+    run_main("image_sample", plain, tmp_path / "plain")
+    guided = [*plain, "--guide_model_path", guides["uncond"], "--guidance_scale", "3"]
+    run_main("image_sample", guided, tmp_path / "guided")
+    plain, guided = (_npz(tmp_path / f / "samples_3x8x8x3.npz") for f in ("plain", "guided"))
+    assert np.array_equal(plain["arr_1"], guided["arr_1"]) and guided["arr_1"].max() < 3
+    assert not np.array_equal(plain["arr_0"], guided["arr_0"])
+
+
+def test_a_conditional_guide_of_an_unconditional_model_is_refused(
+    trained, guides, run_main, tmp_path
+):
+    argv = ["--model_path", guides["uncond"], "--guide_model_path", trained["model"],
+            "--guidance_scale", "2", *SAMPLE]  # fmt: skip
+    with pytest.raises(ValueError, match=rf"--guide_model_path {trained['model']} .* is "
+                       "class-conditional but the main model is not"):  # fmt: skip
+        run_main("image_sample", argv, tmp_path)
+    assert not list(tmp_path.glob("samples_*"))
