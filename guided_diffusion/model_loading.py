@@ -236,8 +236,10 @@ def load_classifier(args: argparse.Namespace) -> nn.Module:
     :return: the classifier in eval mode on ``dist_util.dev()``, its parameters frozen.
     """
     defaults = script_util.classifier_and_diffusion_defaults()
-    # the classifier's diffusion flags are the model's: fill in what a parser left out
+    # the classifier's diffusion flags are the model's: fill in what a parser left out; its
+    # label count is its own when its run configuration says it (flags.parse_args)
     args = argparse.Namespace(**{**defaults, **vars(args)})
+    args.num_classes = getattr(args, "label_counts", {}).get("classifier_path", args.num_classes)
     classifier, _, use_fp16 = _build(args, "classifier", "classifier_use_fp16")
     _log_flags_source(args, "classifier_path")
     load_weights(classifier, args.classifier_path, "classifier_path")

@@ -513,3 +513,37 @@ def test_a_conditional_guide_of_an_unconditional_model_is_refused(
                        "class-conditional but the main model is not"):  # fmt: skip
         run_main("image_sample", argv, tmp_path)
     assert not list(tmp_path.glob("samples_*"))
+
+
+# ---------------------------------------------------------------- a model and its classifier
+
+
+def test_a_classifier_with_its_own_class_count_guides_a_model_of_the_same_classes(
+    trained, images, run_main, tmp_path
+):
+    # the model kept the default --num_classes 1000, the classifier was trained with 3:
+    # both were trained on the same 3 classes, which is what counts
+    run_main("classifier_train", ["--data_dir", images, *CLASSIFIER, "--num_classes", "3",
+                                  *TRAIN, "--iterations", "1", "--save_interval", "1"],
+             tmp_path / "classifier")  # fmt: skip
+    classifier = tmp_path / "classifier" / "model000001.pt"
+    guided = ["--model_path", trained["model"], "--classifier_path", classifier, *SAMPLE]
+    run_main("classifier_sample", guided, tmp_path / "out")
+    labels = _npz(tmp_path / "out" / "samples_3x8x8x3.npz")["arr_1"]
+    assert labels.max() < 3
+
+    # a classifier of other classes is refused, naming both and their classes
+    others = tmp_path / "others"
+    others.mkdir()
+    for name in ("cat", "dog", "yak"):
+        for i in range(2):
+            (others / f"{name}_{i}.png").write_bytes((images / "cat_0.png").read_bytes())
+    run_main("classifier_train", ["--data_dir", others, *CLASSIFIER, "--num_classes", "3",
+                                  *TRAIN, "--iterations", "1", "--save_interval", "1"],
+             tmp_path / "other_classifier")  # fmt: skip
+    other = tmp_path / "other_classifier" / "model000001.pt"
+    with pytest.raises(RunConfigError, match=r"--model_path .* was trained on the classes cat, "
+                       r"dog, owl \(.*\) but --classifier_path .* on cat, dog, yak"):  # fmt: skip
+        run_main("classifier_sample", ["--model_path", trained["model"], "--classifier_path",
+                                       other, *SAMPLE], tmp_path / "refused")  # fmt: skip
+    assert not list((tmp_path / "refused").glob("samples_*"))
