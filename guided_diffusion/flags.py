@@ -195,7 +195,8 @@ EDIT_FLAG_HELP = {
     "batch_size": "images per model call on each rank",
     "mode": "encode: images -> noise .npz (and report the round-trip error); "
     "decode: noise .npz -> images",
-    "report_error": "encode: decode again and report the round-trip error",
+    "report_error": "encode: decode again (with the same labels and guidance) and report "
+    "the round-trip error",
     "clip_denoised": "clamp x0 predictions to [-1, 1]",
 }
 
