@@ -19,7 +19,7 @@ number of GPUs per node works. NCCL is used when CUDA is available, gloo otherwi
 The helpers ``get_rank()``, ``get_world_size()``, ``get_local_rank()``, ``barrier()`` and
 ``sync_params()`` work with or without ``setup_dist()``, and so do the collectives every
 other module uses (``all_gather_rows``, ``all_gather_ragged``, ``all_gather_object``,
-``broadcast_object``): alone they return their input without communicating.
+``broadcast_object``, ``any_rank``): alone they return their input without communicating.
 """
 
 import datetime
@@ -341,6 +341,18 @@ def all_gather_ragged(local: torch.Tensor) -> list[torch.Tensor]:
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded.to(comm_device()))
     return [part[:n].to(device) for part, n in zip(parts, lengths)]
+
+
+def any_rank(flag: bool) -> bool:
+    """
+    :param flag: this rank's answer.
+    :return: True on every rank when any rank's ``flag`` is True (``flag`` alone).
+    """
+    if group_size() == 1:
+        return bool(flag)
+    value = torch.tensor([int(bool(flag))], dtype=torch.int32, device=comm_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def all_gather_object(obj: Any) -> list[Any]:
