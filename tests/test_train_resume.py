@@ -9,6 +9,7 @@ dropout, and the loss-second-moment timestep sampler, which warms up across the 
 
 import importlib.util
 import os
+import re
 import signal
 import subprocess
 
@@ -123,6 +124,10 @@ def test_stopped_and_resumed_training_equals_an_uninterrupted_run(data, train, t
     # one rank: 16 images, batches of 4, so 4 steps per epoch
     common = ["--data_dir", data, *MODEL, *TRAIN, "--max_steps", "10"]
     assert train(common, tmp_path / "straight") == 0
+    # a progress line after every log row: steps per second and the time left
+    log = (tmp_path / "straight" / "log.txt").read_text()
+    assert re.search(r"step 3 of 10 \(30%\): [\d.e+]+ steps/s, [\d.e+]+ images/s, "
+                     r"elapsed \d:\d\d:\d\d, ETA \d:\d\d:\d\d", log), log  # fmt: skip
 
     run = tmp_path / "stopped"
     # SIGTERM while step 2 runs: step 3 is saved, in the middle of the first epoch
