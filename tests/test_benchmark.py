@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from test_checkpoint_compat import OFFICIAL, needs_json
+from conftest import OFFICIAL, needs_json
 
 ROOT = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("benchmark", ROOT / "scripts" / "benchmark.py")

@@ -3,10 +3,8 @@ Checkpoint compatibility: the flags of every published checkpoint build exactly 
 state dict, and the loader is safe and explains mismatches by naming flags.
 """
 
-import json
 import os
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,40 +18,7 @@ from guided_diffusion.checkpoint_diagnosis import (
 )
 from guided_diffusion.checkpoint_util import read_state_dict
 
-
-def _find_official_json() -> Path | None:
-    """The shared compat file lives beside the repository (../shared) or inside it."""
-    here = Path(__file__).resolve()
-    for root in (here.parents[2], here.parents[1]):
-        path = root / "shared" / "compat" / "official_checkpoints.json"
-        if path.is_file():
-            return path
-    return None
-
-
-OFFICIAL_JSON = _find_official_json()
-OFFICIAL = json.loads(OFFICIAL_JSON.read_text()) if OFFICIAL_JSON else {}
-# Outside CI a checkout without shared/ skips these; in CI (CI set) a missing file fails them,
-# so the twelve official state dicts can never go untested there.
-needs_json = pytest.mark.skipif(
-    OFFICIAL_JSON is None and not os.environ.get("CI"),
-    reason="shared/compat/official_checkpoints.json not found beside or inside the repository",
-)
-
-
-def build_from_flags(flags: dict) -> torch.nn.Module:
-    """Build a model the way the scripts do: the flags merged over the matching defaults."""
-    if "large_size" in flags:
-        defaults, factory = su.sr_model_and_diffusion_defaults(), su.sr_create_model_and_diffusion
-    elif "classifier_width" in flags:
-        defaults, factory = (
-            su.classifier_and_diffusion_defaults(),
-            su.create_classifier_and_diffusion,
-        )
-    else:
-        defaults, factory = su.model_and_diffusion_defaults(), su.create_model_and_diffusion
-    model, _ = factory(**{**defaults, **{k: v for k, v in flags.items() if k in defaults}})
-    return model
+from conftest import OFFICIAL, OFFICIAL_JSON, build_from_flags, needs_json
 
 
 @needs_json

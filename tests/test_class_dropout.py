@@ -13,13 +13,11 @@ from guided_diffusion import logger
 from guided_diffusion import script_util as su
 from guided_diffusion.train_util import TrainLoop
 
+from conftest import TINY_MODEL_8
+
 NUM_CLASSES = 5
 TINY = dict(
-    image_size=8,
-    num_channels=32,
-    num_res_blocks=1,
-    channel_mult="1,2",
-    attention_resolutions="4",
+    **TINY_MODEL_8,
     num_head_channels=32,
     class_cond=True,
     num_classes=NUM_CLASSES,

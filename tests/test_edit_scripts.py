@@ -14,7 +14,7 @@ from PIL import Image
 
 from guided_diffusion.script_errors import SamplingInputError
 
-from test_sample_scripts import MODEL, NUM_CLASSES, ckpt, flags, import_script, load, run  # noqa: F401
+from conftest import MODEL, NUM_CLASSES, flags, import_script, load, randomise_zero_init, run
 
 STEPS = ["--timestep_respacing", "2"]
 
@@ -121,7 +121,6 @@ def cfg_ckpt(tmp_path_factory):
     import torch
 
     from guided_diffusion import script_util
-    from test_sample_scripts import randomise_zero_init
 
     torch.manual_seed(0)
     values = {**script_util.model_and_diffusion_defaults(), **MODEL}

@@ -24,6 +24,8 @@ from guided_diffusion.respace import SpacedDiffusion, space_timesteps
 from guided_diffusion.samplers import SAMPLERS, EvaluationCounts
 from guided_diffusion.samplers import sample as sample_with
 
+from conftest import TINY_MODEL_8
+
 NUM_CLASSES = 3
 
 
@@ -181,11 +183,7 @@ def test_a_model_guiding_itself_samples_as_without_guidance():
     torch.manual_seed(0)
     flags = dict(
         su.model_and_diffusion_defaults(),
-        image_size=8,
-        num_channels=32,
-        num_res_blocks=1,
-        channel_mult="1,2",
-        attention_resolutions="4",
+        **TINY_MODEL_8,
         class_cond=True,
         num_classes=NUM_CLASSES,
         learn_sigma=True,

@@ -16,7 +16,7 @@ from guided_diffusion.checkpoint_diagnosis import CheckpointMismatchError
 from guided_diffusion.guidance import AutoGuidance, ClassifierFreeGuidance
 from guided_diffusion.script_errors import SamplingInputError
 from guided_diffusion.samplers import EvaluationCounts
-from test_sample_scripts import MODEL, import_script, load, randomise_zero_init, run, sample_flags
+from conftest import MODEL, import_script, load, randomise_zero_init, run, sample_flags
 
 SAMPLES = "samples_4x16x16x3.npz"
 

@@ -7,7 +7,7 @@ programs' flags take a preset's values (--preset, or a checkpoint recognised by 
 
 import pytest
 import torch
-from test_checkpoint_compat import OFFICIAL, build_from_flags, needs_json
+from conftest import OFFICIAL, build_from_flags, needs_json
 
 from guided_diffusion import flags, presets, script_util
 from guided_diffusion.checkpoint_util import read_shapes

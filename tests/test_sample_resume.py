@@ -14,10 +14,9 @@ import time
 import numpy as np
 from PIL import Image
 
-from test_sample_scripts import (  # noqa: F401  (ckpt is a fixture)
+from conftest import (
     CLASSIFIER,
     REPO,
-    ckpt,
     flags,
     run,
     sample_flags,

@@ -6,10 +6,9 @@ tiny checkpoints of test_sample_scripts (one and two ranks).
 import numpy as np
 import pytest
 
-from test_sample_scripts import (  # noqa: F401  (ckpt is a fixture)
+from conftest import (
     CLASSIFIER,
     SUPER_RES,
-    ckpt,
     flags,
     import_script,
     load,

@@ -15,20 +15,16 @@ from guided_diffusion.sample_io import to_uint8_nhwc
 from guided_diffusion.sample_util import ImageJob
 from guided_diffusion.script_errors import SamplingInputError
 
-TINY = dict(image_size=8, num_channels=32, num_res_blocks=1, channel_mult="1,2")
-TINY_CLASSIFIER = dict(
-    image_size=8, classifier_width=32, classifier_depth=1, classifier_channel_mult="1,2",
-    classifier_attention_resolutions="4",
-)  # fmt: skip
+from conftest import TINY_CLASSIFIER_8, TINY_MODEL_8, import_script
 
 
 def _unet():
-    kwargs = {**script_util.model_and_diffusion_defaults(), **TINY, "attention_resolutions": "4"}
+    kwargs = {**script_util.model_and_diffusion_defaults(), **TINY_MODEL_8}
     return script_util.create_model_and_diffusion(**kwargs)[0]
 
 
 def _classifier():
-    return script_util.create_classifier(**{**script_util.classifier_defaults(), **TINY_CLASSIFIER})
+    return script_util.create_classifier(**{**script_util.classifier_defaults(), **TINY_CLASSIFIER_8})
 
 
 def test_a_checkpoint_with_nan_weights_is_refused_at_load(tmp_path):
@@ -70,7 +66,6 @@ def test_non_finite_samples_are_never_converted_to_pixels():
 
 
 def test_image_nll_refuses_more_samples_than_images(tmp_path, monkeypatch):
-    from test_sample_scripts import import_script
 
     data = tmp_path / "data"
     data.mkdir()

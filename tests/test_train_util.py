@@ -31,25 +31,19 @@ from guided_diffusion.train_util import (
     parse_resume_step_from_filename,
 )
 
+from conftest import TINY_CLASSIFIER_8, TINY_MODEL_8
+
 # A UNet of ~0.76M parameters: 8x8 images, two resolutions, attention at 4x4; learned
 # variances (so "vb" is logged) and dropout (so the per-step seeding matters).
 TINY_MODEL = dict(
-    image_size=8,
-    num_channels=32,
-    num_res_blocks=1,
-    channel_mult="1,2",
-    attention_resolutions="4",
+    **TINY_MODEL_8,
     diffusion_steps=10,
     noise_schedule="cosine",
     learn_sigma=True,
     dropout=0.1,
 )
 TINY_CLASSIFIER = dict(
-    image_size=8,
-    classifier_width=32,
-    classifier_depth=1,
-    classifier_channel_mult="1,2",
-    classifier_attention_resolutions="4",
+    **TINY_CLASSIFIER_8,
     classifier_pool="adaptive",
     num_classes=3,
     diffusion_steps=10,
