@@ -22,7 +22,8 @@ numpy and ``random`` from (seed, rank, step), so its noise, timesteps and dropou
 depend on what ran before, and the data stream of step N (order, crops, flips) is batch N of
 ``image_datasets.load_data`` (the training programs start it at the resumed step). N straight
 steps and N/2 + resume + N/2 give identical weights, EMA and optimizer state, on one rank or
-several (``tests/test_train_resume.py``). A SIGTERM stops a run at the next step boundary
+several (``tests/test_train_resume.py``, on CPUs; GPUs add the nondeterminism of their kernels
+unless deterministic ones are asked for, see docs/slurm.md). A SIGTERM stops a run at the next step boundary
 with that step saved (see ``BaseTrainLoop.run_loop``).
 """
 
