@@ -220,7 +220,10 @@ class AutoGuidance(_GuidedModel):
     Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of
     itself"): D~ = D_guide + s (D_main - D_guide), with a guide model of the same kind that
     is smaller and/or trained shorter; it works for unconditional models too. Both models
-    get the same inputs and keyword arguments; the variance channels come from the main one.
+    get the same inputs and keyword arguments, except that an unconditional guide (no
+    ``num_classes``) of a class-conditional model gets no labels: classifier-free guidance
+    with a separate unconditional model (Ho & Salimans 2021 describe that form too). The
+    variance channels come from the main model.
 
     :param model: the main model.
     :param guide: the guide model (its prediction channels must match the main model's).
@@ -238,7 +241,10 @@ class AutoGuidance(_GuidedModel):
         self, x: torch.Tensor, t: torch.Tensor, inside: torch.Tensor, kwargs: dict
     ) -> tuple[torch.Tensor, torch.Tensor]:
         main = self.model(x, t, **kwargs)
-        guide = self.guide(x[inside], t[inside], **_select(kwargs, x.shape[0], inside))
+        guide_kwargs = _select(kwargs, x.shape[0], inside)
+        if getattr(self.guide, "num_classes", 0) is None:
+            guide_kwargs.pop("y", None)  # an unconditional guide of a conditional model
+        guide = self.guide(x[inside], t[inside], **guide_kwargs)
         if guide.shape[1] < x.shape[1]:
             raise GuidanceError(
                 f"the guide model predicts {guide.shape[1]} channels, fewer than the "
