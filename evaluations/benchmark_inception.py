@@ -18,6 +18,7 @@ if __package__ in (None, ""):  # run as a script: make the repository root impor
 import torch
 
 from evaluations.inception import InceptionFeatureExtractor, load_inception
+from guided_diffusion.script_errors import ArgumentParser, run_program
 
 GPU_TARGET_IMAGES_PER_SECOND = 1000  # for 256x256 inputs (issue 6)
 
@@ -77,7 +78,7 @@ def main():
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--batch_size", type=int, default=32, help="images per forward pass")
     parser.add_argument("--num_batches", type=int, default=4, help="timed forward passes per device")
     parser.add_argument("--warmup", type=int, default=1, help="untimed forward passes before timing")
@@ -92,4 +93,4 @@ def create_argparser() -> argparse.ArgumentParser:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main, prog="benchmark_inception.py")

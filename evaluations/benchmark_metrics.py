@@ -30,6 +30,7 @@ from evaluations.metrics import (
     manifold_metrics,
     precision_recall,
 )
+from guided_diffusion.script_errors import ArgumentParser, run_program
 
 
 def random_features(count: int, dim: int, shift: float, seed: int) -> torch.Tensor:
@@ -39,7 +40,7 @@ def random_features(count: int, dim: int, shift: float, seed: int) -> torch.Tens
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Benchmark precision / recall and FID on random features."
     )
     parser.add_argument(
@@ -182,4 +183,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main, prog="benchmark_metrics.py")

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from evaluations.metrics import kernel_inception_distance, kid_subsets, manifold_metrics
-from guided_diffusion.script_errors import run_program
+from guided_diffusion.script_errors import ArgumentParser, run_program
 
 
 def formula_mmd2(x: np.ndarray, y: np.ndarray) -> float:
@@ -72,7 +72,7 @@ def compare_prdc(ref: np.ndarray, sample: np.ndarray, k: int) -> None:
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--ref", help="the reference batch's activation cache (.npz with 'pool')")

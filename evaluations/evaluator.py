@@ -68,7 +68,13 @@ from evaluations.results import (
     select_metrics,
     write_json,
 )
-from guided_diffusion.script_errors import USER_ERRORS, debugging, describe
+from guided_diffusion.script_errors import (
+    USER_ERRORS,
+    ArgumentParser,
+    debugging,
+    describe,
+    run_program,
+)
 
 # Precision / recall need k + 1 = 4 images for the k = 3 nearest-neighbour radii.
 MIN_IMAGES = 4
@@ -378,7 +384,7 @@ def feature_frechet_distance(
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description="Inception Score, FID, sFID, precision and recall of a sample batch against "
         "a reference batch (the ADM evaluator, on PyTorch), with KID, density and coverage on "
         "the same Inception features and, given an extractor file, the Frechet distance on its "
@@ -502,13 +508,13 @@ def main(argv: list[str] | None = None, extractor: torch.nn.Module | None = None
     """
     args = create_argparser().parse_args(argv)
     if args.image_size is not None and not args.make_ref:
-        raise SystemExit("error: --image_size only applies with --make_ref")
+        raise SystemExit("evaluator.py: error: --image_size only applies with --make_ref")
     given = [f"--{name}" for name in METRIC_FLAGS if getattr(args, name) is not None]
     if args.make_ref and given:
-        raise SystemExit(f"error: {', '.join(given)} only apply when evaluating, not with --make_ref")
+        raise SystemExit(f"evaluator.py: error: {', '.join(given)} only apply when evaluating, not with --make_ref")
     if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
         raise SystemExit(
-            f"error: --device {args.device}: no CUDA device is available here; use --device cpu "
+            f"evaluator.py: error: --device {args.device}: no CUDA device is available here; use --device cpu "
             "or leave --device out (CUDA when available, else CPU)"
         )
     try:
@@ -608,4 +614,4 @@ def _settings(
 
 
 if __name__ == "__main__":
-    main()
+    run_program(main, prog="evaluator.py")

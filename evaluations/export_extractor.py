@@ -30,7 +30,7 @@ import torch.nn as nn
 
 from evaluations.feature_extractors import FD_IMAGE_SIZE
 from guided_diffusion.io_util import atomic_write
-from guided_diffusion.script_errors import run_program
+from guided_diffusion.script_errors import ArgumentParser, run_program
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -100,7 +100,7 @@ def export_extractor(
 
 
 def create_argparser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument(

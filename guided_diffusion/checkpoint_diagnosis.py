@@ -52,6 +52,8 @@ def load_checkpoint(
     model: nn.Module,
     path_or_state_dict: Union[str, os.PathLike, Mapping[str, torch.Tensor]],
     map_location="cpu",
+    expected_sha256: Optional[str] = None,
+    recorded_in: Optional[str] = None,
 ) -> nn.Module:
     """
     Load a checkpoint into ``model`` strictly (every key, every shape).
@@ -60,6 +62,9 @@ def load_checkpoint(
     :param path_or_state_dict: a ``.pt`` path (local or blobfile URL) or a state dict.
     :param map_location: where ``torch.load`` puts the tensors before they are copied into
         the model (which keeps its device and dtypes).
+    :param expected_sha256: the file's SHA-256 recorded when it was saved, in the file
+        ``recorded_in`` (``run_config.recorded_checkpoint_hash``); None: its CRC-32s are
+        checked (see ``checkpoint_util.read_checkpoint``).
     :return: ``model``.
     :raises CheckpointMismatchError: the keys or shapes differ; the message lists them and
         names the flags that most likely cause the difference.
@@ -70,7 +75,7 @@ def load_checkpoint(
         check_state_dict(state_dict, source)
     else:
         source = os.fspath(path_or_state_dict)
-        state_dict = read_state_dict(source, map_location=map_location)
+        state_dict = read_state_dict(source, map_location, expected_sha256, recorded_in)
     error = diagnose_mismatch(model, state_dict, source)
     if error is not None:
         raise error

@@ -2,45 +2,70 @@
 Reading checkpoint files safely (models, EMA, optimizer states, classifiers): tensors and
 plain containers only, every error naming the file. Explaining why a checkpoint does not fit a
 model is ``checkpoint_diagnosis``'s job; this module imports no model code.
+
+A file altered after it was saved is refused before it is loaded: when the caller knows the
+SHA-256 recorded when it was saved (the run configuration beside it, ``run_config``), the
+file's digest must match it; otherwise the CRC-32 that torch's zip format stores for every
+record (the pickled structure and each tensor's bytes) must match the record. Both read the
+file once, a chunk at a time, before ``torch.load`` reads it again (then from the page cache).
 """
 
 import io
 import os
 import pickle
+import zipfile
+import zlib
 from collections.abc import Mapping
-from typing import Any, Optional, Union
+from typing import IO, Any, Optional, Union
 
 import blobfile as bf
 import torch
 
-from .io_util import is_local_path
+from .io_util import hash_file, is_local_path
 from .script_errors import debugging
 
 _SHOWN = 5  # keys listed per kind of difference
 
 
-def read_checkpoint(path: Union[str, os.PathLike], map_location="cpu", **kwargs) -> Any:
+def read_checkpoint(
+    path: Union[str, os.PathLike],
+    map_location="cpu",
+    *,
+    expected_sha256: Optional[str] = None,
+    recorded_in: Optional[str] = None,
+    verify: bool = True,
+    **kwargs,
+) -> Any:
     """
     Read any checkpoint file safely: ``torch.load`` with ``weights_only=True``, so the file
     holds tensors and plain containers and cannot run code. The one reader of ``.pt`` files
     (model, EMA, optimizer and classifier checkpoints alike); every error names the file.
+    A file altered after it was saved is refused first (see the module docstring).
 
     Every rank reads the file itself; nothing is exchanged between ranks.
 
     :param path: local path or blobfile URL.
     :param map_location: where to put the tensors (``torch.load``'s argument).
+    :param expected_sha256: the SHA-256 recorded when the file was saved, if known; else the
+        zip records' CRC-32s are checked.
+    :param recorded_in: the file that records ``expected_sha256``, for the message.
+    :param verify: False skips both checks (for reading shapes only).
     :param kwargs: more ``torch.load`` arguments (``weights_only`` stays True).
     :return: the loaded object.
     :raises FileNotFoundError: no such file.
-    :raises ValueError: the file is not a PyTorch file or holds objects other than tensors
-        and plain containers.
+    :raises ValueError: the file is altered or damaged, is not a PyTorch file or holds
+        objects other than tensors and plain containers.
     """
     path = os.fspath(path)
     kwargs["weights_only"] = True
     try:
+        if verify:
+            _verify(path, expected_sha256, recorded_in)
         return _torch_load(path, map_location=map_location, **kwargs)
     except FileNotFoundError:
         raise
+    except _AlteredError as exc:
+        raise ValueError(str(exc)) from None
     except pickle.UnpicklingError as exc:
         # torch prefixes every weights-only failure with "Weights only load failed"; only a
         # refused global means real Python objects, anything else is a damaged or foreign file
@@ -96,6 +121,83 @@ def _file_size(path: str) -> Optional[int]:
         return None
 
 
+class _AlteredError(Exception):
+    """A checkpoint whose bytes are not those it was saved with (the message says how)."""
+
+
+def _verify(path: str, expected_sha256: Optional[str], recorded_in: Optional[str]) -> None:
+    """
+    Check that ``path`` holds the bytes it was saved with: its SHA-256 against
+    ``expected_sha256`` when given, else the CRC-32 of every zip record.
+
+    :raises _AlteredError: naming the file, what differs and what to do.
+    :raises FileNotFoundError: no such file.
+    """
+    _check_exists(path)
+    if expected_sha256:
+        actual = hash_file(path)
+        if actual != expected_sha256:
+            where = recorded_in or "its run configuration"
+            raise _AlteredError(
+                f"{path} does not match its run configuration {where}: its SHA-256 is "
+                f"{actual[:16]}..., the one recorded when it was saved {expected_sha256[:16]}... "
+                "(the checkpoint was altered or replaced after it was saved, or the .json "
+                "belongs to another one). Copy or download the checkpoint again, or use another "
+                f"one; if this .pt is the one you mean, delete {where} and give the model flags "
+                "on the command line"
+            )
+        return
+    opener = open if is_local_path(path) else bf.BlobFile
+    with opener(path, "rb") as f:
+        _check_crcs(f, path)
+
+
+def _check_crcs(f: IO[bytes], path: str, chunk_bytes: int = 1 << 24) -> None:
+    """
+    Compare the CRC-32 that torch's zip format stores for each record with the record's
+    bytes (``zipfile`` computes it while reading), ``chunk_bytes`` at a time. A file that is
+    not a zip archive (torch's legacy format, or one cut short: ``torch.load`` names those)
+    and records saved without a CRC (``torch.serialization.config.save.compute_crc32 =
+    False``) are not checked.
+    """
+    if not f.seekable() or not zipfile.is_zipfile(f):
+        return
+    try:
+        with zipfile.ZipFile(f) as archive:
+            for info in archive.infolist():
+                if info.CRC == 0 or info.is_dir():
+                    continue  # saved without a CRC
+                with archive.open(info) as record:
+                    try:
+                        while record.read(chunk_bytes):
+                            pass
+                    except zipfile.BadZipFile as exc:
+                        if not str(exc).startswith("Bad CRC-32"):
+                            raise
+                        raise _AlteredError(
+                            f"{path} is damaged: its record {info.filename} "
+                            f"({info.file_size} bytes) does not match the CRC-32 saved with it "
+                            "(the file was altered after it was saved, or copied badly): copy "
+                            "or download it again, or use another checkpoint"
+                        ) from None
+    except (zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        message = (
+            f"{path} is damaged: its zip directory does not fit its records (altered after "
+            "it was saved, or copied badly): copy or download it again, or use another "
+            "checkpoint"
+        )
+        if debugging():
+            message += f" [zipfile: {type(exc).__name__}: {exc}]"
+        raise _AlteredError(message) from exc
+
+
+def _check_exists(path: str) -> None:
+    """:raises FileNotFoundError: naming ``path`` when there is no such file."""
+    exists = os.path.isfile(path) if is_local_path(path) else bf.exists(path)
+    if not exists:
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+
+
 def _torch_load(path: str, **kwargs) -> Any:
     """``torch.load`` of a local file or a blobfile URL."""
     if is_local_path(path):
@@ -109,18 +211,26 @@ def _torch_load(path: str, **kwargs) -> Any:
     return torch.load(io.BytesIO(data), **kwargs)
 
 
-def read_state_dict(path: Union[str, os.PathLike], map_location="cpu") -> dict[str, torch.Tensor]:
+def read_state_dict(
+    path: Union[str, os.PathLike],
+    map_location="cpu",
+    expected_sha256: Optional[str] = None,
+    recorded_in: Optional[str] = None,
+) -> dict[str, torch.Tensor]:
     """
     Read a model's state dict from a ``.pt`` file safely (see ``read_checkpoint``).
 
     :param path: local path or blobfile URL.
     :param map_location: where to put the tensors (``torch.load``'s argument).
+    :param expected_sha256: the SHA-256 recorded when it was saved (``recorded_in``), if any.
     :return: the state dict.
     :raises FileNotFoundError: no such file.
     :raises ValueError: the file is not a PyTorch file, holds objects other than tensors and
         plain containers, or is not a state dict.
     """
-    obj = read_checkpoint(path, map_location=map_location)
+    obj = read_checkpoint(
+        path, map_location=map_location, expected_sha256=expected_sha256, recorded_in=recorded_in
+    )
     check_state_dict(obj, os.fspath(path))
     _check_finite(obj, os.fspath(path))
     return obj
@@ -134,7 +244,7 @@ def read_shapes(path: Union[str, os.PathLike]) -> dict[str, tuple[int, ...]]:
     :raises FileNotFoundError: no such file.
     :raises ValueError: the file is not a state dict saved by ``torch.save``.
     """
-    obj = read_checkpoint(path, mmap=True)
+    obj = read_checkpoint(path, mmap=True, verify=False)  # loading it later checks the bytes
     check_state_dict(obj, os.fspath(path))
     return {k: tuple(v.shape) for k, v in obj.items()}
 

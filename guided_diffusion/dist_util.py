@@ -9,6 +9,14 @@ process was launched and joins the matching process group:
 - ``mpiexec`` / ``mpirun`` / ``srun --mpi`` (MPICH, Open MPI, Intel MPI, MVAPICH, PMIx):
   rank, size and local rank come from mpi4py; rank 0 opens a TCP store on a free port and
   sends its address to the others over MPI.
+- Slurm's ``srun`` without MPI (or without mpi4py): rank, size and local rank come from
+  ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS`` and ``SLURM_LOCALID`` (srun sets them for every
+  task of a job step; a batch script's own shell has no ``SLURM_STEP_NUM_TASKS``, so a plain
+  ``python`` there runs alone). Rank 0 opens a TCP store at ``MASTER_ADDR`` (default: the
+  first host of ``SLURM_STEP_NODELIST``, where srun starts task 0; 127.0.0.1 when the step
+  has one node) and ``MASTER_PORT`` (default: 20000 + (97 SLURM_JOB_ID + SLURM_STEP_ID) mod
+  20000, the same for every task of a step and different for the steps of a job), and the
+  others connect to it (``_slurm_rendezvous``). docs/slurm.md has ``sbatch`` examples.
 - a plain ``python`` run: a one-process group (nothing to talk to, but code that calls
   ``torch.distributed`` directly after ``setup_dist()``, as the original scripts do,
   keeps working).
@@ -19,11 +27,13 @@ number of GPUs per node works. NCCL is used when CUDA is available, gloo otherwi
 The helpers ``get_rank()``, ``get_world_size()``, ``get_local_rank()``, ``barrier()`` and
 ``sync_params()`` work with or without ``setup_dist()``, and so do the collectives every
 other module uses (``all_gather_rows``, ``all_gather_ragged``, ``all_gather_object``,
-``broadcast_object``): alone they return their input without communicating.
+``broadcast_object``, ``any_rank``): alone they return their input without communicating.
 """
 
 import datetime
+import importlib.util
 import os
+import re
 import socket
 import sys
 from collections.abc import Iterable
@@ -69,17 +79,35 @@ def _mpi_env() -> Optional[tuple[int, Optional[int], Optional[int]]]:
     return None
 
 
+def _slurm_env() -> Optional[tuple[int, int, int]]:
+    """(rank, size, local rank) of a task that ``srun`` started, or None outside a job step."""
+    rank, size = _env_int("SLURM_PROCID"), _env_int("SLURM_STEP_NUM_TASKS")
+    if rank is None or size is None:
+        return None
+    return rank, size, _env_int("SLURM_LOCALID") or 0
+
+
+def _use_mpi() -> bool:
+    """Whether to join through MPI: an MPI launcher's environment (or mpi4py already
+    imported), unless srun started the task and mpi4py is not installed."""
+    if "mpi4py.MPI" in sys.modules:
+        return True
+    if _mpi_env() is None:
+        return False
+    return _slurm_env() is None or importlib.util.find_spec("mpi4py") is not None
+
+
 def _launcher_value(torchrun_var: Optional[str], mpi_field: int, default: int) -> int:
     """
     A value of the launcher's environment: torchrun's variable ``torchrun_var`` when it is
-    set, else field ``mpi_field`` of ``_mpi_env()`` (0 rank, 1 size, 2 local rank) when
-    an MPI launcher gives it, else ``default``.
+    set, else field ``mpi_field`` (0 rank, 1 size, 2 local rank) of ``_mpi_env()`` when an
+    MPI launcher gives it, else of ``_slurm_env()`` under srun, else ``default``.
     """
     if torchrun_var is not None and torchrun_var in os.environ:
         return int(os.environ[torchrun_var])
-    mpi = _mpi_env()
-    if mpi is not None and mpi[mpi_field] is not None:
-        return mpi[mpi_field]
+    for launcher in (_mpi_env() if _use_mpi() else None, _slurm_env()):
+        if launcher is not None and launcher[mpi_field] is not None:
+            return launcher[mpi_field]
     return default
 
 
@@ -100,8 +128,9 @@ def setup_dist(backend: Optional[str] = None) -> None:
         _local_rank = _env_int("LOCAL_RANK") or 0
         _select_gpu()
         dist.init_process_group(backend, init_method="env://", timeout=_TIMEOUT)
-    elif _mpi_env() is not None or "mpi4py.MPI" in sys.modules:
-        rank, world_size, _local_rank, store = _mpi_rendezvous()
+    elif _use_mpi() or (_slurm_env() or (0, 1))[1] > 1:
+        rendezvous = _mpi_rendezvous if _use_mpi() else _slurm_rendezvous
+        rank, world_size, _local_rank, store = rendezvous()
         _select_gpu()
         dist.init_process_group(
             backend, store=store, rank=rank, world_size=world_size, timeout=_TIMEOUT
@@ -160,17 +189,93 @@ def _mpi_rendezvous() -> tuple[int, int, int, dist.Store]:
     host, port = address
     if store is None:
         store = dist.TCPStore(host, port, world_size, is_master=False, timeout=_TIMEOUT)
-    # Make the usual variables visible to code that reads them (as under torchrun).
+    _export_launch_variables(rank, world_size, local_rank, host, port)
+    return rank, world_size, local_rank, store
+
+
+def _export_launch_variables(rank: int, world: int, local_rank: int, host: str, port: int):
+    """Make the usual variables visible to code that reads them (as under torchrun)."""
     variables = dict(
         RANK=str(rank),
-        WORLD_SIZE=str(world_size),
+        WORLD_SIZE=str(world),
         LOCAL_RANK=str(local_rank),
         MASTER_ADDR=host,
         MASTER_PORT=str(port),
     )
     _variables_set.extend(k for k in variables if k not in os.environ)
     os.environ.update(variables)
+
+
+def _slurm_rendezvous() -> tuple[int, int, int, dist.Store]:
+    """
+    Join the tasks of an srun job step without MPI: every task knows its rank, the size and
+    its local rank from Slurm's variables and computes the same store address (see the
+    module docstring); rank 0 opens the store there.
+
+    :return: (rank, world size, local rank, store).
+    """
+    rank, world_size, local_rank = _slurm_env()
+    nodelist = os.environ.get("SLURM_STEP_NODELIST") or os.environ.get("SLURM_JOB_NODELIST", "")
+    hosts = expand_hostlist(nodelist)
+    host = os.environ.get("MASTER_ADDR") or (hosts[0] if len(hosts) > 1 else "127.0.0.1")
+    port = _env_int("MASTER_PORT") or slurm_port(
+        _env_int("SLURM_JOB_ID") or 0, _env_int("SLURM_STEP_ID") or 0
+    )
+    if rank == 0:
+        _check_local_address(host)
+    try:
+        store = dist.TCPStore(
+            host, port, world_size, is_master=rank == 0, timeout=_TIMEOUT,
+            wait_for_workers=False,
+        )  # fmt: skip
+    except Exception as exc:  # noqa: BLE001 - torch raises several kinds here
+        raise ConnectionError(  # an OSError: one line under script_errors.run_program
+            f"task {rank} of the srun step could not {'open' if rank == 0 else 'reach'} the "
+            f"rendezvous store at {host}:{port}: {' '.join(str(exc).split())}; set MASTER_ADDR to the address of "
+            "the node of task 0 and MASTER_PORT to a free port"
+        ) from exc
+    _export_launch_variables(rank, world_size, local_rank, host, port)
     return rank, world_size, local_rank, store
+
+
+def slurm_port(job_id: int, step_id: int) -> int:
+    """:return: the store port of an srun step, in [20000, 40000): 20000 + (97 job + step)
+    mod 20000, so that two steps of one job, or jobs in a row, differ."""
+    return 20000 + (97 * job_id + step_id) % 20000
+
+
+def expand_hostlist(nodelist: str) -> list[str]:
+    """
+    Expand Slurm's compressed host list, e.g. "gpu[01-03,07],login" -> gpu01, gpu02, gpu03,
+    gpu07, login (leading zeros kept; several bracket groups in one name multiply out).
+
+    :return: the host names in order ([] for "").
+    """
+    entries, depth, start = [], 0, 0
+    for i, char in enumerate(nodelist + ","):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            if nodelist[start:i].strip():
+                entries.append(nodelist[start:i].strip())
+            start = i + 1
+    hosts = []
+    for entry in entries:
+        names = [""]
+        for prefix, group in re.findall(r"([^\[]*)(?:\[([^\]]*)\])?", entry):
+            choices = [prefix]
+            if group:
+                choices = [prefix + number for part in group.split(",") for number in _range(part)]
+            names = [name + choice for name in names for choice in choices]
+        hosts.extend(names)
+    return hosts
+
+
+def _range(part: str) -> list[str]:
+    """"07" -> ["07"]; "01-03" -> ["01", "02", "03"] (the width of the first bound kept)."""
+    if "-" not in part:
+        return [part]
+    first, last = part.split("-", 1)
+    return [str(n).zfill(len(first)) for n in range(int(first), int(last) + 1)]
 
 
 def _check_local_address(host: str) -> None:
@@ -341,6 +446,18 @@ def all_gather_ragged(local: torch.Tensor) -> list[torch.Tensor]:
     parts = [torch.empty_like(padded) for _ in range(world)]
     dist.all_gather(parts, padded.to(comm_device()))
     return [part[:n].to(device) for part, n in zip(parts, lengths)]
+
+
+def any_rank(flag: bool) -> bool:
+    """
+    :param flag: this rank's answer.
+    :return: True on every rank when any rank's ``flag`` is True (``flag`` alone).
+    """
+    if group_size() == 1:
+        return bool(flag)
+    value = torch.tensor([int(bool(flag))], dtype=torch.int32, device=comm_device())
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item())
 
 
 def all_gather_object(obj: Any) -> list[Any]:

@@ -34,6 +34,7 @@ def ddim_invert(
     images: torch.Tensor,
     *,
     model_kwargs: Optional[dict] = None,
+    cond_fn: Optional[Callable] = None,
     progress: bool = False,
 ) -> torch.Tensor:
     """
@@ -44,6 +45,9 @@ def ddim_invert(
 
     :param images: [N x C x H x W] clean images.
     :param model_kwargs: e.g. {"y": labels} for a class-conditional model.
+    :param cond_fn: classifier guidance, applied to eps as ``ddim_decode`` applies it
+        (``condition_score``), so that decoding with the same ``cond_fn`` runs the same ODE
+        back; decoding with another one (or none) edits.
     :return: [N x C x H x W] noise at the last index T-1; ``ddim_decode`` inverts it.
     """
 
@@ -53,6 +57,8 @@ def ddim_invert(
         out = diffusion.p_mean_variance(
             model, x, t_in, clip_denoised=False, model_kwargs=model_kwargs
         )
+        if cond_fn is not None:
+            out = diffusion.condition_score(cond_fn, out, x, t_in, model_kwargs=model_kwargs)
         eps = diffusion._predict_eps_from_xstart(x, t_in, out["pred_xstart"])
         ab_next = diffusion.schedule.alpha_bar(t)
         sample = math.sqrt(ab_next) * out["pred_xstart"] + math.sqrt(1 - ab_next) * eps

@@ -40,8 +40,12 @@ from . import presets, run_config
 from .fp16_util import check_precision
 from .image_datasets import list_classes
 from .operators import MASK_NAMES, OPERATOR_NAMES
+<<<<<<< HEAD
 from .respace import space_timesteps
 from .script_errors import SamplingInputError
+=======
+from .script_errors import ArgumentParser, SamplingInputError
+>>>>>>> main
 from .script_util import NUM_CLASSES, add_dict_to_argparser
 from .train_config import TrainConfig, classifier_train_config
 
@@ -124,7 +128,8 @@ def sampling_defaults(**script_flags) -> dict[str, object]:
     """
     The flags every sampling program has, with the original defaults, plus the new
     ``--seed``, ``--grid``, ``--guidance_scale``, ``--guide_model_path``, ``--keep_shards``,
-    ``--sampler`` and ``--guidance_interval``; ``script_flags`` adds a program's own flags.
+    ``--sampler``, ``--guidance_interval`` and the sampler settings of
+    ``samplers.SETTING_FLAGS``; ``script_flags`` adds a program's own flags.
 
     :return: flag name -> default, for add_flags().
     """
@@ -141,6 +146,15 @@ def sampling_defaults(**script_flags) -> dict[str, object]:
         keep_shards=False,
         sampler="ancestral",
         guidance_interval="",
+        unipc_order=2,
+        third_order_form="exact",
+        sde_eta=1.0,
+        lower_order_final="always",
+        dynamic_threshold=0.0,
+        S_churn=0.0,
+        S_tmin=0.0,
+        S_tmax=1e9,
+        S_noise=1.0,
         **script_flags,
     )
 
@@ -200,7 +214,8 @@ EDIT_FLAG_HELP = {
     "batch_size": "images per model call on each rank",
     "mode": "encode: images -> noise .npz (and report the round-trip error); "
     "decode: noise .npz -> images",
-    "report_error": "encode: decode again and report the round-trip error",
+    "report_error": "encode: decode again (with the same labels and guidance) and report "
+    "the round-trip error",
     "clip_denoised": "clamp x0 predictions to [-1, 1]",
 }
 
@@ -310,11 +325,37 @@ SAMPLING_FLAG_HELP = {
     "--class_dropout_prob > 0; with --guide_model_path the autoguidance scale instead",
     "guide_model_path": "autoguidance: a smaller or less-trained model of the same kind "
     "(.pt; built from the run configuration beside it, else from the main model's flags); "
-    "the prediction becomes "
-    "guide + s (main - guide) with s = --guidance_scale",
+    "the prediction becomes guide + s (main - guide) with s = --guidance_scale. The guide "
+    "must have the main model's image size, --learn_sigma and diffusion process (checked "
+    "before sampling); an unconditional guide of a class-conditional model gets no labels "
+    "(classifier-free guidance with a separate unconditional model)",
     "sampler": "ancestral (the original), ddim (also --use_ddim True), dpm++2m, dpm++3m "
     "(DPM-Solver++, Lu et al. 2022), dpm++2m-sde (its stochastic form: fresh noise at every "
-    "step) or unipc (Zhao et al. 2023); one model evaluation per step of --timestep_respacing",
+    "step), unipc (Zhao et al. 2023) or edm (Karras et al. 2022, Algorithm 2: Heun steps, "
+    "stochastic with --S_churn > 0); one model evaluation per step of --timestep_respacing, "
+    "edm two (one at the last step)",
+    "unipc_order": "UniPC's predictor order (its corrector adds one): 2 below about 20 "
+    "steps, 3 from 20 to 25 steps on a log-SNR grid (measured on an exact Gaussian-mixture "
+    "model: docs/samplers.md); 1 gives the order-2 UniPC-p1",
+    "third_order_form": "dpm++3m's third-order term: exact (2 D2, the Taylor expansion, order "
+    "3: for 20 steps or more) or circulated (D2, the widely shared 3M code, order 2: to "
+    "reproduce its numbers; a little better at 10 to 15 steps on the mixture model)",
+    "sde_eta": "dpm++2m-sde's amount of fresh noise: 1 the reverse SDE (corrects model errors "
+    "best), 0 the probability-flow ODE (dpm++2m), between: less noise for few steps",
+    "lower_order_final": "when dpm++2m / dpm++3m / dpm++2m-sde / unipc lower the order of the "
+    "last steps (the step into the last grid point first order, the one before at most "
+    "second): always, never, or belowN (only on grids of fewer than N steps, e.g. below15)",
+    "dynamic_threshold": "dynamic thresholding (Saharia et al. 2022) for every sampler: per "
+    "image s = max(1, the P quantile of |x0|), x0 <- clip(x0, -s, s) / s; use about 0.995 "
+    "against saturated colours at high guidance scales (0: off)",
+    "S_churn": "--sampler edm: the total noise added back (Karras et al. 2022; 0: "
+    "deterministic Heun; their ImageNet-64 ADM setting 80 with --S_tmin 0.05 --S_tmax 50 "
+    "--S_noise 1.003), for imperfect models at 20 steps or more",
+    "S_tmin": "--sampler edm: churn only at noise levels sigma/alpha >= S_tmin",
+    "S_tmax": "--sampler edm: churn only at noise levels sigma/alpha <= S_tmax (the "
+    "default lies above every level)",
+    "S_noise": "--sampler edm: scale of the churn's noise (slightly above 1 offsets "
+    "detail lost by the denoiser)",
     "guidance_interval": "'LO,HI': guide only where the noise level sigma_t / alpha_t lies in "
     "(LO, HI], skipping the guidance evaluations elsewhere (Kynkaanniemi et al. 2024; e.g. "
     "'0.28,5.42'); empty: guide at every step",
@@ -335,12 +376,14 @@ def create_parser(
 ) -> argparse.ArgumentParser:
     """
     A program's parser: ``description`` (its docstring, kept as written) and a flag per
-    entry of the ``defaults`` dicts (see ``script_util.add_dict_to_argparser``).
+    entry of the ``defaults`` dicts (see ``script_util.add_dict_to_argparser``). A command
+    line it cannot parse is a user error (``script_errors.ArgumentParser``: one line, exit
+    status 1 under ``run_program``).
 
     :param helps: help texts over ``PROGRAM_FLAG_HELP`` and the network flags' help.
     :param choices: the values some flags are limited to, by flag name.
     """
-    parser = argparse.ArgumentParser(
+    parser = ArgumentParser(
         description=description, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     merged = {k: v for group in defaults for k, v in group.items()}
@@ -485,10 +528,15 @@ def parse_args(
     """
     args = parser.parse_args(argv)
     check_finite_flags(args)
+<<<<<<< HEAD
     check_seed_flags(args)
     args.class_names, args.presets = None, {}
+=======
+    args.class_names, args.presets, args.label_counts = None, {}, {}
+>>>>>>> main
     explicit = given_flags(parser, argv)
     filled: dict[str, tuple[Any, str]] = {}  # flag -> (value, where it comes from)
+    trained: dict[str, tuple[list[str], str]] = {}  # flag -> (class names, configuration)
     for position, (flag, kind) in enumerate(checkpoint_flags.items()):
         path = getattr(args, flag)
         named = getattr(args, "preset", "") if position == 0 else ""
@@ -500,9 +548,50 @@ def parse_args(
         config = run_config.read_run_config(path) if path else None
         if config is not None:
             _fill_from_config(args, config, flag, kind, position, explicit, filled)
+            names = (config.get("data") or {}).get("class_names")
+            if names and run_config.is_class_conditional(kind, config["model_flags"]):
+                trained[flag] = (names, run_config.config_path(path))
         elif recognise and not named and path:
             _fill_recognised(args, flag, kind, position, explicit, filled)
+    _check_trained_classes(args, trained)
     return args
+
+
+def _check_trained_classes(args: argparse.Namespace, trained: dict[str, tuple[list[str], str]]):
+    """
+    Networks used together (a diffusion model and its classifier) must agree on what each
+    label means: the same class names where their run configurations record them, and
+    labels for every class that sampling draws (``num_classes_of``). Their label counts
+    (``--num_classes``) may differ: a model kept at the default 1000 and a classifier
+    trained with --num_classes 3 on the same 3 classes work together.
+
+    :param trained: checkpoint flag -> (the class names its configuration records, its path).
+    :raises RunConfigError: naming both checkpoints and their classes, or the network
+        without labels for a drawn class.
+    """
+    (first, (names, where)), *others = list(trained.items()) or [(None, (None, None))]
+    for flag, (other_names, other_where) in others:
+        if other_names != names:
+            raise run_config.RunConfigError(
+                f"--{first} {getattr(args, first)} was trained on the classes "
+                f"{_some(names)} ({where}) but --{flag} {getattr(args, flag)} on "
+                f"{_some(other_names)} ({other_where}): a label would mean another class to "
+                "each; use networks trained on the same classes"
+            )
+    drawn = num_classes_of(args)
+    for flag, count in args.label_counts.items():
+        if drawn > count:
+            raise run_config.RunConfigError(
+                f"sampling draws labels 0..{drawn - 1} ({class_count_origin(args)}) but --{flag} "
+                f"{getattr(args, flag)} has labels for {count} classes only (its run "
+                f"configuration says num_classes {count}): use networks trained on the same "
+                "classes"
+            )
+
+
+def _some(names: list[str], shown: int = 5) -> str:
+    """The first ``shown`` class names, for messages."""
+    return ", ".join(names[:shown]) + (f", ... ({len(names)} in all)" if len(names) > shown else "")
 
 
 def _fill_from_config(args, config: dict, flag: str, kind: str, position: int, explicit, filled):
@@ -519,6 +608,12 @@ def _fill_from_config(args, config: dict, flag: str, kind: str, position: int, e
         values.update(config.get("diffusion_flags") or {})
     if not run_config.is_class_conditional(kind, values):
         values.pop("num_classes", None)  # no label embedding: the count builds nothing
+    elif "num_classes" in values:
+        args.label_counts[flag] = values["num_classes"]
+        if position > 0 and "num_classes" in filled:
+            # each network keeps its own label count (load_classifier builds the classifier
+            # with it); what the labels mean is compared by _check_trained_classes
+            del values["num_classes"]
     _fill(args, values, explicit, filled, run_config.config_path(path))
     data = config.get("data")
     if args.class_names is None and run_config.is_class_conditional(kind, values) and data:

@@ -254,12 +254,18 @@ class GaussianDiffusion:
         self.posterior_mean_coef2 = (
             (1.0 - self.alphas_cumprod_prev) * np.sqrt(alphas) / (1.0 - self.alphas_cumprod)
         )
-        self.schedule = NoiseSchedule(self.alphas_cumprod, self._model_timesteps())
+        self.schedule = NoiseSchedule(self.alphas_cumprod, self._model_timesteps(),
+                                      *self._base_process())
 
     def _model_timesteps(self) -> np.ndarray:
         """:return: [T] the timestep the model receives at each index (``_scale_timesteps``)."""
         t = np.arange(self.num_timesteps, dtype=np.float64)
         return t * (1000.0 / self.num_timesteps) if self.rescale_timesteps else t
+
+    def _base_process(self) -> tuple[np.ndarray, float]:
+        """:return: (alphas_cumprod of the process the model was trained on, the model's
+        timestep per index of it): this process itself."""
+        return self.alphas_cumprod, 1000.0 / self.num_timesteps if self.rescale_timesteps else 1.0
 
     # ------------------------------------------------------------------ forward process
 

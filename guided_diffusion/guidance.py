@@ -231,7 +231,10 @@ class AutoGuidance(_GuidedModel):
     Autoguidance (Karras et al. 2024, "Guiding a diffusion model with a bad version of
     itself"): D~ = D_guide + s (D_main - D_guide), with a guide model of the same kind that
     is smaller and/or trained shorter; it works for unconditional models too. Both models
-    get the same inputs and keyword arguments; the variance channels come from the main one.
+    get the same inputs and keyword arguments, except that an unconditional guide (no
+    ``num_classes``) of a class-conditional model gets no labels: classifier-free guidance
+    with a separate unconditional model (Ho & Salimans 2021 describe that form too). The
+    variance channels come from the main model.
 
     :param model: the main model.
     :param guide: the guide model (its prediction channels must match the main model's).
@@ -249,7 +252,10 @@ class AutoGuidance(_GuidedModel):
         self, x: torch.Tensor, t: torch.Tensor, inside: torch.Tensor, kwargs: dict
     ) -> tuple[torch.Tensor, torch.Tensor]:
         main = self.model(x, t, **kwargs)
-        guide = self.guide(x[inside], t[inside], **_select(kwargs, x.shape[0], inside))
+        guide_kwargs = _select(kwargs, x.shape[0], inside)
+        if getattr(self.guide, "num_classes", 0) is None:
+            guide_kwargs.pop("y", None)  # an unconditional guide of a conditional model
+        guide = self.guide(x[inside], t[inside], **guide_kwargs)
         if guide.shape[1] < x.shape[1]:
             raise GuidanceError(
                 f"the guide model predicts {guide.shape[1]} channels, fewer than the "
@@ -319,13 +325,12 @@ def noise_level_lookup(diffusion: GaussianDiffusion) -> Callable[[torch.Tensor],
     """
     The EDM noise level sigma / alpha = sqrt((1 - ab) / ab) at timesteps as the model and
     ``cond_fn`` receive them (``diffusion.schedule``: original-process indices for a respaced
-    process, scaled to [0, 1000) when ``rescale_timesteps``).
+    process, scaled to [0, 1000) when ``rescale_timesteps``; fractional ones, as the EDM
+    sampler gives, between the base process's steps).
 
-    :return: level(t [N]) -> [N] float64 noise levels (each t mapped to the nearest step).
+    :return: level(t [N]) -> [N] float64 noise levels.
     """
-    schedule = diffusion.schedule
-    levels = torch.from_numpy(schedule.edm_sigma)
-    return lambda t: levels[schedule.index_of(t)]
+    return diffusion.schedule.edm_sigma_at
 
 
 def check_interval_has_steps(

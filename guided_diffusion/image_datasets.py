@@ -9,18 +9,25 @@ rank reads its own shard of the sorted file list, ``files[rank::world_size]``.
 Images are cropped square the way the original release does it (box-filter halving, then a
 bicubic resize of the shorter side, then a centre or random crop), so the pixels match it
 exactly, and mapped to [-1, 1] as ``x / 127.5 - 1``.
+
+The stream of batches is a function of a seed and the batch number alone: epoch e of rank r
+visits its shard in the order drawn from (seed, r, e), and every image of it gets its own
+seed for its random crop and flip, drawn with that order (``EpochSampler``). So batch n is the
+same whichever worker process reads it and whether or not the run was resumed before it:
+``load_data(..., start_batch=n)`` continues a stream at batch n.
 """
 
 import math
 import random
+import signal
 from collections.abc import Iterator, Sequence
-from typing import Optional
+from typing import Optional, Union
 
 import blobfile as bf
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
 from . import dist_util
 
@@ -37,9 +44,12 @@ def load_data(
     random_crop: bool = False,
     random_flip: bool = True,
     num_workers: int = 1,
+    seed: Optional[int] = None,
+    start_batch: int = 0,
 ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
     """
-    Endless batches of images from a folder, this rank's shard of it.
+    Endless batches of images from a folder, this rank's shard of it, each epoch in a new
+    order (see the module docstring: the batches are those of ``seed``).
 
     All checks (folder exists, holds images, class names, shard size) happen when this is
     called, before any batch is read.
@@ -52,6 +62,10 @@ def load_data(
     :param random_crop: random crops of a random scale instead of centre crops.
     :param random_flip: flip images horizontally with probability 0.5.
     :param num_workers: DataLoader worker processes (0 reads in this process).
+    :param seed: the seed of the order and the augmentation (None: drawn from torch's
+        global generator, so seeding torch makes it reproducible, as in the original).
+    :param start_batch: the first batch to give: a training run resumed at step n (one batch
+        per step) continues with the batches an uninterrupted run would have read.
     :return: an iterator of (images [N x 3 x image_size x image_size] float32 in [-1, 1],
         {"y": int64 labels [N]} with ``class_cond``, else {}).
     """
@@ -83,20 +97,80 @@ def load_data(
             "rank(s), and incomplete batches are dropped; use a smaller batch size or more "
             "images"
         )
+    if seed is None:
+        seed = int(torch.randint(0, 2**62, ()).item())
+    sampler = EpochSampler(
+        len(dataset), batch_size, seed, rank=rank, shuffle=not deterministic,
+        start_batch=start_batch,
+    )  # fmt: skip
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
-        shuffle=not deterministic,
+        sampler=sampler,
         num_workers=num_workers,
         drop_last=True,
         persistent_workers=num_workers > 0,
+        worker_init_fn=_ignore_sigterm,
     )
-    return _repeat(loader)
+    return iter(loader)
 
 
-def _repeat(loader: DataLoader) -> Iterator:
-    while True:
-        yield from loader
+def _ignore_sigterm(worker_id: int) -> None:
+    """
+    A worker ignores SIGTERM: a scheduler that stops a job signals every process of it, and
+    the training loop stops at a step boundary (saving it), which needs its workers alive.
+    Workers still end with the training process.
+    """
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class EpochSampler(Sampler):
+    """
+    An endless stream of (index, image seed) pairs for a DataLoader: epoch after epoch, the
+    first ``len // batch_size`` full batches of a permutation of 0..len-1 (incomplete
+    batches are dropped, as the original's ``drop_last``), each image with a seed for its
+    augmentation. Epoch e's permutation and seeds come from (seed, rank, e) alone, so the
+    stream can start at any batch (``start_batch``) and give what it would have given there.
+
+    :param length: the number of images (this rank's shard).
+    :param batch_size: images per batch.
+    :param seed: the run's seed.
+    :param rank: this rank (each rank draws its own orders).
+    :param shuffle: False keeps the file order (the image seeds still vary by epoch).
+    :param start_batch: the first batch to give, counting from 0 at the first epoch.
+    """
+
+    def __init__(
+        self, length: int, batch_size: int, seed: int, rank: int = 0, shuffle: bool = True,
+        start_batch: int = 0,
+    ):  # fmt: skip
+        if start_batch < 0 or length < batch_size:
+            raise ValueError(
+                f"need start_batch >= 0 and a batch of at most {length} images, got "
+                f"start_batch {start_batch} and batch_size {batch_size}"
+            )
+        self.length, self.batch_size = length, batch_size
+        self.seed, self.rank, self.shuffle = seed, rank, shuffle
+        self.per_epoch = length // batch_size  # full batches per epoch
+        self.start_batch = start_batch
+
+    def epoch(self, number: int) -> tuple[np.ndarray, np.ndarray]:
+        """:return: (the epoch's order, int64 [length]; a seed per position, int64 [length])."""
+        rng = np.random.default_rng([self.seed, self.rank, number, _DATA_STREAM])
+        order = rng.permutation(self.length) if self.shuffle else np.arange(self.length)
+        return order, rng.integers(0, 2**63 - 1, self.length, dtype=np.int64)
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        number, batch = divmod(self.start_batch, self.per_epoch)
+        while True:
+            order, seeds = self.epoch(number)
+            for position in range(batch * self.batch_size, self.per_epoch * self.batch_size):
+                yield int(order[position]), int(seeds[position])
+            number, batch = number + 1, 0
+
+
+# Tells the data order's random stream apart from the other streams of a run's seed.
+_DATA_STREAM = 2
 
 
 def list_classes(data_dir: str) -> dict[str, int]:
@@ -225,14 +299,24 @@ class ImageDataset(Dataset):
     def __len__(self) -> int:
         return len(self.local_images)
 
-    def __getitem__(self, idx: int) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        """:return: (image [3 x resolution x resolution] float32 in [-1, 1], {"y": label})."""
+    def __getitem__(
+        self, idx: Union[int, tuple[int, int]]
+    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """
+        :param idx: an index, or (index, seed): the crop and flip then come from the seed
+            (``EpochSampler``), else from Python's global ``random``.
+        :return: (image [3 x resolution x resolution] float32 in [-1, 1], {"y": label}).
+        """
+        rng = random
+        if isinstance(idx, tuple):
+            idx, seed = idx
+            rng = random.Random(seed)
         pil_image = read_rgb(self.local_images[idx])
         if self.random_crop:
-            arr = random_crop_arr(pil_image, self.resolution)
+            arr = random_crop_arr(pil_image, self.resolution, rng=rng)
         else:
             arr = center_crop_arr(pil_image, self.resolution)
-        if self.random_flip and random.random() < 0.5:
+        if self.random_flip and rng.random() < 0.5:
             arr = arr[:, ::-1]
         arr = arr.astype(np.float32) / 127.5 - 1
         out_dict = {}
@@ -294,23 +378,25 @@ def random_crop_arr(
     image_size: int,
     min_crop_frac: float = 0.8,
     max_crop_frac: float = 1.0,
+    rng=random,
 ) -> np.ndarray:
     """
     Scale an image so its shorter side is a random size between ``image_size /
     max_crop_frac`` and ``image_size / min_crop_frac`` (rounded up), then cut out a square at
-    a random place. Uses Python's ``random`` module.
+    a random place.
 
     :param pil_image: the image (RGB for a 3-channel result).
     :param image_size: side of the square result.
     :param min_crop_frac: smallest crop side as a fraction of the shorter side.
     :param max_crop_frac: largest crop side as a fraction of the shorter side.
+    :param rng: a ``random.Random`` (default: Python's ``random`` module).
     :return: uint8 array [image_size x image_size x channels].
     """
     smallest = math.ceil(image_size / max_crop_frac)
     largest = math.ceil(image_size / min_crop_frac)
-    arr = _resize_shorter_side(pil_image, random.randrange(smallest, largest + 1))
-    top = random.randrange(arr.shape[0] - image_size + 1)
-    left = random.randrange(arr.shape[1] - image_size + 1)
+    arr = _resize_shorter_side(pil_image, rng.randrange(smallest, largest + 1))
+    top = rng.randrange(arr.shape[0] - image_size + 1)
+    left = rng.randrange(arr.shape[1] - image_size + 1)
     return arr[top : top + image_size, left : left + image_size]
 
 

@@ -1,6 +1,7 @@
 """
 File helpers: atomic writes for checkpoints, sample batches (local disk or blob storage) and
-result tables, and the SHA-256 of a file. Reading and writing .npz batches is ``npz_batch``'s
+result tables, and the SHA-256 of a file (the one file hash: ``hash_file``, and the same
+digest of a checkpoint as it is written). Reading and writing .npz batches is ``npz_batch``'s
 job.
 """
 
@@ -9,7 +10,8 @@ import csv
 import hashlib
 import os
 import tempfile
-from typing import IO, Callable, Iterator, Sequence
+import time
+from typing import IO, Callable, Iterator, Optional, Sequence
 
 import blobfile as bf
 import torch
@@ -66,22 +68,81 @@ def atomic_write(path: str, mode: str = "wb", buffering: int = -1) -> Iterator[I
 
 
 def hash_file(path: str, chunk_bytes: int = 1 << 24) -> str:
-    """:return: the SHA-256 hex digest of a local file's bytes, read ``chunk_bytes`` at a time."""
+    """
+    :param path: a local file or a blobfile URL.
+    :return: the SHA-256 hex digest of the file's bytes, read ``chunk_bytes`` at a time (so
+        a multi-GB checkpoint needs no more memory than one chunk). A local file last
+        changed more than a second before it is hashed is hashed once per process while its
+        size, times and inode stay the same (checking a checkpoint when it loads and naming
+        a sampling run after it then read it once); a file changed within the last second
+        is always read, since a change in the same clock tick could leave its times as they
+        were.
+    """
+    key = _stat_key(path)
+    if key is not None and key in _hashes:
+        return _hashes[key]
+    started_ns = time.time_ns()
     digest = hashlib.sha256()
-    with open(path, "rb") as f:
+    opener = open if is_local_path(path) else bf.BlobFile
+    with opener(path, "rb") as f:
         while chunk := f.read(chunk_bytes):
             digest.update(chunk)
+    if key is not None and key[3] < started_ns - _SETTLED_NS:
+        _hashes[key] = digest.hexdigest()
     return digest.hexdigest()
 
 
-def atomic_torch_save(obj, path: str) -> None:
+# (path, size, mtime, ctime, inode) of a local file -> its SHA-256, for ``hash_file``.
+_hashes: dict[tuple, str] = {}
+_SETTLED_NS = 1_000_000_000
+
+
+def _stat_key(path: str) -> Optional[tuple]:
+    """What identifies a local file's current contents without reading them (None: remote)."""
+    if not is_local_path(path):
+        return None
+    st = os.stat(path)
+    return (os.path.realpath(path), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino)
+
+
+class _HashingWriter:
+    """A write-only file that hashes what goes through it (SHA-256) and writes all of it."""
+
+    def __init__(self, f: IO[bytes]):
+        self._f = f
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        self.sha256.update(view)
+        while view:  # an unbuffered file may take part of it
+            written = self._f.write(view)
+            view = view[written if written is not None else len(view) :]
+        return len(data) if isinstance(data, (bytes, bytearray)) else memoryview(data).nbytes
+
+    def flush(self) -> None:
+        self._f.flush()
+
+
+def atomic_torch_save(
+    obj, path: str, before_replace: Optional[Callable[[str], None]] = None
+) -> str:
     """
     ``torch.save`` through ``atomic_write``, unbuffered: torch reports a failed buffered
     write (e.g. a full disk) as an unrelated RuntimeError, while an unbuffered one raises
-    the ``OSError`` itself (naming ``path``).
+    the ``OSError`` itself (naming ``path``). The bytes are hashed as they are written.
+
+    :param before_replace: called with the file's SHA-256 once every byte is written, before
+        the file appears under ``path`` (e.g. to write a run configuration that records it).
+    :return: the SHA-256 hex digest of the file written.
     """
     with atomic_write(path, "wb", buffering=0 if is_local_path(path) else -1) as f:
-        torch.save(obj, f)
+        writer = _HashingWriter(f)
+        torch.save(obj, writer)
+        digest = writer.sha256.hexdigest()
+        if before_replace is not None:
+            before_replace(digest)
+    return digest
 
 
 def markdown_table(

@@ -39,16 +39,27 @@ def resolve_fp16(flag: str, requested: bool, device: torch.device) -> bool:
 
 def load_weights(model: nn.Module, path: str, flag: str) -> None:
     """
-    Load the checkpoint ``path`` (given by ``--flag``) into ``model`` strictly.
+    Load the checkpoint ``path`` (given by ``--flag``) into ``model`` strictly, after
+    checking its bytes against the SHA-256 its run configuration records (else against its
+    zip CRC-32s).
 
-    :raises SamplingInputError: no path, or a file that is no checkpoint.
+    :raises SamplingInputError: no path, or a file that is no checkpoint or was altered.
     :raises FileNotFoundError: no such file.
     :raises CheckpointMismatchError: the checkpoint does not fit the flags.
+    :raises RunConfigError: the run configuration beside it is invalid.
     """
+<<<<<<< HEAD
     _require_path(path, flag)
+=======
+    if not path:
+        raise SamplingInputError(f"--{flag} is required: the checkpoint (.pt) file to load")
+    if not bf.exists(path):
+        raise FileNotFoundError(f"--{flag}: checkpoint file not found: {path}")
+    recorded, where = run_config.recorded_checkpoint_hash(path)
+>>>>>>> main
     logger.log(f"loading {path}")
     try:
-        load_checkpoint(model, path, map_location="cpu")
+        load_checkpoint(model, path, "cpu", expected_sha256=recorded, recorded_in=where)
     except CheckpointMismatchError:
         raise
     except ValueError as err:  # not a checkpoint at all
@@ -141,18 +152,24 @@ def load_guide_model(
     Load the autoguidance guide of ``--guide_model_path``: built from the run configuration
     beside it when there is one (its own model and diffusion flags; this run's
     ``timestep_respacing`` and runtime flags such as ``use_fp16``), else from the main
-    model's flags.
+    model's flags. Before its weights are read, the guide is checked against the main model
+    (``_check_guide_fits``): the same image size, output channels (``learn_sigma``) and
+    process, and labels it can take; an unconditional guide of a class-conditional model is
+    accepted (it gets no labels: classifier-free guidance with a separate unconditional
+    model).
 
     :param args: the sampling program's parsed flags (the main model's flags).
     :param diffusion: the main model's diffusion process.
     :param super_res: the models are upsamplers.
     :return: the guide in eval mode on ``dist_util.dev()``.
-    :raises SamplingInputError: the guide was trained for another diffusion process.
+    :raises SamplingInputError: the guide does not fit the main model, naming the flag.
     :raises RunConfigError: its configuration is unreadable or of another kind of network.
     """
     guide_args = argparse.Namespace(**vars(args))
     path, kind = args.guide_model_path, "super_res" if super_res else "model"
     config = run_config.read_run_config(path)
+    guide_args.class_names = None
+    source = "built with the main model's flags: it has no run configuration"
     if config is not None:
         if config["kind"] != kind:
             raise run_config.RunConfigError(
@@ -164,9 +181,69 @@ def load_guide_model(
         for name, value in saved.items():
             if name not in skip and hasattr(guide_args, name):
                 setattr(guide_args, name, value)
+        guide_args.class_names = (config.get("data") or {}).get("class_names")
+        source = f"see {run_config.config_path(path)}"
+    _check_guide_fits(args, guide_args, super_res, f"--guide_model_path {path} ({source})")
     guide, guide_diffusion = load_model_and_diffusion(guide_args, super_res, "guide_model_path")
     _check_same_process(diffusion, guide_diffusion)
     return guide
+
+
+# What a guide must share with the main model: the flag, and what differs when it does not.
+_GUIDE_MUST_MATCH = {
+    "image_size": "the image size",
+    "large_size": "the image size",
+    "small_size": "the size of the low-resolution input",
+    "learn_sigma": "the output channels (6 with a learned variance, 3 without)",
+    "predict_xstart": "what the network predicts (x_0 or the noise)",
+    "diffusion_steps": "the diffusion process",
+    "noise_schedule": "the diffusion process",
+    "rescale_timesteps": "the timesteps the network sees",
+}
+
+
+def _check_guide_fits(
+    args: argparse.Namespace, guide_args: argparse.Namespace, super_res: bool, guide: str
+) -> None:
+    """
+    Refuse, before any weights are read, a guide that cannot guide the main model: another
+    image size, output channels or process, or labels it cannot take (a class-conditional
+    guide of an unconditional model, or one trained on other classes).
+
+    :param guide: how to name the guide in messages.
+    :raises SamplingInputError: naming the guide, the flag and both values.
+    """
+    for name, what in _GUIDE_MUST_MATCH.items():
+        if not hasattr(args, name):
+            continue
+        main, other = getattr(args, name), getattr(guide_args, name)
+        if main != other:
+            raise SamplingInputError(
+                f"{guide} was trained with --{name} {other}, the main model with --{name} "
+                f"{main}: autoguidance needs a guide with {what} of the main model; give a "
+                "guide trained with the main model's flags"
+            )
+    if guide_args.class_cond and not args.class_cond:
+        raise SamplingInputError(
+            f"{guide} is class-conditional but the main model is not: it would need labels "
+            "that unconditional sampling does not draw; give an unconditional guide"
+        )
+    if guide_args.class_cond:
+        main_names, guide_names = getattr(args, "class_names", None), guide_args.class_names
+        if main_names and guide_names and list(main_names) != list(guide_names):
+            raise SamplingInputError(
+                f"{guide} was trained on the classes {', '.join(guide_names[:5])}"
+                f"{', ...' if len(guide_names) > 5 else ''}, the main model on "
+                f"{', '.join(main_names[:5])}{', ...' if len(main_names) > 5 else ''}: a label "
+                "would mean another class to each; give a guide trained on the same classes"
+            )
+        drawn = len(main_names) if main_names else args.num_classes
+        if drawn > guide_args.num_classes:
+            raise SamplingInputError(
+                f"{guide} has labels for {guide_args.num_classes} classes but sampling draws "
+                f"labels 0..{drawn - 1}: give a guide trained on the main model's classes, or "
+                "an unconditional one"
+            )
 
 
 def _check_same_process(main: GaussianDiffusion, guide: GaussianDiffusion) -> None:
@@ -194,9 +271,14 @@ def load_classifier(args: argparse.Namespace) -> nn.Module:
     :return: the classifier in eval mode on ``dist_util.dev()``, its parameters frozen.
     """
     defaults = script_util.classifier_and_diffusion_defaults()
-    # the classifier's diffusion flags are the model's: fill in what a parser left out
+    # the classifier's diffusion flags are the model's: fill in what a parser left out; its
+    # label count is its own when its run configuration says it (flags.parse_args)
     args = argparse.Namespace(**{**defaults, **vars(args)})
+<<<<<<< HEAD
     _require_path(args.classifier_path, "classifier_path")  # before the flags build anything
+=======
+    args.num_classes = getattr(args, "label_counts", {}).get("classifier_path", args.num_classes)
+>>>>>>> main
     classifier, _, use_fp16 = _build(args, "classifier", "classifier_use_fp16")
     _log_flags_source(args, "classifier_path")
     load_weights(classifier, args.classifier_path, "classifier_path")

@@ -42,6 +42,15 @@ class ScheduleSampler(ABC):
         :return: a numpy array of [T] positive, not necessarily normalised, weights.
         """
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """:return: what a resumed run needs to continue drawing as this sampler would
+        (tensors only, so that ``torch.load(weights_only=True)`` reads it); {} when the
+        sampler has no state."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Continue from a ``state_dict()`` of a sampler of the same kind and process."""
+
     def sample(self, batch_size: int, device) -> tuple[torch.Tensor, torch.Tensor]:
         """
         Draw timesteps for a batch, with numpy's global random generator.
@@ -115,6 +124,31 @@ class LossSecondMomentResampler(LossAwareSampler):
         weights *= 1 - self.uniform_prob
         weights += self.uniform_prob / len(weights)
         return weights
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """:return: the loss history [T x history] (float64) and counts [T] (int64)."""
+        return {
+            "loss_history": torch.from_numpy(self._loss_history.copy()),
+            "loss_counts": torch.from_numpy(self._loss_counts.copy()),
+        }
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """
+        :raises ValueError: a state of another number of timesteps or history length.
+        """
+        history, counts = state.get("loss_history"), state.get("loss_counts")
+        if (
+            not isinstance(history, torch.Tensor)
+            or not isinstance(counts, torch.Tensor)
+            or tuple(history.shape) != self._loss_history.shape
+            or tuple(counts.shape) != self._loss_counts.shape
+        ):
+            raise ValueError(
+                "the saved loss-second-moment sampler state does not fit this run "
+                f"({self.diffusion.num_timesteps} timesteps x {self.history_per_term} losses)"
+            )
+        self._loss_history = history.numpy().astype(np.float64).copy()
+        self._loss_counts = counts.numpy().astype(np.int64).copy()
 
     def update_with_all_losses(self, ts: list[int], losses: list[float]) -> None:
         for t, loss in zip(ts, losses):

@@ -147,15 +147,17 @@ def base_sample_kwargs(base: BaseSamples) -> KwargsFn:
 
 def sampler_setting(args: argparse.Namespace) -> samplers.SamplerSetting:
     """
-    The run's sampler from ``--sampler``, ``--use_ddim`` and ``--guidance_interval``;
+    The run's sampler from ``--sampler``, ``--use_ddim``, ``--guidance_interval`` and the
+    flags of ``samplers.SETTING_FLAGS``;
     ``.sample_fn(diffusion)`` makes its SampleFn and ``.counts`` counts the evaluations.
 
     :raises SamplingInputError: a bad value, named with its flag.
     """
     try:
         return samplers.SamplerSetting.from_flags(
-            args.sampler, args.use_ddim, args.guidance_interval
-        )
+            args.sampler, args.use_ddim, args.guidance_interval,
+            **{flag: getattr(args, flag) for flag in samplers.SETTING_FLAGS if hasattr(args, flag)},
+        )  # fmt: skip
     except ValueError as err:
         raise SamplingInputError(str(err)) from None
 

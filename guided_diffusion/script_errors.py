@@ -2,17 +2,20 @@
 How the programs end on bad input: one line naming the flag, file or value at fault and
 exit status 1, instead of a traceback.
 
-A user error is a ``ValueError`` (a bad value, a file of the wrong kind, a checkpoint that
-does not fit the flags, a run that diverged) or an ``OSError`` (a missing or unreadable
+A user error is a ``ValueError`` (a bad value, a command line argparse cannot parse: see
+``ArgumentParser``, a file of the wrong kind, a checkpoint that does not fit the flags, a run
+that diverged) or an ``OSError`` (a missing or unreadable
 file, a folder that cannot be written, a full disk). Anything else is a bug and keeps its
 traceback. Set the environment variable ``GUIDED_DIFFUSION_DEBUG=1`` to see the traceback of
 user errors too. Files are written atomically, so an error never leaves a half-written one.
 """
 
+import argparse
+import difflib
 import os
 import sys
 from collections.abc import Callable
-from typing import Optional
+from typing import NoReturn, Optional
 
 DEBUG_VAR = "GUIDED_DIFFUSION_DEBUG"
 
@@ -21,6 +24,33 @@ USER_ERRORS = (ValueError, OSError)
 
 class SamplingInputError(ValueError):
     """Bad flags or input files: the message says what to change."""
+
+
+class UsageError(ValueError):
+    """A command line argparse cannot parse (an unknown flag, a value of the wrong type)."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """
+    ``argparse.ArgumentParser`` whose errors are user errors like any other: it raises
+    ``UsageError`` (one line under ``run_program``, exit status 1) instead of printing the
+    usage text and exiting with status 2. An unknown flag gets the closest known one as a
+    suggestion. ``--help`` still prints the help and exits with status 0.
+    """
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message}{self._suggestion(message)} (see --help)")
+
+    def _suggestion(self, message: str) -> str:
+        """' (did you mean --x?)' for the first unknown flag of an 'unrecognized' message."""
+        if not message.startswith("unrecognized arguments:"):
+            return ""
+        known = [s for action in self._actions for s in action.option_strings]
+        for word in message.split(":", 1)[1].split():
+            if word.startswith("--"):
+                close = difflib.get_close_matches(word.split("=")[0], known, n=1)
+                return f" (did you mean {close[0]}?)" if close else ""
+        return ""
 
 
 def debugging() -> bool:

@@ -14,6 +14,8 @@ import inspect
 import warnings
 from typing import Any, Callable, Optional, Sequence, Union
 
+import numpy as np
+
 from . import gaussian_diffusion as gd
 from .respace import SpacedDiffusion, space_timesteps
 from .unet import EncoderUNetModel, SuperResModel, UNetModel
@@ -150,7 +152,11 @@ FLAG_HELP = {
     "learn_sigma": "the model also predicts the variance (6 output channels)",
     "diffusion_steps": "number of diffusion steps T",
     "noise_schedule": "beta schedule: linear or cosine",
-    "timestep_respacing": "steps to keep: '' (all), '250', '10,15,20' or 'ddim50'",
+    "timestep_respacing": "steps to keep: '' (all), '250', '10,15,20' or 'ddim50'; or a named "
+    "grid of N steps: 'trailingN' (uniform in t from T-1), 'leadingN' (from 0, stride T//N), "
+    "'logsnrN' (uniform in log-SNR), 'karrasN' (Karras et al. 2022; '_rhoR' sets rho, default 7; "
+    "with logsnr too, '_maxS' starts at the noise level sigma/alpha S, e.g. 'karras10_max80' "
+    "for the cosine schedule)",
     "use_kl": "train on the variational bound",
     "predict_xstart": "the model predicts x_0 instead of the noise",
     "rescale_timesteps": "show the model timesteps scaled to [0, 1000)",
@@ -512,9 +518,12 @@ def create_gaussian_diffusion(
         [(learn_sigma, gd.ModelVarType.LEARNED_RANGE), (sigma_small, gd.ModelVarType.FIXED_SMALL)],
         gd.ModelVarType.FIXED_LARGE,
     )
+    betas = gd.get_named_beta_schedule(noise_schedule, steps)
     return SpacedDiffusion(
-        use_timesteps=space_timesteps(steps, timestep_respacing or [steps]),
-        betas=gd.get_named_beta_schedule(noise_schedule, steps),
+        use_timesteps=space_timesteps(
+            steps, timestep_respacing or [steps], alphas_cumprod=np.cumprod(1.0 - betas)
+        ),
+        betas=betas,
         model_mean_type=gd.ModelMeanType.START_X if predict_xstart else gd.ModelMeanType.EPSILON,
         model_var_type=model_var_type,
         loss_type=loss_type,

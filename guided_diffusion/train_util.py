@@ -12,15 +12,19 @@ number of optimizer steps taken so far (N):
 
 - ``model{N:06d}.pt``: the float32 model state dict (also with ``use_fp16`` / ``use_bf16``);
 - ``ema_{rate}_{N:06d}.pt``: the EMA weights for each rate, same layout;
-- ``opt{N:06d}.pt``: the AdamW state dict (plus ``lg_loss_scale`` with fp16).
+- ``opt{N:06d}.pt``: the AdamW state dict (plus ``lg_loss_scale`` with fp16);
+- ``train_state{N:06d}.pt``, with a ``LossSecondMomentResampler``: its loss history and the
+  step (tensors and plain values only).
 
-Resuming from ``model{N}.pt`` loads those three, sets the step to N and carries on. With a
-``seed``, every step reseeds torch, numpy and ``random`` from (seed, rank, step), so the noise,
-timesteps and dropout of step N are the same whether or not the run was resumed in between;
-given the same batches, N straight steps and N/2 + resume + N/2 give identical weights, EMA
-and optimizer state. Not in the checkpoint (as in the original): the position of the data
-iterator (``load_data`` starts a new epoch on resume) and the loss history of a
-``LossSecondMomentResampler`` (it warms up again).
+Resuming from ``model{N}.pt`` loads those files, sets the step to N and carries on, exactly
+as the run would have gone on without stopping: with a ``seed``, every step reseeds torch,
+numpy and ``random`` from (seed, rank, step), so its noise, timesteps and dropout do not
+depend on what ran before, and the data stream of step N (order, crops, flips) is batch N of
+``image_datasets.load_data`` (the training programs start it at the resumed step). N straight
+steps and N/2 + resume + N/2 give identical weights, EMA and optimizer state, on one rank or
+several (``tests/test_train_resume.py``, on CPUs; GPUs add the nondeterminism of their kernels
+unless deterministic ones are asked for, see docs/slurm.md). A SIGTERM stops a run at the next step boundary
+with that step saved (see ``BaseTrainLoop.run_loop``).
 """
 
 import argparse
@@ -30,8 +34,11 @@ import math
 import os
 import random
 import re
-from collections.abc import Iterator, Sequence
-from typing import Optional, Union
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import NoReturn, Optional, Union
 
 import blobfile as bf
 import numpy as np
@@ -43,7 +50,7 @@ from torch.optim import AdamW
 
 from . import dist_util, logger
 from .checkpoint_diagnosis import diagnose_mismatch
-from .checkpoint_util import read_optimizer_state, read_state_dict
+from .checkpoint_util import read_checkpoint, read_optimizer_state, read_state_dict
 from .flags import train_config_from_flags
 from .fp16_util import MixedPrecisionTrainer, NonFiniteLossError
 from .io_util import atomic_torch_save, is_local_path
@@ -54,7 +61,7 @@ from .resample import (
     UniformSampler,
     create_named_schedule_sampler,
 )
-from .run_config import make_run_config, write_run_config
+from .run_config import make_run_config, recorded_checkpoint_hash, write_run_config
 from .script_util import create_from_flags
 from .train_config import (
     TrainConfig,
@@ -187,9 +194,11 @@ class BaseTrainLoop:
         return [p.detach().clone() for p in params]
 
     def _read_model_state(self, path: str) -> dict[str, torch.Tensor]:
-        """:return: the state dict in ``path`` (safely read); a ``CheckpointMismatchError``
-        naming the differing keys and likely flags when it does not fit the model."""
-        state_dict = read_state_dict(path, map_location="cpu")
+        """:return: the state dict in ``path`` (safely read, its bytes checked against the
+        SHA-256 its run configuration records); a ``CheckpointMismatchError`` naming the
+        differing keys and likely flags when it does not fit the model."""
+        recorded, where = recorded_checkpoint_hash(path)
+        state_dict = read_state_dict(path, "cpu", expected_sha256=recorded, recorded_in=where)
         error = diagnose_mismatch(self.model, state_dict, path)
         if error is not None:
             raise error
@@ -229,28 +238,56 @@ class BaseTrainLoop:
     def run_loop(self) -> None:
         """
         Train until ``max_steps`` or ``lr_anneal_steps`` steps (forever when both are 0),
-        logging every ``log_interval`` steps and saving every ``save_interval`` steps and at
-        the end.
+        logging every ``log_interval`` steps (with a progress line: steps per second and the
+        time left) and saving every ``save_interval`` steps and at the end.
+
+        A SIGTERM (a preempted job, ``kill``, Slurm's end of time) stops the run after the
+        step in progress, on every rank at the same step: that step is saved, and the
+        process exits with status 143 (128 + SIGTERM); resuming from the saved checkpoint
+        continues exactly as if the run had not stopped.
         """
         if self.seed is not None:
-            # a data loader draws its shuffle and worker seeds from torch's generator when its
-            # first batch is taken: seed that from the start step too, so that a resumed run
-            # reads a new order rather than the one the first run began with
+            # the data loader draws its worker seeds from torch's generator when its first
+            # batch is taken: seed that from the start step too
             seed_for_step(self.seed, self.step, stream=1)
-        while not self._finished():
-            batch, cond = next(self.data)
-            self.run_step(batch, cond)
-            if self.step % self.log_interval == 0:
-                logger.dumpkvs()
-            self.step += 1
-            if self.step % self.save_interval == 0:
-                self.save()
+        self._resume_train_state()
+        progress = _Progress(self.step, self._last_step(), self.global_batch)
+        with _sigterm_stops() as stop_requested:
+            while not self._finished():
+                batch, cond = next(self.data)
+                self.run_step(batch, cond)
+                if self.step % self.log_interval == 0:
+                    logger.dumpkvs()
+                    logger.log(progress.line(self.step + 1))
+                self.step += 1
+                if self.step % self.save_interval == 0:
+                    self.save()
+                if dist_util.any_rank(stop_requested()):
+                    self._stop_for_signal()
         if self.step > self.resume_step:
             if (self.step - 1) % self.log_interval != 0:
                 logger.dumpkvs()
             if self.step % self.save_interval != 0:
                 self.save()
 
+    def _last_step(self) -> Optional[int]:
+        """:return: the step the run stops at (None: no limit)."""
+        limits = [limit for limit in (self.max_steps, self.lr_anneal_steps) if limit]
+        return min(limits) if limits else None
+
+    def _stop_for_signal(self) -> NoReturn:
+        """Save the step just taken (unless just saved) and exit with status 143."""
+        if (self.step - 1) % self.log_interval != 0:
+            logger.dumpkvs()
+        if self.step % self.save_interval != 0:
+            self.save()
+        logger.log(
+            f"stopped by SIGTERM after step {self.step}: resume with --resume_checkpoint "
+            f"{bf.join(get_blob_logdir(), f'model{self.step:06d}.pt')} (the same flags) to "
+            "continue exactly where it stopped"
+        )
+        dist_util.cleanup()
+        raise SystemExit(128 + signal.SIGTERM)
     def _finished(self) -> bool:
         return bool(
             (self.max_steps and self.step >= self.max_steps)
@@ -357,6 +394,9 @@ class BaseTrainLoop:
             if self.mp_trainer.use_fp16:
                 opt_state["lg_loss_scale"] = self.mp_trainer.lg_loss_scale
             files[f"opt{self.step:06d}.pt"] = opt_state
+            train_state = self._train_state()
+            if train_state is not None:
+                files[f"train_state{self.step:06d}.pt"] = train_state
             files[f"model{self.step:06d}.pt"] = self.mp_trainer.master_params_to_state_dict(
                 self.mp_trainer.master_params
             )
@@ -368,17 +408,63 @@ class BaseTrainLoop:
             remove_stale_temp_files(logdir)
             for name, state in files.items():
                 logger.log(f"saving {name} at step {self.step}...")
-                if name.startswith("opt"):
+                if name.startswith(("opt", "train_state")):
                     atomic_torch_save(state, bf.join(logdir, name))
                 else:
                     self._save_weights(state, bf.join(logdir, name))
         dist_util.barrier()
 
+    def _train_state(self) -> Optional[dict]:
+        """
+        What a resumed run needs besides weights, EMA and optimizer to continue exactly: the
+        schedule sampler's state (a loss-second-moment sampler's loss history), with the
+        step. Tensors and plain values only (``weights_only`` reads it). The data order and
+        every step's random numbers follow from ``seed`` and the step.
+
+        :return: the state, or None when there is nothing to save (a uniform sampler).
+        """
+        sampler = getattr(self, "schedule_sampler", None)
+        sampler_state = sampler.state_dict() if sampler is not None else {}
+        if not sampler_state:
+            return None
+        return {"step": self.step, "schedule_sampler": sampler_state}
+
+    def _resume_train_state(self) -> None:
+        """Load ``train_state{N}.pt`` beside the resumed checkpoint, when there is one."""
+        if not self.resume_checkpoint or not self.resume_step:
+            return
+        path = bf.join(bf.dirname(self.resume_checkpoint), f"train_state{self.resume_step:06d}.pt")
+        sampler = getattr(self, "schedule_sampler", None)
+        if not bf.exists(path):
+            if sampler is not None and sampler.state_dict():
+                logger.log(
+                    f"no {path} (saved by an older version): the timestep sampler's loss "
+                    "history starts afresh"
+                )
+            return
+        state = read_checkpoint(path)
+        if not isinstance(state, dict) or state.get("step") != self.resume_step:
+            raise ValueError(
+                f"{path} is not the training state of step {self.resume_step}: delete it to "
+                "resume without it"
+            )
+        if sampler is not None and state.get("schedule_sampler"):
+            try:
+                sampler.load_state_dict(state["schedule_sampler"])
+            except ValueError as err:
+                raise ValueError(f"{path}: {err}; was it saved with other flags?") from None
+
     def _save_weights(self, state_dict: dict[str, torch.Tensor], path: str) -> None:
-        """Write the run configuration beside ``path`` (if any), then the weights."""
-        if self.run_config is not None:
-            write_run_config(path, self.run_config)
-        atomic_torch_save(state_dict, path)
+        """Write the weights and the run configuration beside them (if any), recording their
+        SHA-256; the configuration is in place before the weights appear under ``path``."""
+        if self.run_config is None:
+            atomic_torch_save(state_dict, path)
+            return
+
+        def write_config(sha256: str) -> None:
+            write_run_config(path, self.run_config, sha256)
+
+        atomic_torch_save(state_dict, path, before_replace=write_config)
 
 
 class TrainLoop(BaseTrainLoop):
@@ -675,6 +761,56 @@ def log_loss_dict(diffusion, ts: torch.Tensor, losses: dict[str, torch.Tensor]) 
             logger.logkv_mean(f"{key}_q{int(quartile)}", value)
 
 
+@contextlib.contextmanager
+def _sigterm_stops() -> Iterator[Callable[[], bool]]:
+    """
+    While the block runs, SIGTERM only records that it came (the loop stops at the next step
+    boundary); the previous handler is restored afterwards. Outside the main thread, where
+    Python cannot handle signals, nothing changes.
+
+    :return: a function telling whether a SIGTERM came.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(signum))
+    try:
+        yield lambda: bool(received)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class _Progress:
+    """The training progress line: steps per second since the last line, and the time left."""
+
+    def __init__(self, start_step: int, last_step: Optional[int], global_batch: int):
+        self.last_step, self.global_batch = last_step, global_batch
+        self.started = self.mark = time.perf_counter()
+        self.start_step = self.mark_step = start_step
+
+    def line(self, steps_done: int) -> str:
+        """:param steps_done: the steps taken so far, those of a resumed run included."""
+        now = time.perf_counter()
+        rate = (steps_done - self.mark_step) / max(now - self.mark, 1e-9)
+        self.mark, self.mark_step = now, steps_done
+        text = f"step {steps_done}"
+        if self.last_step:
+            text += f" of {self.last_step} ({100 * steps_done / self.last_step:.0f}%)"
+        text += f": {rate:.3g} steps/s, "
+        text += f"{rate * self.global_batch:.3g} images/s, elapsed {_clock(now - self.started)}"
+        if self.last_step:
+            overall = (steps_done - self.start_step) / max(now - self.started, 1e-9)
+            text += f", ETA {_clock((self.last_step - steps_done) / max(overall, 1e-9))}"
+        return text
+
+
+def _clock(seconds: float) -> str:
+    """:return: seconds as H:MM:SS."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
 def get_blob_logdir() -> str:
     """:return: where checkpoints are saved: the logger's directory."""
     return logger.get_dir()
@@ -699,10 +835,12 @@ def find_ema_checkpoint(main_checkpoint: Optional[str], step: int, rate: float) 
     return path if bf.exists(path) else None
 
 
-_CHECKPOINT_FILE = re.compile(r"(model|opt)\d+\.pt|ema_[^_]+_\d+\.pt")
+_CHECKPOINT_FILE = re.compile(r"(model|opt|train_state)\d+\.pt|ema_[^_]+_\d+\.pt")
 # What atomic_write leaves when killed while writing a checkpoint or its run configuration:
 # ".<name>.<random>.tmp".
-_CHECKPOINT_TEMP_FILE = re.compile(r"\.((model|opt)\d+|ema_[^_]+_\d+)\.(pt|json)\.\w+\.tmp")
+_CHECKPOINT_TEMP_FILE = re.compile(
+    r"\.((model|opt|train_state)\d+|ema_[^_]+_\d+)\.(pt|json)\.\w+\.tmp"
+)
 
 
 def check_fresh_log_dir(logdir: Optional[str]) -> None:

@@ -21,6 +21,7 @@ Examples:
 
 import argparse
 import statistics
+import sys
 import tempfile
 import time
 from typing import Callable
@@ -28,6 +29,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
+from tqdm.auto import tqdm
 
 from guided_diffusion import dist_util, flags, logger, presets
 from guided_diffusion import script_util as su
@@ -130,28 +132,38 @@ def sample_step_fn(model, diffusion, batch, compiled) -> Callable[[], None]:
 
 
 def time_steps(
-    step: Callable[[], None], steps: int, warmup: int, device: str, backends: list[str]
+    step: Callable[[], None],
+    steps: int,
+    warmup: int,
+    device: str,
+    backends: list[str],
+    desc: str = "",
 ) -> dict[str, float]:
     """
     Time ``step`` with each attention backend, alternating between them step by step so
-    that a busy machine slows them alike.
+    that a busy machine slows them alike; with ``desc``, a progress bar on stderr (steps
+    done, seconds per step, time left), as the sampling programs show.
 
     :return: the median seconds per step of each backend, after ``warmup`` untimed steps.
     """
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     times = {backend: [] for backend in backends}
-    for _ in range(warmup):
-        for backend in backends:
-            with attention_backend(backend):
-                step()
-    for _ in range(steps):
-        for backend in backends:
-            with attention_backend(backend):
-                sync()
-                start = time.perf_counter()
-                step()
-                sync()
-                times[backend].append(time.perf_counter() - start)
+    total = (warmup + steps) * len(backends)
+    with tqdm(total=total, desc=desc, unit="step", disable=not desc, file=sys.stderr) as bar:
+        for _ in range(warmup):
+            for backend in backends:
+                with attention_backend(backend):
+                    step()
+                bar.update()
+        for _ in range(steps):
+            for backend in backends:
+                with attention_backend(backend):
+                    sync()
+                    start = time.perf_counter()
+                    step()
+                    sync()
+                    times[backend].append(time.perf_counter() - start)
+                bar.update()
     return {backend: statistics.median(t) for backend, t in times.items()}
 
 
@@ -184,7 +196,8 @@ def run(args, mode: str, backends: list[str], peak: float) -> dict[str, float]:
         step = train_step_fn(model, diffusion, trainer, batch, compiled)
     else:
         step = sample_step_fn(model, diffusion, batch, compiled)
-    seconds = time_steps(step, args.steps, args.warmup, args.device, backends)
+    desc = f"{args.config} {mode} ({args.warmup} warm-up + {args.steps} timed steps each)"
+    seconds = time_steps(step, args.steps, args.warmup, args.device, backends, desc=desc)
     flops = count_flops(args.config, args.batch_size, train=mode == "train")
     speeds = {}
     for backend, sec in seconds.items():

@@ -46,6 +46,8 @@ def main(argv: list[str] | None = None) -> None:
         )
 
     dist_util.setup_dist()
+    # the batches an uninterrupted run reads from the resumed step on: one per step, and a
+    # validation batch every --eval_interval steps
     data = load_data(
         data_dir=args.data_dir,
         batch_size=args.batch_size,
@@ -53,6 +55,8 @@ def main(argv: list[str] | None = None) -> None:
         class_cond=True,
         random_crop=True,
         random_flip=args.random_flip,
+        seed=args.seed,
+        start_batch=config.resume_step,
     )
     val_data = None
     if args.val_data_dir:
@@ -61,6 +65,8 @@ def main(argv: list[str] | None = None) -> None:
             batch_size=args.batch_size,
             image_size=args.image_size,
             class_cond=True,
+            seed=args.seed,
+            start_batch=-(-config.resume_step // args.eval_interval),
         )
     logger.configure()
 

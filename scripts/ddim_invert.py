@@ -3,6 +3,11 @@ DDIM inversion: encode images into the noise from which deterministic DDIM decod
 (no clipping of x0), or decode such noise back, e.g. with another class label or with
 classifier guidance, to edit the images.
 
+Guidance is the same both ways: with --classifier_path, --mode encode inverts the guided
+DDIM ODE (the classifier's gradient in every step's eps) and decodes with it for the
+round-trip error; --mode decode with a classifier (or labels) other than the encoding's
+edits the images.
+
     # encode: writes inverted_{N}x3x{H}x{W}.npz (arr_0 float32 noise, arr_1 labels, images)
     # and reports the round-trip error (decoding again)
     python scripts/ddim_invert.py $MODEL_FLAGS --model_path model.pt --timestep_respacing 100 \
@@ -54,7 +59,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         decode = dict(clip_denoised=args.clip_denoised, cond_fn=cond_fn, model_kwargs=kwargs)
         if args.mode == "decode":
             return {"decoded": ddim_decode(diffusion, model, x, **decode)}
-        noise = ddim_invert(diffusion, model, x, model_kwargs=kwargs)
+        noise = ddim_invert(diffusion, model, x, model_kwargs=kwargs, cond_fn=cond_fn)
         decoded = ddim_decode(diffusion, model, noise, **decode) if args.report_error else x
         return {"noise": noise, "decoded": decoded}
 
@@ -78,10 +83,11 @@ def _write_encoded(args, inputs: torch.Tensor, labels, result) -> None:
         arrays["decoded"] = edit_util.to_uint8(result.outputs["decoded"])
         grid = ("images", "decoded") if args.grid else ()
         error = (result.outputs["decoded"] - inputs.numpy()) / 2  # on the [0, 1] scale
+        guided = f" with classifier guidance at scale {args.classifier_scale} both ways"
         logger.log(
             f"round-trip error over {len(images)} images and {diffusion_steps(args)} steps "
-            f"each way: per-dimension MSE {np.mean(error**2):.3g} on [0, 1], "
-            f"largest |error| {np.abs(error).max():.3g}"
+            f"each way{guided if args.classifier_path else ''}: per-dimension MSE "
+            f"{np.mean(error**2):.3g} on [0, 1], largest |error| {np.abs(error).max():.3g}"
         )
     edit_util.write_edit_outputs(logger.get_dir() or ".", "inverted", arrays, grid)
     logger.log(f"{result.seconds / len(images):.2f} s per image; seed {result.seed}")

@@ -25,9 +25,9 @@ and samples already in --out_dir are reused, so adding a setting later costs onl
     python scripts/demo.py --out_dir demo_big --train_steps 20000 --num_channels 64 \
         --num_samples 1000      # bigger: better samples, clearer figures, slower
 
-A setting is NAME:key=value,... with keys sampler, steps, classifier_scale, guidance_scale,
-program (classifier_sample or image_sample); any other key is passed to the sampling program
-as --key value.
+A setting is NAME:key=value,... with keys sampler, steps, spacing, classifier_scale,
+guidance_scale, program (classifier_sample or image_sample); any other key is passed to the
+sampling program as --key value.
 """
 
 import argparse
@@ -89,7 +89,11 @@ def create_argparser() -> argparse.ArgumentParser:
     add("--steps", type=int, default=25, help="sampling steps of every setting unless it says")
     add("--sampler", default="ancestral",
         help="sampler of every setting unless it says: ancestral, ddim, dpm++2m, dpm++3m, "
-             "dpm++2m-sde, unipc")
+             "dpm++2m-sde, unipc, edm")
+    add("--spacing", default="",
+        help="where the --steps lie unless a setting says: '' (uniform in t, the original), "
+             "trailing, leading, logsnr or karras, with options such as karras_max80 "
+             "(--timestep_respacing's named grids without the count)")
     add("--classifier_scales", default="0,1,2,4,8",
         help="the classifier-guidance sweep: one setting per comma-separated scale")
     add("--extra_setting", action="append", default=[], metavar="NAME:key=value,...",
@@ -101,7 +105,9 @@ def create_argparser() -> argparse.ArgumentParser:
              "guidance, both guidances and autoguidance at every --guidance_scales "
              "(plot with the classifier sweep: precision_vs_recall.png)")
     add("--sweep_samplers", default="ancestral,ddim,dpm++2m,dpm++3m,dpm++2m-sde",
-        help="samplers of --sweep samplers")
+        help="samplers of --sweep samplers, each optionally with its spacing, e.g. "
+             "'dpm++2m-sde@karras_max80' (edm takes the most steps N with 2N - 1 <= the "
+             "evaluations)")
     add("--sweep_evaluations", default="5,10,15,20,25,50,250",
         help="model evaluations per image (sampling steps) of --sweep samplers")
     add("--sweep_variants", default="unguided,guided,interval",
@@ -154,7 +160,10 @@ def build_settings(args: argparse.Namespace) -> list[ds.Setting]:
     """
     :return: the sweep over --classifier_scales, every --extra_setting, then each --sweep.
     """
-    base = ds.Setting(name="base", sampler=args.sampler, steps=args.steps)
+    if args.spacing and ds.SPACING.fullmatch(args.spacing) is None:
+        raise DemoError(f"--spacing {args.spacing!r}: expected '' (uniform in t), trailing, "
+                        "leading, logsnr or karras, with options such as karras_rho5_max80")
+    base = ds.Setting(name="base", sampler=args.sampler, steps=args.steps, spacing=args.spacing)
     settings = ds.scale_sweep(_numbers(args, "classifier_scales"), base)
     try:
         settings += [ds.parse_setting(spec, base) for spec in args.extra_setting]
@@ -179,8 +188,11 @@ def build_settings(args: argparse.Namespace) -> list[ds.Setting]:
         for counts, kinds in ((evaluations, ["unguided"]), (guided, ["guided", "interval"])):
             kinds = [v for v in kinds if v in variants]
             if kinds:
-                settings += ds.sampler_sweep(base, counts, samplers, args.sweep_classifier_scale,
-                                             tuple(interval), kinds)
+                try:
+                    settings += ds.sampler_sweep(base, counts, samplers,
+                                                 args.sweep_classifier_scale, tuple(interval), kinds)
+                except ds.SettingError as err:
+                    raise DemoError(f"--sweep_samplers: {err}") from None
     if "guidance" in args.sweep:
         settings += ds.guidance_sweep(base, _numbers(args, "guidance_scales"),
                                       checkpoints(args)["guide"])

@@ -31,7 +31,10 @@ from guided_diffusion.train_util import create_network, train_diffusion_model
 def main(argv: list[str] | None = None) -> None:
     args, config = flags.parse_train_args(create_argparser(), argv, "model")
     dist_util.setup_dist()
-    data = load_data(**args_to_dict(args, flags.DATA_FLAGS))
+    # the batches an uninterrupted run reads from the resumed step on (one batch per step)
+    data = load_data(
+        **args_to_dict(args, flags.DATA_FLAGS), seed=args.seed, start_batch=config.resume_step
+    )
     logger.configure()
 
     model, diffusion = create_network(args, "model")

@@ -33,7 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     dist_util.setup_dist()
     data = load_superres_data(
         args.data_dir, args.batch_size, args.large_size, args.small_size, args.class_cond,
-        args.random_flip,
+        args.random_flip, seed=args.seed, start_batch=config.resume_step,
     )  # fmt: skip
     logger.configure()
 
@@ -48,10 +48,13 @@ def load_superres_data(
     small_size: int,
     class_cond: bool = False,
     random_flip: bool = True,
+    seed: int | None = None,
+    start_batch: int = 0,
 ) -> Iterator[tuple[torch.Tensor, dict[str, torch.Tensor]]]:
     """
     Batches of (images [N x 3 x large x large], {"low_res": [N x 3 x small x small], "y"?}),
-    flipped horizontally at random when ``random_flip``.
+    flipped horizontally at random when ``random_flip``; ``seed`` and ``start_batch`` as
+    ``load_data``'s.
     The folder is checked when this is called, before the first batch is read.
     """
     data = load_data(
@@ -60,6 +63,8 @@ def load_superres_data(
         image_size=large_size,
         class_cond=class_cond,
         random_flip=random_flip,
+        seed=seed,
+        start_batch=start_batch,
     )
     return _add_low_res(data, small_size)
 

@@ -75,6 +75,10 @@ def test_tiny_run_prints_figures():
     assert all("TFLOP/s" in row and "GFLOP/image" in row for row in rows)
     assert sum("speed ratio" in line for line in lines) == 2
     assert "Logging to" not in result.stdout
+    # a progress bar per mode on stderr while the steps run (steps done, time per step)
+    for mode in ("train", "sample"):
+        assert f"tiny {mode} (0 warm-up + 1 timed steps each): 100%" in result.stderr
+    assert "2/2" in result.stderr and "step" in result.stderr
 
 
 @pytest.mark.gpu

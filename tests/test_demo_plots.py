@@ -48,3 +48,10 @@ def test_figures_are_written_only_when_there_is_something_to_draw(tmp_path):
     # rows without finite metrics (evaluation off) draw nothing
     nan_rows = [dict(r, fid=float("nan"), precision=float("nan")) for r in rows]
     assert plots.write_figures(settings, nan_rows, str(tmp_path / "none")) == []
+
+
+def test_fid_plot_places_rows_at_their_counted_evaluations():
+    from guided_diffusion.demo.plots import evaluations
+
+    assert evaluations({"steps": 5, "model_evaluations": 9.0}) == 9.0  # edm: 2N - 1
+    assert evaluations({"steps": 5, "model_evaluations": ""}) == 5.0  # rows from older tables

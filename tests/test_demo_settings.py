@@ -135,3 +135,28 @@ def test_guidance_sweep_methods():
                                         "autoguidance"}
     assert {s.figure for s in sweep} == {ds.PR_FIGURE} == {
         s.figure for s in ds.scale_sweep([0, 1], BASE)}
+
+
+def test_spacing_makes_the_named_grid_of_the_steps():
+    base = ds.Setting(name="base", sampler="dpm++2m-sde", steps=25)
+    setting = ds.parse_setting("a:spacing=logsnr_max10,steps=10", base)
+    assert setting.respacing() == "logsnr10_max10"
+    assert setting.sampling_flags()[:4] == ["--timestep_respacing", "logsnr10_max10", "--sampler", "dpm++2m-sde"]
+    ddim = ds.parse_setting("b:sampler=ddim,spacing=trailing", base)
+    assert ddim.sampling_flags()[:2] == ["--timestep_respacing", "trailing25"]  # not ddim25
+    assert ds.result_row(setting, dict.fromkeys(ds.RESULT_COLUMNS[5:], 1.0))["spacing"] == "logsnr_max10"
+    with pytest.raises(ds.SettingError, match="spacing must be trailing, leading, logsnr or karras"):
+        ds.parse_setting("c:spacing=karras10", base)
+
+
+def test_sampler_sweep_spacing_and_edm_steps_within_the_evaluations():
+    base = ds.Setting(name="base", spacing="trailing")
+    rows = ds.sampler_sweep(base, [5, 10], ["edm@karras_max80", "dpm++2m-sde"], 2.0, (0.3, 5.0),
+                            ["unguided"])  # fmt: skip
+    assert [(r.name, r.steps, r.spacing) for r in rows] == [
+        ("edm_karras_max80_5", 3, "karras_max80"), ("edm_karras_max80_10", 5, "karras_max80"),
+        ("dpmpp2m-sde_5", 5, "trailing"), ("dpmpp2m-sde_10", 10, "trailing"),
+    ]  # fmt: skip
+    assert rows[0].group == "edm @ karras_max80" and rows[2].group == "dpm++2m-sde"
+    with pytest.raises(ds.SettingError, match="the spacing after '@'"):
+        ds.sampler_sweep(base, [5], ["edm@karras5"], 2.0, (0.3, 5.0), ["unguided"])

@@ -6,7 +6,9 @@ shards and rank-0-only logging with global means.
 
 import json
 import os
+import socket
 import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -24,7 +26,9 @@ LAUNCH_VARS = (
     "RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "OPENAI_LOGDIR",
     "OPENAI_LOG_FORMAT", "OPENAI_LOG_FORMAT_MPI", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID",
     "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "PMIX_RANK",
-    "MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE",
+    "MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS",
+    "SLURM_STEP_NUM_TASKS", "SLURM_LOCALID", "SLURM_STEP_NODELIST", "SLURM_JOB_NODELIST",
+    "SLURM_JOB_ID", "SLURM_STEP_ID",
 )
 NUM_IMAGES = 4  # image i is one flat colour 10 * i, class "c{i % 2}"
 
@@ -141,6 +145,86 @@ def test_two_ranks_under_torchrun(job):
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
 def test_two_ranks_with_nccl(job):
     _check_two_ranks(_run(_torchrun_command(job), job), job, gpus=True)
+
+
+def _free_port_between(low: int, high: int) -> int:
+    """A port in [low, high) that nothing listens on now."""
+    for port in np.random.default_rng().permutation(np.arange(low, high))[:200].tolist():
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+            return port
+    pytest.skip(f"no free port in {low}..{high - 1}")
+
+
+def _srun_environments(job: dict, nodelist: str) -> list[dict]:
+    """What srun gives the two tasks of a job step (no MPI, no torchrun), with a job id
+    whose derived store port is free here."""
+    port = _free_port_between(20000, 40000)
+    job_id = (port - 20000) * pow(97, -1, 20000) % 20000 + 20000 * 7  # slurm_port(job_id) == port
+    assert dist_util.slurm_port(job_id, 0) == port
+    common = dict(
+        SLURM_STEP_NUM_TASKS="2", SLURM_NTASKS="2", SLURM_STEP_NODELIST=nodelist,
+        SLURM_JOB_NODELIST=nodelist, SLURM_JOB_ID=str(job_id), SLURM_STEP_ID="0",
+        CUDA_VISIBLE_DEVICES="",
+    )  # fmt: skip
+    return [
+        {**job["env"], **common, "SLURM_PROCID": str(rank), "SLURM_LOCALID": str(rank)}
+        for rank in range(2)
+    ]
+
+
+def test_two_ranks_under_srun_without_mpi(job):
+    # two local processes with the variables srun sets: they join as ranks 0 and 1 at the
+    # first host of the node list (the second, never reached, stands for another node)
+    procs = [
+        subprocess.Popen([sys.executable, *job["args"]], env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)  # fmt: skip
+        for env in _srun_environments(job, "localhost,node7")
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    reports = []
+    for rank in range(2):
+        with open(job["out_dir"] / f"rank{rank}.json") as f:
+            reports.append(json.load(f))
+    _check_two_ranks(reports, job)
+
+
+def test_a_batch_script_shell_is_not_a_job_step(alone, monkeypatch):
+    # sbatch's own shell has SLURM_PROCID=0 and SLURM_NTASKS but no SLURM_STEP_NUM_TASKS
+    monkeypatch.setenv("SLURM_PROCID", "0")
+    monkeypatch.setenv("SLURM_NTASKS", "8")
+    assert dist_util.get_world_size() == 1
+    dist_util.setup_dist()
+    assert dist.get_world_size() == 1
+
+
+def test_a_taken_store_port_under_srun_is_one_line(alone, monkeypatch):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        for name, value in dict(SLURM_PROCID="0", SLURM_STEP_NUM_TASKS="2", SLURM_LOCALID="0",
+                                SLURM_STEP_NODELIST="localhost",
+                                MASTER_PORT=str(taken.getsockname()[1])).items():  # fmt: skip
+            monkeypatch.setenv(name, value)
+        with pytest.raises(ConnectionError, match=r"task 0 of the srun step could not open the "
+                           r"rendezvous store at 127\.0\.0\.1:\d+: .*MASTER_PORT") as info:  # fmt: skip
+            dist_util.setup_dist()
+    assert "\n" not in str(info.value)
+
+
+def test_slurm_host_lists_and_ports():
+    assert dist_util.expand_hostlist("gpu[01-03,07],login") == [
+        "gpu01", "gpu02", "gpu03", "gpu07", "login",
+    ]  # fmt: skip
+    assert dist_util.expand_hostlist("r[1-2]-n[8-9]") == ["r1-n8", "r1-n9", "r2-n8", "r2-n9"]
+    assert dist_util.expand_hostlist("") == []
+    ports = {dist_util.slurm_port(job, step) for job in (4711, 4712) for step in (0, 1)}
+    assert len(ports) == 4 and all(20000 <= p < 40000 for p in ports)
 
 
 @pytest.fixture

@@ -173,6 +173,23 @@ def test_ddim_invert_encode_then_decode(ckpt, inputs, tmp_path):
     assert decoded["arr_1"].tolist() == [2, 2]
 
 
+def test_ddim_invert_uses_the_classifier_both_ways(ckpt, inputs, tmp_path):
+    classifier = [
+        "--classifier_path", ckpt["classifier"], "--classifier_scale", "1.0",
+        "--classifier_width", "32", "--classifier_depth", "1",
+        "--classifier_attention_resolutions", "8", "--classifier_channel_mult", "1,2",
+    ]  # fmt: skip
+    common = [*flags(MODEL), "--class_cond", "False", *STEPS, "--model_path", ckpt["uncond"],
+              "--input", str(inputs / "folder"), "--class_labels", "1"]  # fmt: skip
+    guided = run("ddim_invert.py", [*common, *classifier], tmp_path / "guided")
+    run("ddim_invert.py", common, tmp_path / "plain")
+    assert "with classifier guidance at scale 1.0 both ways" in guided.stdout
+    noise, plain = (load(tmp_path / f / "inverted_2x3x16x16.npz") for f in ("guided", "plain"))
+    # the inversion followed the guided ODE (it ignored the classifier before)
+    assert not np.allclose(noise["arr_0"], plain["arr_0"])
+    assert noise["arr_1"].tolist() == [1, 1]
+
+
 def test_image_edit_bad_mask_one_line_exit_1_nothing_written(ckpt, inputs, tmp_path):
     argv = edit_flags(ckpt, inputs, "uncond", "--mask", str(inputs / "small_mask.png"))
     result = run("image_edit.py", argv, tmp_path / "out", check=False)
@@ -249,3 +266,15 @@ def test_out_of_range_labels_name_where_the_class_count_comes_from():
     with pytest.raises(SamplingInputError, match="\\(--num_classes 3\\)"):
         image_labels("", np.array([7]), 1, 3, seed=0)
     assert image_labels("1,2", None, 3, 3, seed=0).tolist() == [1, 2, 1]
+
+
+@pytest.mark.parametrize("grid", ["trailing3", "karras3"])
+def test_editing_programs_take_the_named_grids(ckpt, inputs, tmp_path, grid):
+    """The grids are --timestep_respacing forms, so the editing programs have them too."""
+    args = edit_flags(ckpt, inputs, "uncond", "--method", "sdedit", "--operator", "none",
+                      "--sdedit_repeats", "1", "--num_samples", "2")  # fmt: skip
+    args[args.index("--timestep_respacing") + 1] = grid
+    run("image_edit.py", args, tmp_path / "edit")
+    common = [*flags(MODEL), "--class_cond", "True", "--timestep_respacing", grid,
+              "--model_path", ckpt["cond"], "--input", str(inputs / "folder"), "--class_labels", "2"]
+    assert "round-trip error" in run("ddim_invert.py", common, tmp_path / "invert").stdout

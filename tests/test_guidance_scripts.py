@@ -135,7 +135,8 @@ def test_a_guide_is_built_from_its_own_run_configuration(ckpt, tmp_path):
 
     other = argparse.Namespace(**{**vars(saved), "predict_xstart": True})
     run_config.write_run_config(path, run_config.make_run_config("model", other))
-    with pytest.raises(SamplingInputError, match="differs from the main model's"):
+    with pytest.raises(SamplingInputError, match=r"was trained with --predict_xstart True, the "
+                       "main model with --predict_xstart False"):  # fmt: skip
         sample_util.guided_model_fn(args, model, diffusion)
 
 

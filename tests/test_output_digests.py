@@ -111,9 +111,11 @@ DIGESTS: dict[str, str] = {
     "ddim_invert/encode-uncond-xstart": "1c6e8f91dcc2eb1864845419d0964fdc39d1a0e7fdd62fda7d16d0eb563e00a2",
     "ddim_invert/decode-uncond-xstart-classifier": "5a42db88daf1174aeb0ec8c5891e729b350c8ee0170a1a2a29b4a1b9f8cb4937",
     "image_nll/bits_per_dim": "4ccf982adf8630457618d66ebc2f058b7f63bf578af675827fc3f1109e04251b",
-    "image_train/class_cond-microbatch": "3881f2bf911d3793b9991dffa3801b87f5d5cb3bf667b2f9839d6d295e1199da",
-    "classifier_train/with_validation": "cd5747bf185cc05d3d8dd49d6a40a24e09864e1941024c26a53463441db778b6",
-    "super_res_train/plain": "909039d061589fd2e4b361fe703c1e66935afb89778bb165191d579a414a4426",
+    # issue 22 (bit-identical resume): the data order and each image's crop and flip come
+    # from (--seed, rank, epoch) instead of the loader's and its worker's generators
+    "image_train/class_cond-microbatch": "ba055c016e47b22bf2525f4c5ae01cc8fe1d194fb72f95af0ee80be6c58bb2df",
+    "classifier_train/with_validation": "ade917954d607e291c0e3085146d8b40d0e3155838f9b3a69621de2d043da434",
+    "super_res_train/plain": "a2cae5158d02714679ed6b33f97b0732c9bddcffe89b0cc4860f3532a072d88e",
     "evaluator/metrics": "fc458d413c02a7d83785a78f9dc565c96bc7b4cc1d39075ca0f54baa8e741d9c",
     "evaluator/make_ref": "357e186b83f0694fba1287aa72ba5f5b47df1323cc389a498c516f59e31126a9",
     "npz_to_png/with_grid": "096537c431d0f41adc2f8379d1eebddf09f653cddf5cf5da472aa4489ca79bfb",

@@ -12,6 +12,7 @@ from conftest import OFFICIAL, build_from_flags, needs_json
 from guided_diffusion import flags, presets, script_util
 from guided_diffusion.checkpoint_util import read_shapes
 from guided_diffusion.run_config import RunConfigError
+from guided_diffusion.script_errors import UsageError
 
 # lsun_cat and lsun_horse are not in the JSON: they have lsun_bedroom's flags.
 JSON_NAME = {"lsun_cat": "lsun_bedroom", "lsun_horse": "lsun_bedroom"}
@@ -144,7 +145,8 @@ def test_preset_gives_the_flags_and_refuses_another_layout(tmp_path):
         flags.parse_args(
             sampling_parser(), [*argv, "--num_res_blocks", "2"], model_path="model"
         )
-    with pytest.raises(SystemExit):  # argparse names the valid presets
+    # argparse names the valid presets, in one line (a user error, exit status 1)
+    with pytest.raises(UsageError, match="argument --preset: '64x64_classifier' is not one of"):
         flags.parse_args(sampling_parser(), ["--preset", "64x64_classifier"], model_path="model")
     parser = flags.create_train_parser(
         "", flags.classifier_train_defaults(), script_util.classifier_and_diffusion_defaults(),

@@ -15,6 +15,7 @@ import torch
 from PIL import Image
 
 from guided_diffusion import dist_util, flags, logger, run_config
+from guided_diffusion.io_util import hash_file
 from guided_diffusion.run_config import RunConfigError
 from guided_diffusion.script_util import add_dict_to_argparser, model_and_diffusion_defaults
 
@@ -98,7 +99,16 @@ def test_written_beside_each_model_and_ema_checkpoint(images, run_main, tmp_path
     assert {"model000002.json", "ema_0.9999_000002.json"} <= set(files)
     assert "opt000002.json" not in files
     config = json.loads((run / "model000002.json").read_text())
-    assert config == json.loads((run / "ema_0.9999_000002.json").read_text())
+    ema_config = json.loads((run / "ema_0.9999_000002.json").read_text())
+    # each records its own checkpoint's hash, and a digest of its contents
+    assert config["checkpoint"] == {"sha256": hash_file(str(run / "model000002.pt"))}
+    assert ema_config["checkpoint"] == {"sha256": hash_file(str(run / "ema_0.9999_000002.pt"))}
+    assert config["digest"] == run_config.content_digest(config)
+    assert config["format_version"] == 2
+    mine = ("checkpoint", "digest")
+    assert {k: v for k, v in config.items() if k not in mine} == {
+        k: v for k, v in ema_config.items() if k not in mine
+    }
     assert config["kind"] == "model"
     assert config["model_flags"]["num_channels"] == 32
     assert config["model_flags"]["channel_mult"] == "1,2"
@@ -265,3 +275,275 @@ def test_class_count_origin(tmp_path):
     config["model_flags"]["class_cond"] = False  # an unconditional model's count is not used
     run_config.write_run_config(str(path), config)
     assert flags.class_count_origin(args) == "--num_classes 10"
+
+
+# ---------------------------------------------------------------- tied to its checkpoint
+
+
+def _copy_checkpoint(source, folder, name="ema_0.9999_000002", config_of=None):
+    """Copy a checkpoint and (unless config_of is False) the run configuration of
+    ``config_of`` (default: its own) into ``folder``; return the new .pt path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = folder / f"{name}.pt"
+    target.write_bytes(source.read_bytes())
+    if config_of is not False:
+        config = (config_of or source).with_suffix(".json")
+        (folder / f"{name}.json").write_text(config.read_text())
+    return target
+
+
+def _edit_config(checkpoint, edit, redigest: bool) -> None:
+    """Apply ``edit`` to the configuration beside ``checkpoint``; with ``redigest``, record
+    the new contents' digest too (a file written by some other tool)."""
+    path = checkpoint.with_suffix(".json")
+    config = json.loads(path.read_text())
+    edit(config)
+    if redigest:
+        config["digest"] = run_config.content_digest(config)
+    path.write_text(json.dumps(config))
+
+
+def _reverse_middle(path, size=64 * 1024) -> None:
+    """Alter a file inside its tensor data: reverse ``size`` bytes in its middle."""
+    data = bytearray(path.read_bytes())
+    middle = len(data) // 2
+    data[middle : middle + size] = data[middle : middle + size][::-1]
+    path.write_bytes(bytes(data))
+
+
+def test_an_edited_configuration_is_refused(trained, run_main, tmp_path):
+    model = _copy_checkpoint(trained["model"], tmp_path / "run")
+
+    def other_schedule(config):
+        config["diffusion_flags"]["noise_schedule"] = "linear"
+
+    _edit_config(model, other_schedule, redigest=False)
+    with pytest.raises(RunConfigError, match=r"ema_0\.9999_000002\.json was edited after it was "
+                       "saved: its contents no longer match its digest") as info:  # fmt: skip
+        run_main("image_sample", ["--model_path", model, *SAMPLE], tmp_path / "out")
+    assert "\n" not in str(info.value) and "delete it" in str(info.value)
+    assert not (tmp_path / "out" / "samples_3x8x8x3.npz").exists()
+
+
+def test_a_checkpoint_altered_in_its_tensor_data_is_refused(trained, run_main, tmp_path):
+    # with its run configuration: the SHA-256 recorded there, naming both files
+    model = _copy_checkpoint(trained["model"], tmp_path / "run")
+    _reverse_middle(model)
+    with pytest.raises(ValueError, match=rf"{model} does not match its run configuration "
+                       rf"{model.with_suffix('.json')}: its SHA-256") as info:  # fmt: skip
+        run_main("image_sample", ["--model_path", model, *SAMPLE], tmp_path / "out")
+    assert "\n" not in str(info.value)
+    # without one: the CRC-32 of the altered zip record
+    model.with_suffix(".json").unlink()
+    with pytest.raises(ValueError, match=rf"{model} is damaged: its record .*data/\d+ .* does not "
+                       "match the CRC-32 saved with it"):  # fmt: skip
+        run_main("image_sample", [*trained["model_flags"], "--model_path", model, *SAMPLE],
+                 tmp_path / "out")  # fmt: skip
+    assert not (tmp_path / "out" / "samples_3x8x8x3.npz").exists()
+
+
+def test_a_configuration_beside_another_checkpoint_is_refused(trained, run_main, tmp_path):
+    # the EMA weights under the model's configuration: same flags, other bytes
+    model = _copy_checkpoint(trained["model"], tmp_path / "run",
+                             config_of=trained["model"].parent / "model000002.pt")  # fmt: skip
+    with pytest.raises(ValueError, match="does not match its run configuration"):
+        run_main("image_sample", ["--model_path", model, *SAMPLE], tmp_path / "out")
+
+
+def test_resuming_checks_the_checkpoints_too(trained, images, run_main, tmp_path):
+    run = tmp_path / "run"
+    for name in ("model000002", "ema_0.9999_000002", "opt000002"):
+        source = trained["model"].parent / f"{name}.pt"
+        _copy_checkpoint(source, run, name, config_of=None if "opt" not in name else False)
+    _reverse_middle(run / "ema_0.9999_000002.pt")
+    with pytest.raises(ValueError, match=r"ema_0\.9999_000002\.pt does not match its run config"):
+        run_main("image_train", ["--data_dir", images, "--resume_checkpoint",
+                                 run / "model000002.pt", *TRAIN, "--max_steps", "3"], run)  # fmt: skip
+    _reverse_middle(run / "ema_0.9999_000002.pt")  # back as it was
+    _reverse_middle(run / "opt000002.pt")
+    with pytest.raises(ValueError, match=r"opt000002\.pt is damaged: its record"):
+        run_main("image_train", ["--data_dir", images, "--resume_checkpoint",
+                                 run / "model000002.pt", *TRAIN, "--max_steps", "3"], run)  # fmt: skip
+    assert not (run / "model000003.pt").exists()
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda c: c.update(extra=1), r": extra is not a key of a run configuration"),
+        (lambda c: c["model_flags"].update(num_channel=32),
+         r": model_flags\.num_channel is not a model flag of a model network"),
+        (lambda c: c["model_flags"].update(image_size="8"),
+         r": model_flags\.image_size must be an integer, got \"8\""),
+        (lambda c: c["model_flags"].update(num_res_blocks=0),
+         r": model_flags\.num_res_blocks must be a positive integer, got 0"),
+        (lambda c: c["model_flags"].update(dropout=1.5),
+         r": model_flags\.dropout must be a number in \[0, 1\), got 1\.5"),
+        (lambda c: c["model_flags"].update(class_cond=1),
+         r": model_flags\.class_cond must be true or false, got 1"),
+        (lambda c: c["diffusion_flags"].update(noise_schedule="cosin"),
+         r": diffusion_flags\.noise_schedule must be 'linear' or 'cosine', got \"cosin\""),
+        (lambda c: c["diffusion_flags"].update(diffusion_steps=-10),
+         r": diffusion_flags\.diffusion_steps must be a positive integer"),
+        (lambda c: c["data"].update(num_classes=4),
+         r": data\.num_classes must be the number of data\.class_names \(3\), got 4"),
+        (lambda c: c["data"]["class_names"].append("cat"),
+         r": data\.class_names must not name a class twice"),
+        # more classes than the network has labels for: the last would be the null class
+        (lambda c: (c["model_flags"].update(num_classes=3, class_dropout_prob=0.1),
+                    c["data"].update(num_classes=4, class_names=["cat", "dog", "owl", "yak"])),
+         r": data\.class_names lists 4 classes but the network has labels for 3"),
+        (lambda c: c["model_flags"].update(class_cond=False),
+         r": data must be null: the network is not class-conditional"),
+        (lambda c: c.update(format_version=3), r": format_version is 3; this version reads 1 and 2"),
+        (lambda c: c.update(checkpoint={"sha256": "abc"}), r": checkpoint must be"),
+    ],
+)  # fmt: skip
+def test_every_key_is_checked_naming_it_and_the_file(trained, edit, message, tmp_path):
+    model = _copy_checkpoint(trained["model"], tmp_path / "run")
+    _edit_config(model, edit, redigest=True)
+    with pytest.raises(RunConfigError, match=rf"run configuration {model.with_suffix('.json')}"
+                       f"{message}") as info:  # fmt: skip
+        run_config.read_run_config(str(model))
+    assert "\n" not in str(info.value)
+
+
+def test_the_null_class_is_never_drawn_as_a_class(images, run_main, tmp_path):
+    # a model with a null class (label 3) whose configuration claims a fourth class
+    run = tmp_path / "run"
+    run_main("image_train", ["--data_dir", images, *MODEL, "--class_cond", "True",
+                             "--num_classes", "3", "--class_dropout_prob", "0.1", *TRAIN,
+                             "--max_steps", "1", "--save_interval", "1"], run)  # fmt: skip
+
+    def fourth_class(config):
+        config["data"] = {"num_classes": 4, "class_names": ["cat", "dog", "owl", "yak"]}
+
+    _edit_config(run / "model000001.pt", fourth_class, redigest=True)
+    with pytest.raises(RunConfigError, match="lists 4 classes but the network has labels for 3"):
+        run_main("image_sample", ["--model_path", run / "model000001.pt", *SAMPLE,
+                                  "--num_samples", "8"], tmp_path / "out")  # fmt: skip
+    assert not (tmp_path / "out" / "samples_8x8x8x3.npz").exists()
+
+
+def test_an_older_configuration_without_a_hash_loads_with_a_warning(trained, run_main, tmp_path):
+    model = _copy_checkpoint(trained["model"], tmp_path / "run")
+
+    def version_1(config):
+        del config["checkpoint"], config["digest"]
+        config["format_version"] = 1
+
+    _edit_config(model, version_1, redigest=False)
+    run_main("image_sample", ["--model_path", model, *SAMPLE], tmp_path / "out")
+    full = tmp_path / "full"
+    run_main("image_sample", ["--model_path", trained["model"], *SAMPLE], full)
+    _same_npz(tmp_path / "out/samples_3x8x8x3.npz", full / "samples_3x8x8x3.npz")
+    log = (tmp_path / "out" / "log.txt").read_text()
+    assert log.count(f"warning: {model.with_suffix('.json')} records no SHA-256") == 1
+
+
+# ---------------------------------------------------------------- autoguidance guides
+
+
+@pytest.fixture(scope="module")
+def guides(images, tmp_path_factory):
+    """Guides for the trained model, one step each (at a high learning rate, so that they
+    predict something): another image size, no learned variance, unconditional."""
+    root = tmp_path_factory.mktemp("guides")
+    mp = pytest.MonkeyPatch()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    one_step = [*TRAIN, "--max_steps", "1", "--save_interval", "1", "--lr", "0.01"]
+    runs = {
+        "size16": [*MODEL, "--image_size", "16", "--attention_resolutions", "8",
+                   "--class_cond", "True"],
+        "no_sigma": [*MODEL, "--learn_sigma", "False", "--class_cond", "True"],
+        "uncond": MODEL,
+    }  # fmt: skip
+    try:
+        for name, argv in runs.items():
+            mp.setenv("OPENAI_LOGDIR", str(root / name))
+            _script("image_train").main([str(a) for a in ["--data_dir", images, *argv, *one_step]])
+            logger.reset()
+            dist_util.cleanup()
+    finally:
+        mp.undo()
+        torch.set_num_threads(threads)
+    return {name: root / name / "model000001.pt" for name in runs}
+
+
+@pytest.mark.parametrize(
+    "guide, message",
+    [
+        ("size16", r"was trained with --image_size 16, the main model with --image_size 8"),
+        ("no_sigma", r"was trained with --learn_sigma False, the main model with --learn_sigma "
+         "True"),
+    ],
+)  # fmt: skip
+def test_a_guide_that_does_not_fit_is_refused_before_sampling(
+    trained, guides, run_main, tmp_path, guide, message
+):
+    argv = ["--model_path", trained["model"], "--guide_model_path", guides[guide],
+            "--guidance_scale", "2", *SAMPLE]  # fmt: skip
+    with pytest.raises(ValueError, match=rf"--guide_model_path {guides[guide]} \(see .*\) "
+                       f"{message}") as info:  # fmt: skip
+        run_main("image_sample", argv, tmp_path)
+    assert "\n" not in str(info.value)
+    assert "sampling..." not in (tmp_path / "log.txt").read_text()
+    assert not list(tmp_path.glob("samples_*"))
+
+
+def test_an_unconditional_guide_guides_a_conditional_model_without_labels(
+    trained, guides, run_main, tmp_path
+):
+    plain = ["--model_path", trained["model"], *SAMPLE]
+    run_main("image_sample", plain, tmp_path / "plain")
+    guided = [*plain, "--guide_model_path", guides["uncond"], "--guidance_scale", "3"]
+    run_main("image_sample", guided, tmp_path / "guided")
+    plain, guided = (_npz(tmp_path / f / "samples_3x8x8x3.npz") for f in ("plain", "guided"))
+    assert np.array_equal(plain["arr_1"], guided["arr_1"]) and guided["arr_1"].max() < 3
+    assert not np.array_equal(plain["arr_0"], guided["arr_0"])
+
+
+def test_a_conditional_guide_of_an_unconditional_model_is_refused(
+    trained, guides, run_main, tmp_path
+):
+    argv = ["--model_path", guides["uncond"], "--guide_model_path", trained["model"],
+            "--guidance_scale", "2", *SAMPLE]  # fmt: skip
+    with pytest.raises(ValueError, match=rf"--guide_model_path {trained['model']} .* is "
+                       "class-conditional but the main model is not"):  # fmt: skip
+        run_main("image_sample", argv, tmp_path)
+    assert not list(tmp_path.glob("samples_*"))
+
+
+# ---------------------------------------------------------------- a model and its classifier
+
+
+def test_a_classifier_with_its_own_class_count_guides_a_model_of_the_same_classes(
+    trained, images, run_main, tmp_path
+):
+    # the model kept the default --num_classes 1000, the classifier was trained with 3:
+    # both were trained on the same 3 classes, which is what counts
+    run_main("classifier_train", ["--data_dir", images, *CLASSIFIER, "--num_classes", "3",
+                                  *TRAIN, "--iterations", "1", "--save_interval", "1"],
+             tmp_path / "classifier")  # fmt: skip
+    classifier = tmp_path / "classifier" / "model000001.pt"
+    guided = ["--model_path", trained["model"], "--classifier_path", classifier, *SAMPLE]
+    run_main("classifier_sample", guided, tmp_path / "out")
+    labels = _npz(tmp_path / "out" / "samples_3x8x8x3.npz")["arr_1"]
+    assert labels.max() < 3
+
+    # a classifier of other classes is refused, naming both and their classes
+    others = tmp_path / "others"
+    others.mkdir()
+    for name in ("cat", "dog", "yak"):
+        for i in range(2):
+            (others / f"{name}_{i}.png").write_bytes((images / "cat_0.png").read_bytes())
+    run_main("classifier_train", ["--data_dir", others, *CLASSIFIER, "--num_classes", "3",
+                                  *TRAIN, "--iterations", "1", "--save_interval", "1"],
+             tmp_path / "other_classifier")  # fmt: skip
+    other = tmp_path / "other_classifier" / "model000001.pt"
+    with pytest.raises(RunConfigError, match=r"--model_path .* was trained on the classes cat, "
+                       r"dog, owl \(.*\) but --classifier_path .* on cat, dog, yak"):  # fmt: skip
+        run_main("classifier_sample", ["--model_path", trained["model"], "--classifier_path",
+                                       other, *SAMPLE], tmp_path / "refused")  # fmt: skip
+    assert not list((tmp_path / "refused").glob("samples_*"))

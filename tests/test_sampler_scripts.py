@@ -90,3 +90,62 @@ def test_bad_sampler_flags_fail_before_any_work(script, argv, message):
 
     with pytest.raises(SamplingInputError, match=message):
         import_script(script).main(argv)
+
+
+def with_respacing(args: list[str], spec: str) -> list[str]:
+    i = args.index("--timestep_respacing")
+    return args[: i + 1] + [spec] + args[i + 2 :]
+
+
+def test_edm_sampler_with_churn_same_file_for_any_split(ckpt, tmp_path):
+    """The churn's noise is per image: the same file alone, with two ranks and in one batch;
+    4 steps cost 7 evaluations; the grid and the thresholding reach the program too."""
+    extra = ["--sampler", "edm", "--S_churn", "2", "--dynamic_threshold", "0.99"]
+    args = with_respacing(sample_flags(ckpt, num_samples=4, batch_size=2), "karras4") + extra
+    alone = run("image_sample.py", args, tmp_path / "one")
+    run("image_sample.py", args, tmp_path / "two", launcher="torchrun")
+    run("image_sample.py", with_respacing(sample_flags(ckpt, num_samples=4, batch_size=4), "karras4")
+        + extra, tmp_path / "batch")  # fmt: skip
+    assert np.array_equal(images(tmp_path / "one"), images(tmp_path / "two"))
+    assert np.array_equal(images(tmp_path / "one"), images(tmp_path / "batch"))
+    assert "model evaluations / classifier evaluations per image: 7 / 0" in alone.stdout
+    run("image_sample.py", args[:-2], tmp_path / "plain")  # without thresholding
+    assert not np.array_equal(images(tmp_path / "one"), images(tmp_path / "plain"))
+
+
+def test_classifier_guided_edm_sampler(ckpt, tmp_path):
+    args = with_respacing(sample_flags(ckpt, model="uncond", num_samples=4, batch_size=4), "trailing3") + [
+        *flags(CLASSIFIER), "--classifier_path", ckpt["classifier"], "--class_labels", "0,3",
+        "--classifier_scale", "5", "--sampler", "edm", "--S_churn", "1",
+    ]  # fmt: skip
+    result = run("classifier_sample.py", args, tmp_path)
+    assert "per image: 5 / 5" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--sampler", "edm", "--S_churn", "-1"], "--S_churn must be a number >= 0"),
+        (["--lower_order_final", "below"], "--lower_order_final must be always, never or belowN"),
+        (["--unipc_order", "5"], "--unipc_order must be 1, 2 or 3"),
+        (["--third_order_form", "x"], "--third_order_form must be exact or circulated"),
+        (["--dynamic_threshold", "99.5"], "--dynamic_threshold must be 0"),
+        (["--sde_eta", "-1"], "--sde_eta must be a number >= 0"),
+    ],
+)  # fmt: skip
+def test_bad_setting_flags_fail_before_any_work(argv, message):
+    from guided_diffusion.sample_util import SamplingInputError
+
+    with pytest.raises(SamplingInputError, match=message):
+        import_script("image_sample").main(argv)
+
+
+def test_bad_grid_is_one_line_and_exit_1(ckpt, tmp_path):
+    args = with_respacing(sample_flags(ckpt, num_samples=2, batch_size=2), "karras4_rho0")
+    result = run("image_sample.py", args, tmp_path, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1].endswith(
+        "--timestep_respacing karras4_rho0: '_rhoR' (R > 0) may follow 'karrasN' and '_maxS' "
+        "(the largest noise level sigma / alpha, S > 0) 'karrasN' or 'logsnrN', once each"
+    )
+    assert "Traceback" not in result.stderr

@@ -115,7 +115,7 @@ def _run_and_check(command: list[str], job: dict) -> None:
         assert torch.equal(a, b)
 
     # Only rank 0 wrote checkpoints and logs.
-    assert r0["checkpoint_writes"] == 6 and r1["checkpoint_writes"] == 0
+    assert r0["checkpoint_writes"] == 8 and r1["checkpoint_writes"] == 0
     assert r0["log_outputs"] == 3 and r1["log_outputs"] == 0
     assert r0["log_dir"] == r1["log_dir"] == str(job["log_dir"])
     assert sorted(os.listdir(job["log_dir"])) == [
@@ -131,6 +131,8 @@ def _run_and_check(command: list[str], job: dict) -> None:
         "opt000002.pt",
         "opt000003.pt",
         "progress.csv",
+        "train_state000002.pt",
+        "train_state000003.pt",
     ]
     assert proc.stdout.count("Logging to") == 1
     saved = torch.load(job["log_dir"] / "model000003.pt", weights_only=True)

@@ -46,6 +46,12 @@ def _pyplot():
     return plt
 
 
+def evaluations(row: Row) -> float:
+    """:return: the row's model evaluations per image as counted, else its steps."""
+    counted = row.get("model_evaluations", "")
+    return float(counted) if _finite(counted) else float(row["steps"])
+
+
 def plot_fid_vs_evaluations(
     settings: Sequence[Setting], rows: Sequence[Row], path: str
 ) -> Optional[str]:
@@ -64,10 +70,10 @@ def plot_fid_vs_evaluations(
     palette = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     samplers = list(dict.fromkeys(group.split(",")[0] for group in groups))  # one colour each
     for group, rs in groups.items():
-        rs = sorted(rs, key=lambda r: int(r["steps"]))
+        rs = sorted(rs, key=evaluations)
         style = "--" if "interval" in group else (":" if "classifier" in group else "-")
         color = palette[samplers.index(group.split(",")[0]) % len(palette)]
-        ax.plot([r["steps"] for r in rs], [r["fid"] for r in rs], style, marker="o",
+        ax.plot([evaluations(r) for r in rs], [r["fid"] for r in rs], style, marker="o",
                 markersize=3, label=group, color=color)
     ax.set_xscale("log")  # before the label below is placed on the axis' left end
     reference = [r for r in groups.get("ancestral", []) if int(r["steps"]) == 250]

@@ -10,6 +10,7 @@ command line as ``NAME:key=value,key=value`` (see parse_setting), so new samplin
 
 import math
 import os
+import re
 from dataclasses import dataclass, field, replace
 from typing import Optional, Sequence
 
@@ -33,15 +34,18 @@ RESULT_COLUMNS = (
 )
 # further columns, after the required ones: the guidance interval of the row, and the
 # evaluations per image the sampling program counted (model forward passes, classifier
-# gradients), so a guidance interval's savings and a solver's cost can be read off
-EXTRA_COLUMNS = ("guidance_interval", "model_evaluations", "classifier_evaluations")
+# gradients), so a guidance interval's savings and a solver's cost can be read off, and the
+# spacing of the steps ("": the original's)
+EXTRA_COLUMNS = ("guidance_interval", "model_evaluations", "classifier_evaluations", "spacing")
 # the evaluator's KID, density and coverage: NaN in rows whose metrics predate them
 NEWER_METRICS = ("kid", "density", "coverage")
 # the sampling programs: guided by the noisy classifier, or not
 CLASSIFIER_PROGRAM = "scripts/classifier_sample.py"
 PLAIN_PROGRAM = "scripts/image_sample.py"
 PROGRAMS = {"classifier_sample": CLASSIFIER_PROGRAM, "image_sample": PLAIN_PROGRAM}
-SETTING_KEYS = ("sampler", "steps", "classifier_scale", "guidance_scale", "program")
+SETTING_KEYS = ("sampler", "steps", "spacing", "classifier_scale", "guidance_scale", "program")
+# --timestep_respacing's named grids without their count (respace.py), e.g. "karras_max80"
+SPACING = re.compile(r"(trailing|leading|logsnr|karras)((?:_(?:rho|max)[\d.]+)*)")
 
 
 class SettingError(ValueError):
@@ -57,6 +61,9 @@ class Setting:
     :param sampler: "ancestral" (the original p_sample loop), "ddim", or a name the sampling
         program accepts with --sampler.
     :param steps: sampling steps (--timestep_respacing, from the trained number of steps).
+    :param spacing: where the steps lie: "" the original's (uniform in t; "ddimN" for DDIM),
+        else a named grid of --timestep_respacing without its count ("trailing", "leading",
+        "logsnr", "karras", with options such as "karras_rho5_max80").
     :param classifier_scale: classifier-guidance scale; 0 samples without the classifier.
     :param guidance_scale: classifier-free guidance scale, None when not used.
     :param program: "classifier_sample" or "image_sample"; None: the classifier program when
@@ -70,6 +77,7 @@ class Setting:
     name: str
     sampler: str = "ancestral"
     steps: int = 50
+    spacing: str = ""
     classifier_scale: float = 0.0
     guidance_scale: Optional[float] = None
     program: Optional[str] = None
@@ -92,10 +100,10 @@ class Setting:
         :return: the flags this setting gives the sampling program (the model, checkpoint
             and count flags are the demo's).
         """
-        if self.sampler == "ddim":
+        if self.sampler == "ddim" and not self.spacing:
             flags = ["--use_ddim", "True", "--timestep_respacing", f"ddim{self.steps}"]
         else:
-            flags = ["--timestep_respacing", str(self.steps)]
+            flags = ["--timestep_respacing", self.respacing()]
             if self.sampler != "ancestral":
                 flags += ["--sampler", self.sampler]
         if self.script() == CLASSIFIER_PROGRAM:
@@ -105,6 +113,18 @@ class Setting:
         for key, value in self.extra_flags:
             flags += [f"--{key}", value]
         return flags
+
+
+    def respacing(self) -> str:
+        """:return: the --timestep_respacing of ``steps`` at ``spacing`` (not for ddim's own)."""
+        form, _, options = self.spacing.partition("_")
+        return f"{form}{self.steps}" + (f"_{options}" if options else "")
+
+
+def steps_for(sampler: str, evaluations: int) -> int:
+    """:return: the most steps of ``sampler`` within ``evaluations`` model evaluations per
+    image (the EDM sampler's N steps cost 2N - 1)."""
+    return (evaluations + 1) // 2 if sampler == "edm" else evaluations
 
 
 def _number(value: float) -> str:
@@ -129,6 +149,13 @@ def _apply(setting: Setting, key: str, value: str, spec: str) -> Setting:
         if not value.isdigit() or int(value) < 1:
             raise SettingError(f"setting {spec!r}: steps must be a positive integer, got {value!r}")
         return replace(setting, steps=int(value))
+    if key == "spacing":
+        if SPACING.fullmatch(value) is None:
+            raise SettingError(
+                f"setting {spec!r}: spacing must be trailing, leading, logsnr or karras (with "
+                f"options such as karras_rho5_max80), got {value!r}"
+            )
+        return replace(setting, spacing=value)
     if key == "classifier_scale":
         return replace(setting, classifier_scale=_float(value, key, spec))
     if key == "guidance_scale":
@@ -208,9 +235,14 @@ def sampler_sweep(
     the guidance interval (lo, hi] of the noise level sigma_t / alpha_t (``variants``, a
     subset of SWEEP_VARIANTS, chooses among these three).
 
+    :param evaluations: model evaluations per image; the EDM sampler takes the most steps
+        within them (``steps_for``: 2N - 1 <= n).
+    :param samplers: sampler names, each optionally with its spacing as "sampler@spacing"
+        (e.g. "dpm++2m-sde@karras_max80"; without one, ``base``'s).
     :return: settings named ``{sampler}_{n}``, ``{sampler}_{n}_cg{scale}`` and
-        ``{sampler}_{n}_cg{scale}_interval`` ('+' written 'p'), one FID_FIGURE curve per
-        sampler and variant.
+        ``{sampler}_{n}_cg{scale}_interval`` ('+' written 'p'; with a spacing
+        ``{sampler}_{spacing}_{n}...``), one FID_FIGURE curve per sampler, spacing and variant.
+    :raises SettingError: an unknown spacing.
     """
     lo, hi = interval
     scale = _number(classifier_scale)
@@ -220,12 +252,21 @@ def sampler_sweep(
         "interval": (f"_cg{scale}_interval", f", classifier {scale} in ({lo:g}, {hi:g}]",
                      float(classifier_scale), (("guidance_interval", f"{lo:g},{hi:g}"),)),
     }
+    entries = []
+    for entry in samplers:
+        sampler, at, spacing = entry.partition("@")
+        spacing = spacing if at else base.spacing
+        if spacing and SPACING.fullmatch(spacing) is None:
+            raise SettingError(f"sampler {entry!r}: the spacing after '@' must be trailing, "
+                               "leading, logsnr or karras (with options such as karras_max80)")
+        entries.append((sampler, spacing, sampler.replace("+", "p") + (f"_{spacing}" if at else ""),
+                        sampler + (f" @ {spacing}" if at else "")))
     return [
-        replace(base, name=f"{sampler.replace('+', 'p')}_{n}{suffix}", sampler=sampler,
-                steps=n, classifier_scale=cs, extra_flags=base.extra_flags + flags,
-                group=sampler + label, figure=FID_FIGURE)
+        replace(base, name=f"{name}_{n}{suffix}", sampler=sampler, spacing=spacing,
+                steps=steps_for(sampler, n), classifier_scale=cs,
+                extra_flags=base.extra_flags + flags, group=group + label, figure=FID_FIGURE)
         for suffix, label, cs, flags in (rows[v] for v in SWEEP_VARIANTS if v in variants)
-        for sampler in samplers
+        for sampler, spacing, name, group in entries
         for n in evaluations
     ]
 
@@ -282,8 +323,9 @@ def result_row(setting: Setting, metrics: dict[str, float]) -> dict[str, object]
     row.update({key: metrics.get(key, math.nan) if key in NEWER_METRICS else metrics[key]
                 for key in RESULT_COLUMNS[5:]})
     row["guidance_interval"] = setting.guidance_interval()
-    for key in EXTRA_COLUMNS[1:]:
+    for key in ("model_evaluations", "classifier_evaluations"):
         row[key] = metrics.get(key, "")
+    row["spacing"] = setting.spacing
     return row
 
 

@@ -26,9 +26,9 @@ def main() -> None:
 
     real_save = train_util.atomic_torch_save
 
-    def counting_save(obj, path):
+    def counting_save(obj, path, **kwargs):
         seen["checkpoint_writes"] += 1
-        real_save(obj, path)
+        return real_save(obj, path, **kwargs)
 
     train_util.atomic_torch_save = counting_save
 
