@@ -40,12 +40,8 @@ from . import presets, run_config
 from .fp16_util import check_precision
 from .image_datasets import list_classes
 from .operators import MASK_NAMES, OPERATOR_NAMES
-<<<<<<< HEAD
 from .respace import space_timesteps
-from .script_errors import SamplingInputError
-=======
 from .script_errors import ArgumentParser, SamplingInputError
->>>>>>> main
 from .script_util import NUM_CLASSES, add_dict_to_argparser
 from .train_config import TrainConfig, classifier_train_config
 
@@ -528,12 +524,8 @@ def parse_args(
     """
     args = parser.parse_args(argv)
     check_finite_flags(args)
-<<<<<<< HEAD
     check_seed_flags(args)
-    args.class_names, args.presets = None, {}
-=======
     args.class_names, args.presets, args.label_counts = None, {}, {}
->>>>>>> main
     explicit = given_flags(parser, argv)
     filled: dict[str, tuple[Any, str]] = {}  # flag -> (value, where it comes from)
     trained: dict[str, tuple[list[str], str]] = {}  # flag -> (class names, configuration)

@@ -48,15 +48,8 @@ def load_weights(model: nn.Module, path: str, flag: str) -> None:
     :raises CheckpointMismatchError: the checkpoint does not fit the flags.
     :raises RunConfigError: the run configuration beside it is invalid.
     """
-<<<<<<< HEAD
     _require_path(path, flag)
-=======
-    if not path:
-        raise SamplingInputError(f"--{flag} is required: the checkpoint (.pt) file to load")
-    if not bf.exists(path):
-        raise FileNotFoundError(f"--{flag}: checkpoint file not found: {path}")
     recorded, where = run_config.recorded_checkpoint_hash(path)
->>>>>>> main
     logger.log(f"loading {path}")
     try:
         load_checkpoint(model, path, "cpu", expected_sha256=recorded, recorded_in=where)
@@ -274,11 +267,8 @@ def load_classifier(args: argparse.Namespace) -> nn.Module:
     # the classifier's diffusion flags are the model's: fill in what a parser left out; its
     # label count is its own when its run configuration says it (flags.parse_args)
     args = argparse.Namespace(**{**defaults, **vars(args)})
-<<<<<<< HEAD
     _require_path(args.classifier_path, "classifier_path")  # before the flags build anything
-=======
     args.num_classes = getattr(args, "label_counts", {}).get("classifier_path", args.num_classes)
->>>>>>> main
     classifier, _, use_fp16 = _build(args, "classifier", "classifier_use_fp16")
     _log_flags_source(args, "classifier_path")
     load_weights(classifier, args.classifier_path, "classifier_path")
