@@ -19,7 +19,6 @@ from .flags import check_counts
 from .gaussian_diffusion import GaussianDiffusion
 from .image_seeds import ImageRandom
 from .io_util import atomic_write
-from .npz_batch import read_array
 from .shards import run_resumable
 
 
@@ -126,11 +125,13 @@ def evaluate_bpd_resumable(
     )  # fmt: skip
     means = BpdMeans(num_samples, log=False)
     if dist_util.group_rank() == 0:
-        for start, stop in store.done():
-            if stop <= num_samples:
-                means.add(start, {k: read_array(store.path(start, stop), k) for k in BPD_TERMS})
-        if not keep_shards:
-            store.remove()
+        try:
+            for start, stop in store.covering(num_samples):
+                means.add(start, {k: store.read(start, stop, k, num_samples) for k in BPD_TERMS})
+            if not keep_shards:
+                store.remove()
+        finally:
+            store.release()
     return means.means()
 
 

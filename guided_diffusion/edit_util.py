@@ -10,6 +10,7 @@ degraded and result side by side. Their flags are ``flags``' (``image_edit_defau
 import argparse
 import json
 import time
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Optional
@@ -21,9 +22,9 @@ import torch
 from . import dist_util, flags, guidance, logger, shards
 from .image_datasets import center_crop_arr, list_image_files, read_rgb
 from .image_seeds import chunk_seeds, shared_seed
-from .io_util import atomic_write
+from .io_util import atomic_write, is_local_path
 from .model_loading import load_classifier, load_model_and_diffusion
-from .npz_batch import read_npz_images
+from .npz_batch import npz_keys, read_array, read_npz_images
 from .operators import MASK_NAMES, mask_from_image, named_mask
 from .sample_io import image_grid, save_png, to_uint8_nhwc
 from .script_errors import SamplingInputError
@@ -32,13 +33,15 @@ from .script_errors import SamplingInputError
 
 
 def read_images(
-    path: str, image_size: int, limit: int = 0
+    path: str, image_size: int, limit: int = 0, notes: Optional[list[str]] = None
 ) -> tuple[np.ndarray, Optional[np.ndarray]]:
     """
     The images to edit: a .npz batch (arr_0 uint8 [N x H x W x C], arr_1 labels), a
-    folder of images, or one image file; files are centre-cropped to ``image_size``.
+    folder of images, or one image file; files are scaled (shorter side ``image_size``) and
+    centre-cropped to ``image_size``.
 
     :param limit: keep the first ``limit`` images (0: all).
+    :param notes: if given, a line saying so is appended when files were resized, for the log.
     :return: (uint8 [N x image_size x image_size x 3], int64 labels [N] or None).
     """
     if not path:
@@ -59,9 +62,18 @@ def read_images(
         if not files:
             raise SamplingInputError(f"--input {path}: the folder holds no images")
         try:
-            images = np.stack([center_crop_arr(read_rgb(f), image_size) for f in files])
+            pictures = [read_rgb(f) for f in files]
         except ValueError as err:
             raise SamplingInputError(f"--input: {err}") from None
+        other = [p.size for p in pictures if p.size != (image_size, image_size)]
+        if other and notes is not None:
+            notes.append(
+                f"--input {path}: {len(other)} of {len(files)} images are not "
+                f"{image_size}x{image_size} (the first is {other[0][0]}x{other[0][1]}): each is "
+                f"scaled to a shorter side of {image_size} and centre-cropped to "
+                f"{image_size}x{image_size} (--image_size)"
+            )
+        images = np.stack([center_crop_arr(p, image_size) for p in pictures])
     if limit > 0:
         images, labels = images[:limit], None if labels is None else labels[:limit]
     return images, labels
@@ -78,12 +90,14 @@ def read_noise(path: str, image_size: int, limit: int) -> tuple[torch.Tensor, Op
     if not bf.exists(path):
         raise FileNotFoundError(f"--input: no such file: {path}")
     try:
-        with bf.BlobFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
-            noise = npz["arr_0"]
-            labels = npz["arr_1"] if "arr_1" in npz.files else None
-    except (OSError, ValueError, KeyError) as err:
+        noise, labels = _read_noise_arrays(path)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        text = str(err)
+        if "pickle" in text:  # never follow numpy's advice to load pickles
+            text = "it holds pickled objects, which are never loaded"
         raise SamplingInputError(
-            f"--input {path} is not a noise .npz written by --mode encode ({err})"
+            f"--input {path} is not a noise .npz written by --mode encode ({text}); to edit "
+            "images, run --mode encode on them first and decode the inverted_*.npz it writes"
         ) from None
     expected = (3, image_size, image_size)
     if noise.ndim != 4 or noise.shape[1:] != expected or noise.dtype.kind != "f":
@@ -96,10 +110,28 @@ def read_noise(path: str, image_size: int, limit: int) -> tuple[torch.Tensor, Op
     return torch.from_numpy(noise.astype(np.float32)), labels
 
 
-def load_mask(spec: str, image_size: int, ratio: float, seed: int) -> torch.Tensor:
-    """
-    ``--mask``: an image file (white = known) of the images' size, or a named mask.
+def _read_noise_arrays(path: str) -> tuple[np.ndarray, Optional[np.ndarray]]:
+    """:return: (arr_0, arr_1 or None) of an .npz, read without unpickling anything."""
+    if is_local_path(path):
+        if not zipfile.is_zipfile(path):
+            with open(path, "rb") as f:
+                start = f.read(8)
+            raise ValueError(f"not a zip archive of arrays: it starts with {start!r}")
+        labels = read_array(path, "arr_1") if "arr_1" in npz_keys(path) else None
+        return read_array(path, "arr_0"), labels
+    with bf.BlobFile(path, "rb") as f, np.load(f, allow_pickle=False) as npz:
+        return npz["arr_0"], (npz["arr_1"] if "arr_1" in npz.files else None)
 
+
+def load_mask(
+    spec: str, image_size: int, ratio: float, seed: int, notes: Optional[list[str]] = None
+) -> torch.Tensor:
+    """
+    ``--mask``: an image file of the images' size (known where its first, red, channel is
+    >= 128), or a named mask.
+
+    :param notes: if given, the rule and the share of known pixels of a mask file are
+        appended, for the log.
     :return: [1 x 1 x H x W] float of 0 / 1.
     """
     if spec in MASK_NAMES:
@@ -117,7 +149,13 @@ def load_mask(spec: str, image_size: int, ratio: float, seed: int) -> torch.Tens
             f"--mask {spec}: the mask is {pixels.shape[1]}x{pixels.shape[0]} pixels but the "
             f"images are {image_size}x{image_size}"
         )
-    return mask_from_image(pixels)
+    mask = mask_from_image(pixels)
+    if notes is not None:
+        notes.append(
+            f"--mask {spec}: known where its first (red) channel is >= 128, hidden elsewhere: "
+            f"{int(mask.sum())} of {mask.numel()} pixels known"
+        )
+    return mask
 
 
 def to_float(images: np.ndarray) -> torch.Tensor:
@@ -236,6 +274,10 @@ def to_uint8(images: np.ndarray) -> np.ndarray:
     return to_uint8_nhwc(torch.from_numpy(images)).numpy()
 
 
+# The other guidance the editing programs offer (they have no autoguidance).
+EDIT_GUIDANCE = "--classifier_path (classifier guidance)"
+
+
 @dataclass
 class Models:
     """What a method runs with: the model (wrapped for guidance), process, guidance, labels."""
@@ -259,7 +301,8 @@ def load_models(
     """
     logger.log("creating model and diffusion...")
     model, diffusion = load_model_and_diffusion(args)
-    model = guidance.guided_model(model, args.guidance_scale)  # classifier-free, when not 1
+    # classifier-free, when not 1
+    model = guidance.guided_model(model, args.guidance_scale, others=EDIT_GUIDANCE)
     cond_fn = None
     if args.classifier_path:
         logger.log(f"loading classifier (scale {args.classifier_scale})...")

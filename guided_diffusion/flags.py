@@ -40,6 +40,7 @@ from . import presets, run_config
 from .fp16_util import check_precision
 from .image_datasets import list_classes
 from .operators import MASK_NAMES, OPERATOR_NAMES
+from .respace import space_timesteps
 from .script_errors import ArgumentParser, SamplingInputError
 from .script_util import NUM_CLASSES, add_dict_to_argparser
 from .train_config import TrainConfig, classifier_train_config
@@ -180,7 +181,8 @@ EDIT_FLAG_HELP = {
     "(repaint needs inpaint; ddnm an operator with a pseudo-inverse: none, inpaint, "
     "sr_avgpool, colorize)",
     "input": "the images: a .npz batch (arr_0 uint8 NHWC, arr_1 labels), a folder, or one image",
-    "mask": f"inpainting mask: an image file (white = known) or {', '.join(MASK_NAMES)}",
+    "mask": "inpainting mask: an image file of the images' size, known where its first (red) "
+    f"channel is >= 128 (white) and hidden elsewhere, or one of {', '.join(MASK_NAMES)}",
     "mask_ratio": "hidden fraction of the 'random' mask (DPS: 0.92)",
     "mask_seed": "seed of the 'random' mask",
     "sr_factor": "super-resolution factor of sr_avgpool / sr_bicubic (DPS, DDNM: 4)",
@@ -202,6 +204,9 @@ EDIT_FLAG_HELP = {
     "class_labels": "comma-separated class ids cycled over the images; default: the "
     "input's labels (arr_1), else random classes",
     "num_samples": "edit the first N input images (0: all)",
+    "seed": "random seed: the same seed and --batch_size give the same file, whatever the "
+    "number of ranks (each batch draws from the seed and its first image's index); default: a "
+    "fresh seed, printed so the run can be repeated",
     "batch_size": "images per model call on each rank",
     "mode": "encode: images -> noise .npz (and report the round-trip error); "
     "decode: noise .npz -> images",
@@ -305,9 +310,9 @@ SAMPLING_FLAG_HELP = {
     "base_samples": ".npz batch of low-resolution images to upsample (arr_0 uint8 NHWC at "
     "--small_size; arr_1 labels, needed when --class_cond True)",
     "data_dir": "folder of images to evaluate (searched recursively)",
-    "seed": "random seed for reproducible batches (the same seed and --batch_size give the "
-    "same file, whatever the number of ranks); default: a fresh seed, printed so the run can "
-    "be repeated",
+    "seed": "random seed for reproducible batches: image i depends on the seed and i alone, so "
+    "the same seed gives the same file whatever --batch_size and the number of ranks; default: "
+    "a fresh seed, printed so the run can be repeated",
     "class_labels": "comma-separated class ids to sample, cycled over the images "
     "(e.g. '1,207,360'); default: random classes",
     "grid": "also write a PNG grid of the first samples beside the .npz",
@@ -519,6 +524,7 @@ def parse_args(
     """
     args = parser.parse_args(argv)
     check_finite_flags(args)
+    check_seed_flags(args)
     args.class_names, args.presets, args.label_counts = None, {}, {}
     explicit = given_flags(parser, argv)
     filled: dict[str, tuple[Any, str]] = {}  # flag -> (value, where it comes from)
@@ -653,6 +659,16 @@ def check_finite_flags(args: argparse.Namespace) -> None:
             raise ValueError(f"--{name} must be a finite number, got {value}")
 
 
+MAX_SEED = 2**63 - 1
+
+
+def check_seed_flags(args: argparse.Namespace) -> None:
+    """:raises ValueError: naming a seed flag (``--seed``, ``--mask_seed``) given out of 0..2^63-1."""
+    for name, value in vars(args).items():
+        if name.endswith("seed") and isinstance(value, int) and not 0 <= value <= MAX_SEED:
+            raise ValueError(f"--{name} must be an integer in 0..{MAX_SEED}, got {value}")
+
+
 def _fill(
     args: argparse.Namespace,
     values: dict[str, Any],
@@ -695,6 +711,12 @@ def check_counts(num_samples: int, batch_size: int) -> None:
         raise SamplingInputError(f"--num_samples must be a positive integer, got {num_samples}")
     if batch_size <= 0:
         raise SamplingInputError(f"--batch_size must be a positive integer, got {batch_size}")
+
+
+def require_checkpoint(args: argparse.Namespace, flag: str, what: str) -> None:
+    """:raises SamplingInputError: ``--flag`` was not given (``what`` says what it is for)."""
+    if not getattr(args, flag, ""):
+        raise SamplingInputError(f"--{flag} is required: the checkpoint (.pt) of {what}")
 
 
 def parse_class_labels(
@@ -781,6 +803,73 @@ def check_edit_method(method: str, operator: str) -> None:
         raise SamplingInputError(
             f"--method repaint inpaints: it needs --operator inpaint, got {operator!r}"
         )
+
+
+def check_edit_flags(args: argparse.Namespace) -> None:
+    """
+    Check the editing programs' flags (those of ``image_edit_defaults`` and
+    ``ddim_invert_defaults`` that ``args`` has) before anything is loaded, whatever the
+    ``--method``: a value no method could use is refused in one line naming its flag.
+
+    :raises SamplingInputError: the first flag out of its range.
+    """
+    if hasattr(args, "method"):
+        check_edit_method(args.method, args.operator)
+    for flag, valid, rule in _edit_rules(int(args.image_size), getattr(args, "method", "")):
+        value = getattr(args, flag, None)
+        if value is not None and not valid(value):
+            raise SamplingInputError(f"--{flag} {value} is out of range: it must be {rule}")
+    if getattr(args, "class_labels", ""):
+        class_labels_of(args)  # ids in range of the model's classes
+    steps = _sampling_steps(args)
+    if getattr(args, "method", "") == "ilvr" and steps is not None and args.ilvr_range_t >= steps - 1:
+        raise SamplingInputError(
+            f"--ilvr_range_t must lie in 0..{steps - 2}: ILVR refines at the steps t > "
+            f"range_t of the {steps} sampling steps (0..{steps - 1}), so "
+            f"{args.ilvr_range_t} refines none"
+        )
+
+
+def _edit_rules(image_size: int, method: str) -> list[tuple[str, Any, str]]:
+    """
+    (flag, valid(value), what is valid) for every editing flag with a range; the factors'
+    fit to the image size only where ``method`` uses them (the operators check their own).
+    """
+    divisors = [d for d in range(1, image_size + 1) if image_size % d == 0]
+    down_n = (
+        (lambda v: v in divisors, f"a divisor of the image size {image_size} "
+         f"({', '.join(map(str, divisors))}): ILVR resizes the images down by it")
+        if method == "ilvr" else (lambda v: v >= 1, "a positive factor")
+    )  # fmt: skip
+    return [
+        ("mode", lambda v: v in ("encode", "decode"), "encode or decode"),
+        ("num_samples", lambda v: v >= 0, "a count >= 0 (0: every input image)"),
+        ("batch_size", lambda v: v >= 1, "a positive integer"),
+        ("guidance_scale", lambda v: v >= 0, ">= 0 (1: no classifier-free guidance)"),
+        ("mask_ratio", lambda v: 0 <= v <= 1, "a fraction in [0, 1]"),
+        ("sigma_y", lambda v: v >= 0, "a noise level >= 0 (0: noiseless measurements)"),
+        ("sdedit_strength", lambda v: 0 <= v <= 1, "t0 / T in [0, 1]"),
+        ("sdedit_repeats", lambda v: v >= 1, "a positive number of repeats"),
+        ("repaint_jump_length", lambda v: v >= 1, "a positive number of steps"),
+        ("repaint_jump_n_sample", lambda v: v >= 1, "a positive number of visits (1: no jumps)"),
+        ("ilvr_down_n", *down_n),
+        ("ilvr_range_t", lambda v: v >= 0, "a step index >= 0"),
+        ("ilvr_filter", lambda v: v in ("bicubic", "avgpool"), "bicubic or avgpool"),
+        ("dps_zeta", lambda v: v >= 0, "a step size >= 0"),
+        ("ddnm_eta", lambda v: 0 <= v <= 1, "a share of fresh noise in [0, 1]"),
+        ("sr_factor", lambda v: v >= 1, "a positive factor"),
+        ("blur_kernel_size", lambda v: v >= 1 and v % 2 == 1, "an odd positive number of pixels"),
+        ("blur_sigma", lambda v: v > 0, "a positive number of pixels"),
+    ]  # fmt: skip
+
+
+def _sampling_steps(args: argparse.Namespace) -> Optional[int]:
+    """:return: the number of sampling steps the flags give, or None when they are invalid."""
+    try:
+        steps = int(args.diffusion_steps)
+        return len(space_timesteps(steps, args.timestep_respacing or [steps]))
+    except (ValueError, AttributeError, TypeError):
+        return None  # the process's own checks name the flag
 
 
 # ---------------------------------------------------------------- training checks

@@ -160,6 +160,11 @@ def _stack(kwargs: dict, extra: dict, n: int) -> dict:
     return {k: torch.cat([v, extra[k]]) if _is_per_image(v, n) else v for k, v in kwargs.items()}
 
 
+# The other guidance the sampling programs offer, named in the messages of classifier-free
+# guidance that cannot run (a program with other means passes its own).
+OTHER_GUIDANCE = "--classifier_path (classifier guidance) or --guide_model_path (autoguidance)"
+
+
 class ClassifierFreeGuidance(_GuidedModel):
     """
     Classifier-free guidance (Ho & Salimans 2021): eps~ = eps(x, null) + s (eps(x, y) -
@@ -173,7 +178,13 @@ class ClassifierFreeGuidance(_GuidedModel):
     :raises GuidanceError: s != 1 for a model without a null class.
     """
 
-    def __init__(self, model: nn.Module, scale: float, active: Optional[ActiveFn] = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        scale: float,
+        active: Optional[ActiveFn] = None,
+        others: str = OTHER_GUIDANCE,
+    ):
         super().__init__(model, scale, active)
         self.null_label = getattr(model, "null_label", None)
         if scale < 0:
@@ -181,14 +192,14 @@ class ClassifierFreeGuidance(_GuidedModel):
         if scale != 1 and getattr(model, "num_classes", None) is None:
             raise GuidanceError(
                 f"--guidance_scale {scale} (classifier-free guidance) needs a class-conditional "
-                "model (--class_cond True); for an unconditional one give --guide_model_path "
-                "(autoguidance) or use --guidance_scale 1"
+                f"model (--class_cond True); for an unconditional one use --guidance_scale 1, "
+                f"or guide with {others}"
             )
         if scale != 1 and self.null_label is None:
             raise GuidanceError(
                 f"--guidance_scale {scale} needs a model trained with --class_dropout_prob > 0 "
                 "(a null-class row in its label embedding); this one has none: use "
-                "--guidance_scale 1, classifier guidance or --guide_model_path (autoguidance)"
+                f"--guidance_scale 1, or guide with {others}"
             )
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -259,6 +270,7 @@ def guided_model(
     *,
     guide: Optional[nn.Module] = None,
     active: Optional[ActiveFn] = None,
+    others: str = OTHER_GUIDANCE,
 ) -> nn.Module:
     """
     The model to sample with for ``--guidance_scale`` and ``--guide_model_path``: autoguidance
@@ -269,6 +281,7 @@ def guided_model(
     :param guidance_scale: s; 1 means no guidance.
     :param guide: the autoguidance guide model, or None.
     :param active: where guidance applies (e.g. a guidance interval); None: every step.
+    :param others: the other guidance the program offers, for the messages.
     :return: a module called like ``model``.
     :raises GuidanceError: the model cannot be guided that way.
     """
@@ -276,7 +289,7 @@ def guided_model(
         return AutoGuidance(model, guide, guidance_scale, active)
     if guidance_scale == 1:
         return model
-    return ClassifierFreeGuidance(model, guidance_scale, active)
+    return ClassifierFreeGuidance(model, guidance_scale, active, others)
 
 
 # ---------------------------------------------------------------- guidance interval
@@ -318,6 +331,34 @@ def noise_level_lookup(diffusion: GaussianDiffusion) -> Callable[[torch.Tensor],
     :return: level(t [N]) -> [N] float64 noise levels.
     """
     return diffusion.schedule.edm_sigma_at
+
+
+def check_interval_has_steps(
+    diffusion: GaussianDiffusion, interval: tuple[float, float], flag: str = "--guidance_interval"
+) -> None:
+    """
+    Refuse a guidance interval that contains none of the sampling grid's noise levels
+    sigma_t / alpha_t: guidance would silently be off at every step.
+
+    :raises ValueError: naming the interval and the grid's levels.
+    """
+    lo, hi = interval
+    levels = diffusion.schedule.edm_sigma  # (N,), increasing with the index
+    if ((levels > lo) & (levels <= hi)).any():
+        return
+    shown = ", ".join(f"{v:.4g}" for v in levels)
+    if len(levels) > 8:
+        below, above = levels[levels <= lo], levels[levels > hi]
+        near = [f"{below.max():.4g} below" if len(below) else "", f"{above.min():.4g} above" if len(above) else ""]
+        shown = (
+            f"{levels.min():.4g} to {levels.max():.4g}, the nearest "
+            + " and ".join(n for n in near if n)
+        )
+    raise ValueError(
+        f"{flag} {lo:g},{hi:g} contains none of the {len(levels)} sampling steps' noise levels "
+        f"sigma/alpha ({shown}), so guidance would be off at every step: choose LO,HI around "
+        "some of them, or leave it empty to guide at every step"
+    )
 
 
 def interval_active(diffusion: GaussianDiffusion, interval: tuple[float, float]) -> ActiveFn:

@@ -48,10 +48,7 @@ def load_weights(model: nn.Module, path: str, flag: str) -> None:
     :raises CheckpointMismatchError: the checkpoint does not fit the flags.
     :raises RunConfigError: the run configuration beside it is invalid.
     """
-    if not path:
-        raise SamplingInputError(f"--{flag} is required: the checkpoint (.pt) file to load")
-    if not bf.exists(path):
-        raise FileNotFoundError(f"--{flag}: checkpoint file not found: {path}")
+    _require_path(path, flag)
     recorded, where = run_config.recorded_checkpoint_hash(path)
     logger.log(f"loading {path}")
     try:
@@ -60,6 +57,14 @@ def load_weights(model: nn.Module, path: str, flag: str) -> None:
         raise
     except ValueError as err:  # not a checkpoint at all
         raise SamplingInputError(f"--{flag}: {err}") from None
+
+
+def _require_path(path: str, flag: str) -> None:
+    """:raises SamplingInputError, FileNotFoundError: ``--flag`` not given, or no such file."""
+    if not path:
+        raise SamplingInputError(f"--{flag} is required: the checkpoint (.pt) file to load")
+    if not bf.exists(path):
+        raise FileNotFoundError(f"--{flag}: checkpoint file not found: {path}")
 
 
 def _build(args: argparse.Namespace, kind: str, fp16_flag: str) -> tuple[nn.Module, Any, bool]:
@@ -104,10 +109,33 @@ def load_model_and_diffusion(
     :param path_flag: the flag naming the checkpoint (e.g. ``guide_model_path``).
     :return: (model in eval mode on ``dist_util.dev()``, diffusion).
     """
+    _require_path(getattr(args, path_flag), path_flag)  # before the flags build anything
     model, diffusion, use_fp16 = _build(args, "super_res" if super_res else "model", "use_fp16")
     _log_flags_source(args, path_flag)
     load_weights(model, getattr(args, path_flag), path_flag)
+    if path_flag == "model_path":
+        _log_starting_step(diffusion, getattr(args, "timestep_respacing", ""))
     return _prepare(model, use_fp16, dist_util.dev()), diffusion
+
+
+def _log_starting_step(diffusion: GaussianDiffusion, respacing: str) -> None:
+    """
+    Say so when a re-spaced process starts far from pure noise: its highest kept step is
+    not the last one and keeps more than a tenth of the image (sqrt(ab) > 0.1), while
+    sampling starts there from pure noise (e.g. ``--timestep_respacing 3,0``).
+    """
+    kept = getattr(diffusion, "timestep_map", None)
+    last = getattr(diffusion, "original_num_steps", 0) - 1
+    signal = float(np.sqrt(diffusion.alphas_cumprod[-1]))
+    if not kept or kept[-1] == last or signal <= 0.1:
+        return
+    shown = ", ".join(map(str, kept)) if len(kept) <= 8 else f"{kept[0]}, ..., {kept[-1]}"
+    logger.log(
+        f"--timestep_respacing {respacing} keeps the steps {shown} of 0..{last}: sampling "
+        f"starts from pure noise at t = {kept[-1]}, where the process still holds "
+        f"sqrt(alpha_bar) = {signal:.2f} of the image; keep a count in the last section to "
+        f"start at t = {last}"
+    )
 
 
 def load_guide_model(
@@ -239,6 +267,7 @@ def load_classifier(args: argparse.Namespace) -> nn.Module:
     # the classifier's diffusion flags are the model's: fill in what a parser left out; its
     # label count is its own when its run configuration says it (flags.parse_args)
     args = argparse.Namespace(**{**defaults, **vars(args)})
+    _require_path(args.classifier_path, "classifier_path")  # before the flags build anything
     args.num_classes = getattr(args, "label_counts", {}).get("classifier_path", args.num_classes)
     classifier, _, use_fp16 = _build(args, "classifier", "classifier_use_fp16")
     _log_flags_source(args, "classifier_path")

@@ -183,8 +183,7 @@ def space_timesteps(
             raise ValueError(
                 f"cannot create exactly {desired_count} steps with an integer stride from "
                 f"{num_timesteps} diffusion steps (--timestep_respacing {spec}); use "
-                "'ddimN' with a count that some stride gives, or a plain count such as "
-                f"'{desired_count}'"
+                f"{_ddim_alternatives(num_timesteps, desired_count)}"
             )
         try:
             section_counts = [int(count) for count in spec.split(",")]
@@ -219,6 +218,15 @@ def space_timesteps(
             cur_idx += frac_stride
         start_idx += size
     return set(all_steps)
+
+
+def _ddim_alternatives(num_timesteps: int, desired_count: int) -> str:
+    """:return: the 'ddimN' nearest to N that some stride gives, and a plain count, both valid."""
+    counts = sorted({len(range(0, num_timesteps, s)) for s in range(1, num_timesteps)})
+    nearest = min(counts, key=lambda c: (abs(c - desired_count), c)) if counts else None
+    plain = min(max(desired_count, 2), num_timesteps)  # a process needs 2 steps at least
+    ddim = f"'ddim{nearest}' (the nearest count a stride gives) or " if nearest else ""
+    return f"{ddim}the plain count '{plain}'"
 
 
 class SpacedDiffusion(GaussianDiffusion):

@@ -165,14 +165,28 @@ def dps(
 
 def ddnm_lambda(diffusion: GaussianDiffusion, t: int, sigma_y: float) -> float:
     """
-    DDNM+'s scale of the range-space correction for noisy measurements (Wang et al.
-    2023): min(1, sigma_t / (a_t sigma_y)) with a_t = sqrt(ab_{t-1}) and
-    sigma_t = sqrt(1 - ab_{t-1}); 1 without measurement noise.
+    DDNM+'s scale lambda_t of the range-space correction for noisy measurements (Wang et
+    al. 2023, section 3.3): min(1, sigma_t / (a_t sigma_y)) with a_t = sqrt(ab_{t-1}), the
+    weight of x0 in x_{t-1}, and sigma_t = sqrt(1 - ab_{t-1}), the noise x_{t-1} should hold;
+    1 without measurement noise.
     """
     if sigma_y <= 0:
         return 1.0
     ab_prev = diffusion.schedule.alpha_bar(t - 1)
     return min(1.0, math.sqrt(1 - ab_prev) / (math.sqrt(ab_prev) * sigma_y))
+
+
+def ddnm_noise_variance(diffusion: GaussianDiffusion, t: int, sigma_y: float) -> float:
+    """
+    DDNM+'s variance of the noise added at step t (Wang et al. 2023, section 3.3):
+    gamma_t = sigma_t^2 - (a_t lambda_t sigma_y)^2, so that with the measurement noise the
+    corrected x0 brings in (a_t lambda_t A^+ n, of variance (a_t lambda_t sigma_y)^2 where
+    A A^+ = I), x_{t-1} holds the noise variance sigma_t^2 = 1 - ab_{t-1} of its level;
+    1 - ab_{t-1} without measurement noise.
+    """
+    ab_prev = diffusion.schedule.alpha_bar(t - 1)
+    correction = math.sqrt(ab_prev) * ddnm_lambda(diffusion, t, sigma_y) * sigma_y
+    return max(0.0, (1 - ab_prev) - correction**2)
 
 
 def require_pinv(operator: Operator) -> None:
@@ -182,6 +196,41 @@ def require_pinv(operator: Operator) -> None:
             f"DDNM needs an operator with a pseudo-inverse; --operator {operator.name} has none "
             "(use none, inpaint, sr_avgpool or colorize, or --method dps)"
         )
+
+
+def ddnm_step(
+    diffusion: GaussianDiffusion,
+    model: Callable,
+    operator: Operator,
+    y: torch.Tensor,
+    x: torch.Tensor,
+    t: int,
+    *,
+    eta: float = 0.85,
+    sigma_y: float = 0.0,
+    clip_denoised: bool = True,
+    model_kwargs: Optional[dict] = None,
+) -> dict:
+    """
+    One step of DDNM / DDNM+ (Wang et al. 2023, Algorithm 1 and section 3.3) from x_t:
+    x0' = x0 - lambda_t A^+(A x0 - y), then
+    x_{t-1} = sqrt(ab_{t-1}) x0' + sqrt(gamma_t) (eta z + sqrt(1 - eta^2) eps), with
+    lambda_t = ``ddnm_lambda`` and gamma_t = ``ddnm_noise_variance`` (1 and 1 - ab_{t-1},
+    plain DDNM, without measurement noise).
+
+    :param x: [N x C x H x W] x_t.
+    :return: {"sample": x_{t-1}, "pred_xstart": x0'}.
+    """
+    tt = timesteps(t, x)
+    out = diffusion.p_mean_variance(model, x, tt, clip_denoised, None, model_kwargs)
+    eps = diffusion._predict_eps_from_xstart(x, tt, out["pred_xstart"])
+    lam = ddnm_lambda(diffusion, t, sigma_y)
+    x0 = out["pred_xstart"] - lam * operator.pinv(operator.forward(out["pred_xstart"]) - y)
+    ab_prev = diffusion.schedule.alpha_bar(t - 1)
+    noise_scale = math.sqrt(ddnm_noise_variance(diffusion, t, sigma_y))
+    direction = eta * torch.randn_like(x) + math.sqrt(1 - eta**2) * eps
+    sample = math.sqrt(ab_prev) * x0 + noise_scale * direction
+    return {"sample": sample, "pred_xstart": x0}
 
 
 def ddnm(
@@ -198,29 +247,23 @@ def ddnm(
     progress: bool = False,
 ) -> torch.Tensor:
     """
-    DDNM (Wang et al. 2023, Algorithm 1): null-space projection of the x0 prediction,
-    x0' = x0 - lambda_t A^+(A x0 - y), then a DDIM-style step
-    x_{t-1} = sqrt(ab_{t-1}) x0' + sqrt(1 - ab_{t-1}) (eta z + sqrt(1 - eta^2) eps).
-    Without measurement noise the result satisfies A x = y exactly.
+    DDNM (Wang et al. 2023, Algorithm 1) with DDNM+'s handling of noisy measurements
+    (section 3.3) when ``sigma_y`` > 0: ``ddnm_step`` from x_T down to x_0. Without
+    measurement noise the result satisfies A x = y exactly.
 
     :param operator: a linear operator with a pseudo-inverse (``has_pinv``).
     :param y: the measurement.
     :param eta: the share of fresh noise (paper: 0.85, with 100 steps).
-    :param sigma_y: the measurement noise, for lambda_t (``ddnm_lambda``).
+    :param sigma_y: the measurement noise, for lambda_t and gamma_t.
     :return: [N x C x H x W] restored images.
     """
     require_pinv(operator)
 
     def step(x: torch.Tensor, t: int) -> dict:
-        tt = timesteps(t, x)
-        out = diffusion.p_mean_variance(model, x, tt, clip_denoised, None, model_kwargs)
-        eps = diffusion._predict_eps_from_xstart(x, tt, out["pred_xstart"])
-        lam = ddnm_lambda(diffusion, t, sigma_y)
-        x0 = out["pred_xstart"] - lam * operator.pinv(operator.forward(out["pred_xstart"]) - y)
-        ab_prev = diffusion.schedule.alpha_bar(t - 1)
-        direction = eta * torch.randn_like(x) + math.sqrt(1 - eta**2) * eps
-        sample = math.sqrt(ab_prev) * x0 + math.sqrt(1 - ab_prev) * direction
-        return {"sample": sample, "pred_xstart": x0}
+        return ddnm_step(
+            diffusion, model, operator, y, x, t, eta=eta, sigma_y=sigma_y,
+            clip_denoised=clip_denoised, model_kwargs=model_kwargs,
+        )  # fmt: skip
 
     shape = (len(y), *operator.image_shape)
     x = noise if noise is not None else torch.randn(shape, device=y.device)

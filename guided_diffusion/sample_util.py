@@ -24,7 +24,7 @@ import torch.nn as nn
 from . import dist_util, logger, model_loading, samplers, shards
 from .flags import check_counts
 from .gaussian_diffusion import GaussianDiffusion
-from .guidance import GuidanceError, guided_model, interval_active
+from .guidance import GuidanceError, check_interval_has_steps, guided_model, interval_active
 from .image_seeds import ImageRandom
 from .sample_io import BaseSamples, image_grid, save_png, to_uint8_nhwc
 from .script_errors import SamplingInputError
@@ -70,8 +70,12 @@ def guided_model_fn(
         guide = model_loading.load_guide_model(args, diffusion, super_res)
     try:
         if interval is not None:
+            check_interval_has_steps(diffusion, interval)
             active = interval_active(diffusion, interval)
-        guided = guided_model(model, args.guidance_scale, guide=guide, active=active)
+        others = "--guide_model_path (autoguidance)"  # what else this program can guide with
+        if hasattr(args, "classifier_path"):
+            others = f"--classifier_path (classifier guidance) or {others}"
+        guided = guided_model(model, args.guidance_scale, guide=guide, active=active, others=others)
     except (GuidanceError, ValueError) as err:
         raise SamplingInputError(str(err)) from None
     if guided is not model:
@@ -199,6 +203,23 @@ class ImageJob:
             out["arr_1"] = kwargs["y"].cpu().numpy().astype(np.int64)
         return out
 
+    def memory_probe(self, start: int, count: int) -> None:
+        """
+        One model evaluation (and guidance gradient) on ``count`` images, as every sampling
+        step makes: a cheap test of whether a batch of ``count`` fits in memory (see
+        ``shards.out_of_memory_message``). Indices from ``start`` on.
+        """
+        device = self.device or dist_util.dev()
+        indices = np.arange(start, start + count)
+        kwargs = self.make_kwargs(indices, ImageRandom(self.seed, indices[:1].repeat(count), device))
+        kwargs = {k: v.to(device) for k, v in kwargs.items()}
+        x = torch.zeros((count, 3, self.image_size, self.image_size), device=device)
+        t = torch.zeros((count,), dtype=torch.long, device=device)
+        with torch.no_grad():
+            self.model(x, t, **kwargs)
+        if self.cond_fn is not None:
+            self.cond_fn(x, t, **kwargs)
+
 
 def _log_summary(
     paths: list[str], shape: tuple, labels: Optional[np.ndarray], seconds: float, seed: int
@@ -249,15 +270,18 @@ def sample_to_npz(
     store = shards.run_resumable(npz_path, identity, job, num_samples, batch_size)
     paths = []
     if dist_util.group_rank() == 0:
-        labels, first = shards.assemble_samples(store, num_samples, npz_path)
-        paths = [npz_path]
-        if grid:
-            paths.append(npz_path[: -len(".npz")] + ".png")
-            save_png(paths[1], image_grid(first))
-        shape = (num_samples, job.image_size, job.image_size, 3)
-        _log_summary(paths, shape, labels, time.time() - start_time, store.identity["seed"])
-        if not keep_shards:
-            store.remove()
+        try:
+            labels, first = shards.assemble_samples(store, num_samples, npz_path)
+            paths = [npz_path]
+            if grid:
+                paths.append(npz_path[: -len(".npz")] + ".png")
+                save_png(paths[1], image_grid(first))
+            shape = (num_samples, job.image_size, job.image_size, 3)
+            _log_summary(paths, shape, labels, time.time() - start_time, store.identity["seed"])
+            if not keep_shards:
+                store.remove()
+        finally:
+            store.release()
     dist_util.barrier()
     return paths
 

@@ -29,6 +29,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         create_argparser(), argv, model_path="model", classifier_path="classifier"
     )
     flags.check_counts(args.num_samples, args.batch_size)
+    flags.require_checkpoint(args, "classifier_path", "the noisy classifier that guides sampling")
     sampler = sample_util.sampler_setting(args)
     num_classes = flags.num_classes_of(args)
     class_labels = flags.class_labels_of(args)

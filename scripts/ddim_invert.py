@@ -28,7 +28,7 @@ import torch
 from guided_diffusion import dist_util, edit_util, flags, logger
 from guided_diffusion.editing import ddim_decode, ddim_invert
 from guided_diffusion.image_seeds import shared_seed
-from guided_diffusion.script_errors import SamplingInputError, run_program
+from guided_diffusion.script_errors import run_program
 from guided_diffusion.script_util import classifier_defaults, model_and_diffusion_defaults
 
 
@@ -36,16 +36,20 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = flags.parse_args(
         create_argparser(), argv, model_path="model", classifier_path="classifier"
     )
-    if args.mode not in ("encode", "decode"):
-        raise SamplingInputError(f"--mode must be encode or decode, got {args.mode!r}")
+    flags.check_edit_flags(args)
+    notes: list[str] = []  # choices made for the inputs, logged once the log is open
     if args.mode == "encode":
-        images, labels = edit_util.read_images(args.input, args.image_size, args.num_samples)
+        images, labels = edit_util.read_images(
+            args.input, args.image_size, args.num_samples, notes
+        )
         inputs = edit_util.to_float(images)
     else:
         inputs, labels = edit_util.read_noise(args.input, args.image_size, args.num_samples)
 
     dist_util.setup_dist()
     logger.configure()
+    for note in notes:
+        logger.log(note)
     seed = shared_seed(args.seed)
     models = edit_util.load_models(args, labels, len(inputs), seed)
     model, diffusion, cond_fn = models.model, models.diffusion, models.cond_fn

@@ -40,11 +40,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = flags.parse_args(
         create_argparser(), argv, model_path="model", classifier_path="classifier"
     )
-    flags.check_edit_method(args.method, args.operator)
-    images, labels = edit_util.read_images(args.input, args.image_size, args.num_samples)
+    flags.check_edit_flags(args)
+    notes: list[str] = []  # choices made for the inputs, logged once the log is open
+    images, labels = edit_util.read_images(args.input, args.image_size, args.num_samples, notes)
     mask = None
     if args.operator == "inpaint":
-        mask = edit_util.load_mask(args.mask, args.image_size, args.mask_ratio, args.mask_seed)
+        mask = edit_util.load_mask(
+            args.mask, args.image_size, args.mask_ratio, args.mask_seed, notes
+        )
     operator = make_operator(
         args.operator, (3, args.image_size, args.image_size), mask=mask,
         sr_factor=args.sr_factor, blur_kernel_size=args.blur_kernel_size,
@@ -55,6 +58,8 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     dist_util.setup_dist()
     logger.configure()
+    for note in notes:
+        logger.log(note)
     seed = shared_seed(args.seed)
     models = edit_util.load_models(args, labels, len(images), seed)
 

@@ -15,6 +15,8 @@ from guided_diffusion.respace import SpacedDiffusion, space_timesteps
 from guided_diffusion.restoration import (
     ddnm,
     ddnm_lambda,
+    ddnm_noise_variance,
+    ddnm_step,
     dps,
     dps_correction,
     repaint,
@@ -198,6 +200,58 @@ def test_ddnm_lambda_scales_down_only_with_noisy_measurements():
     assert ddnm_lambda(diffusion, 9, 0.05) == 1.0  # noise level far above sigma_y
     ab = diffusion.alphas_cumprod[0]  # at t = 1, a_t = sqrt(ab_0), sigma_t = sqrt(1 - ab_0)
     assert ddnm_lambda(diffusion, 1, 0.5) == pytest.approx(np.sqrt(1 - ab) / (np.sqrt(ab) * 0.5))
+
+
+class ZeroEps(torch.nn.Module):
+    """Predicts no noise: x0(x_t) = x_t / sqrt(ab_t), the same for every draw of y and z."""
+
+    def forward(self, x, t, **_):
+        return torch.zeros_like(x)
+
+
+@pytest.mark.parametrize("eta", [1.0, 0.5])
+@pytest.mark.parametrize("ratio", [0.9, 2.0])  # a_t sigma_y / sigma_t: below 1 and above
+def test_ddnm_plus_step_has_the_variance_of_its_closed_form(eta, ratio):
+    """
+    DDNM+ (Wang et al. 2023, section 3.3) with A = I and y = x + sigma_y n: the corrected
+    x0' = (1 - lambda) x0 + lambda y brings a_t lambda sigma_y n into x_{t-1}, and the added
+    noise has variance gamma_t eta^2, so Var[x_{t-1}] = (a_t lambda sigma_y)^2 + gamma_t eta^2;
+    with eta = 1 it is sigma_t^2 = 1 - ab_{t-1}, the noise of the level, for any sigma_y.
+    """
+    diffusion, t = make_diffusion(steps=10), 4
+    ab_prev = diffusion.schedule.alpha_bar(t - 1)
+    a, sigma = np.sqrt(ab_prev), np.sqrt(1 - ab_prev)
+    sigma_y = ratio * sigma / a
+    lam = ddnm_lambda(diffusion, t, sigma_y)
+    gamma = ddnm_noise_variance(diffusion, t, sigma_y)
+    assert lam == pytest.approx(min(1.0, 1 / ratio))
+    assert gamma == pytest.approx(max(0.0, sigma**2 - (a * lam * sigma_y) ** 2))
+
+    draws, shape = 20000, (3, 2, 2)
+    generator = torch.Generator().manual_seed(0)
+    x = arange_images(1, *shape).double()
+    y = x + sigma_y * torch.randn((draws, *shape), generator=generator, dtype=torch.float64)
+    x_t = arange_images(1, *shape).double().flip(-1).expand(draws, *shape)
+    torch.manual_seed(1)
+    out = ddnm_step(
+        diffusion, ZeroEps(), ops.make_operator("none", shape), y, x_t, t, eta=eta,
+        sigma_y=sigma_y, clip_denoised=False,
+    )  # fmt: skip
+    variance = out["sample"].var(dim=0).mean().item()
+    expected = (a * lam * sigma_y) ** 2 + gamma * eta**2
+    assert variance == pytest.approx(expected, rel=0.03)
+    if eta == 1.0:
+        assert expected == pytest.approx(sigma**2)
+    x0 = x_t[0] / np.sqrt(diffusion.alphas_cumprod[t])
+    mean = a * ((1 - lam) * x0 + lam * x[0])  # eta = 1: no eps term; 0.5: eps = 0 here
+    assert torch.allclose(out["sample"].mean(dim=0), mean, atol=0.02)
+
+
+def test_ddnm_without_measurement_noise_is_plain_ddnm():
+    diffusion = make_diffusion(steps=10)
+    for t in range(10):
+        assert ddnm_lambda(diffusion, t, 0.0) == 1.0
+        assert ddnm_noise_variance(diffusion, t, 0.0) == 1 - diffusion.schedule.alpha_bar(t - 1)
 
 
 def test_ilvr_with_exact_projection_keeps_the_reference_low_pass():

@@ -144,15 +144,13 @@ def test_a_guide_is_built_from_its_own_run_configuration(ckpt, tmp_path):
 def test_guidance_without_a_null_class_fails_with_one_line(ckpt, tmp_path):
     args = sample_flags(ckpt, model="cond", num_samples=2, batch_size=2)
     result = run(
-        "classifier_sample.py",
-        [*args, "--class_cond", "True", "--guidance_scale", "2", "--classifier_scale", "0"],
-        tmp_path,
+        "image_sample.py", [*args, "--class_cond", "True", "--guidance_scale", "2"], tmp_path,
         check=False,
-    )
+    )  # fmt: skip
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [
-        "classifier_sample.py: error: --guidance_scale 2.0 needs a model trained with "
+        "image_sample.py: error: --guidance_scale 2.0 needs a model trained with "
         "--class_dropout_prob > 0 (a null-class row in its label embedding); this one has "
-        "none: use --guidance_scale 1, classifier guidance or --guide_model_path (autoguidance)"
+        "none: use --guidance_scale 1, or guide with --guide_model_path (autoguidance)"
     ]
     assert not list(tmp_path.glob("samples_*"))

@@ -104,7 +104,7 @@ DIGESTS: dict[str, str] = {
     "image_edit/dps-blur-xstart": "ac8d0b7077be521e4ec114026bf6e95be21897271e034bf063d29d596ea792a9",
     "image_edit/dps-inpaint-random-classifier": "4f8fc565648c432c7400c24fa64804ab65ebfe277ea39ea07de17e02f57aa8a5",
     "image_edit/ddnm-colorize": "f726606cd8e89792646653833c4acafc217f551b15392f721ebc553012ddac6d",
-    "image_edit/ddnm-sr_avgpool-noisy-xstart": "ab3357591beb44562ca7ca6821ff9fa8bb394baf34335be1159aeda319711e00",
+    "image_edit/ddnm-sr_avgpool-noisy-xstart": "7198152f867bf7358a4458cfb2c3da2ef9f5e280e77a57c4e7f6ccc1c895b683",
     "image_edit/ddnm-inpaint-box-cond": "a5d3ae3b260c8fc7d7d7ae7a309967f46d2dbd5d471f1778d22d3e6506549c8d",
     "image_edit/ddnm-inpaint-lines": "11fff38e302e2b6faf8b3de34f7cb0d599b8bcae15b5f84a9834ba6781d9b249",
     "ddim_invert/encode-cond": "db222ff0c3282a821d46f9238eb79ae147e5d492f4aff1e3d2b13906e0e8b65c",
