@@ -35,10 +35,18 @@ def test_default_settings_are_the_scale_sweep(demo):
     args = _args(demo)
     settings = demo.build_settings(args)
     assert [s.classifier_scale for s in settings] == [0, 1, 2, 4, 8]
-    assert all(s.steps == args.steps and s.sampler == "ancestral" for s in settings)
+    # the demo samples with its measured best sampler (docs/samplers.md): SDE-DPM-Solver++(2M)
+    # on 25 steps uniform in log-SNR from noise level 10
+    assert all(s.steps == args.steps == 25 and s.sampler == "dpm++2m-sde"
+               and s.spacing == "logsnr_max10" for s in settings)
+    flags = settings[0].sampling_flags()
+    assert flags[flags.index("--timestep_respacing") + 1] == "logsnr25_max10"
+    assert flags[flags.index("--sampler") + 1] == "dpm++2m-sde"
+    original = demo.build_settings(_args(demo, "--sampler", "ancestral", "--spacing", ""))
+    assert original[0].sampling_flags()[:2] == ["--timestep_respacing", "25"]
     assert args.num_samples >= 250
-    more = demo.build_settings(_args(demo, "--classifier_scales", "0,3", "--extra_setting",
-                                     "d10:sampler=ddim,steps=10,classifier_scale=1"))
+    more = demo.build_settings(_args(demo, "--classifier_scales", "0,3", "--spacing", "",
+                                     "--extra_setting", "d10:sampler=ddim,steps=10,classifier_scale=1"))
     assert [s.name for s in more] == ["classifier_0", "classifier_3", "d10"]
     assert more[2].sampling_flags()[:4] == ["--use_ddim", "True", "--timestep_respacing", "ddim10"]
 

@@ -1,10 +1,7 @@
 """The demo's figures: which rows make which curve, and the PNG files they are drawn into."""
 
 import numpy as np
-import pytest
-
-
-from PIL import Image  # noqa: E402
+from PIL import Image
 
 from guided_diffusion.demo import plots  # noqa: E402
 from guided_diffusion.demo import settings as ds  # noqa: E402

@@ -97,7 +97,7 @@ def test_unseeded_rerun_resumes_with_the_first_runs_seed(ckpt, tmp_path):
     first = run("image_sample.py", args, tmp_path)
     seed = first.stdout.split("repeat this batch with --seed ")[1].split()[0]
     again = run("image_sample.py", args, tmp_path)
-    assert f"resuming the unseeded run found beside" in again.stdout and f"seed {seed}" in again.stdout
+    assert "resuming the unseeded run found beside" in again.stdout and f"seed {seed}" in again.stdout
     assert "found 3 images, 0 to sample" in again.stdout
 
 

@@ -266,4 +266,4 @@ def test_the_benchmarks_describe_the_demo_as_it_is():
     assert "74 min" not in section and "2,000 steps" not in section
     assert f"{defaults.train_steps:,} diffusion training steps of {defaults.batch_size} images" in section
     assert f"{defaults.classifier_steps} classifier steps, {defaults.num_samples}" in section
-    assert f"{defaults.steps} ancestral sampling steps" in section
+    assert f"{defaults.steps} `{defaults.sampler}` sampling steps" in section
