@@ -484,6 +484,17 @@ def broadcast_object(obj: Any, src: int = 0) -> Any:
     return shared[0]
 
 
+def finish() -> None:
+    """
+    End a program's part in the process group: wait for every rank, then leave it. A rank that
+    exits while still in the group, with another rank still working, can abort in gloo's
+    threads ("terminate called without an active exception") and fail the launch.
+    """
+    if dist.is_available() and dist.is_initialized():
+        barrier()
+    cleanup()
+
+
 def cleanup() -> None:
     """Leave the process group, if any (before exiting, or to set up a new one)."""
     global _local_rank

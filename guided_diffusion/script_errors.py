@@ -75,6 +75,8 @@ def run_program(main: Callable[[], None], prog: Optional[str] = None) -> None:
     ``<prog>: error: <message>`` on stderr and exits with status 1; other exceptions keep
     their traceback.
 
+    A program that ends normally leaves its process group on every rank (dist_util.finish).
+
     :param main: the program's entry point, called without arguments.
     :param prog: the name to print (default: the script's file name).
     """
@@ -86,3 +88,8 @@ def run_program(main: Callable[[], None], prog: Optional[str] = None) -> None:
         name = prog or os.path.basename(sys.argv[0])
         print(f"{name}: error: {describe(err)}", file=sys.stderr)
         sys.exit(1)
+    # leave the process group if the program joined one: only then is dist_util imported (and
+    # reached through sys.modules, since dist_util's own imports lead back here)
+    dist_util = sys.modules.get(f"{__package__}.dist_util")
+    if dist_util is not None:
+        dist_util.finish()

@@ -275,6 +275,16 @@ def test_setup_alone_makes_a_one_process_group(alone):
     assert not dist.is_initialized()
 
 
+def test_a_program_leaves_its_process_group_when_it_ends(alone):
+    # a rank that exits inside the group while another still works can abort in gloo's threads
+    from guided_diffusion.script_errors import run_program
+
+    run_program(dist_util.setup_dist)
+    assert not dist.is_initialized()
+    run_program(lambda: None)  # a program that never joined a group
+    assert not dist.is_initialized()
+
+
 def test_rank_read_from_launcher_environment(alone, monkeypatch):
     monkeypatch.setenv("PMI_RANK", "3")
     monkeypatch.setenv("PMI_SIZE", "4")

@@ -80,8 +80,10 @@ def test_super_resolution_with_the_solver(ckpt, tmp_path):
     "script, argv, message",
     [
         ("image_sample", ["--sampler", "euler"], "--sampler must be one of ancestral, ddim"),
-        ("classifier_sample", ["--sampler", "dpm++2m", "--use_ddim", "True"], "conflicts"),
-        ("classifier_sample", ["--guidance_interval", "5,1"], "--guidance_interval must be"),
+        ("classifier_sample", ["--sampler", "dpm++2m", "--use_ddim", "True", "--classifier_path", "c.pt"],
+         "conflicts"),
+        ("classifier_sample", ["--guidance_interval", "5,1", "--classifier_path", "c.pt"],
+         "--guidance_interval must be"),
         ("super_res_sample", ["--guidance_interval", "x"], "--guidance_interval must be"),
     ],
 )
