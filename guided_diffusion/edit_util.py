@@ -3,7 +3,7 @@ The pieces the editing programs (``scripts/image_edit.py``, ``scripts/ddim_inver
 share: reading input images (a ``.npz`` batch, a folder, or one image file) and masks,
 loading the models, running a method over the images split across the ranks like the
 sampling programs (see ``sample_util``), and writing the ``.npz`` with a PNG grid of input,
-degraded and result side by side. Their flags are ``flags``' (``image_edit_defaults``,
+degraded and result side by side. Their flags are ``edit_flags``' (``image_edit_defaults``,
 ``ddim_invert_defaults``, ``EDIT_FLAG_HELP``).
 """
 

@@ -487,3 +487,36 @@ def profile(name: str) -> Callable:
 
 record_tabular = logkv
 dump_tabular = dumpkvs
+
+
+class ProgressLine:
+    """
+    A training progress line: steps and images per second since the last line, the time
+    elapsed and the time left.
+    """
+
+    def __init__(self, start_step: int, last_step: Optional[int], global_batch: int):
+        self.last_step, self.global_batch = last_step, global_batch
+        self.started = self.mark = time.perf_counter()
+        self.start_step = self.mark_step = start_step
+
+    def line(self, steps_done: int) -> str:
+        """:param steps_done: the steps taken so far, those of a resumed run included."""
+        now = time.perf_counter()
+        rate = (steps_done - self.mark_step) / max(now - self.mark, 1e-9)
+        self.mark, self.mark_step = now, steps_done
+        text = f"step {steps_done}"
+        if self.last_step:
+            text += f" of {self.last_step} ({100 * steps_done / self.last_step:.0f}%)"
+        text += f": {rate:.3g} steps/s, "
+        text += f"{rate * self.global_batch:.3g} images/s, elapsed {_clock(now - self.started)}"
+        if self.last_step:
+            overall = (steps_done - self.start_step) / max(now - self.started, 1e-9)
+            text += f", ETA {_clock((self.last_step - steps_done) / max(overall, 1e-9))}"
+        return text
+
+
+def _clock(seconds: float) -> str:
+    """:return: seconds as H:MM:SS."""
+    minutes, secs = divmod(int(round(seconds)), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"

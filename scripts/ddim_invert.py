@@ -25,7 +25,7 @@ from typing import Optional
 import numpy as np
 import torch
 
-from guided_diffusion import dist_util, edit_util, flags, logger
+from guided_diffusion import dist_util, edit_flags, edit_util, flags, logger
 from guided_diffusion.editing import ddim_decode, ddim_invert
 from guided_diffusion.image_seeds import shared_seed
 from guided_diffusion.script_errors import run_program
@@ -36,7 +36,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = flags.parse_args(
         create_argparser(), argv, model_path="model", classifier_path="classifier"
     )
-    flags.check_edit_flags(args)
+    edit_flags.check_edit_flags(args)
     notes: list[str] = []  # choices made for the inputs, logged once the log is open
     if args.mode == "encode":
         images, labels = edit_util.read_images(
@@ -109,10 +109,10 @@ def diffusion_steps(args: argparse.Namespace) -> str:
 def create_argparser() -> argparse.ArgumentParser:
     return flags.create_sampling_parser(
         __doc__,
-        flags.ddim_invert_defaults(),
+        edit_flags.ddim_invert_defaults(),
         model_and_diffusion_defaults(),
         classifier_defaults(),
-        helps=flags.EDIT_FLAG_HELP,
+        helps=edit_flags.EDIT_FLAG_HELP,
     )
 
 

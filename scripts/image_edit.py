@@ -28,7 +28,7 @@ from typing import Optional
 
 import numpy as np
 
-from guided_diffusion import dist_util, edit_util, flags, logger
+from guided_diffusion import dist_util, edit_flags, edit_util, flags, logger
 from guided_diffusion.image_seeds import shared_seed
 from guided_diffusion.operators import make_operator
 from guided_diffusion.restoration import require_pinv
@@ -40,7 +40,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = flags.parse_args(
         create_argparser(), argv, model_path="model", classifier_path="classifier"
     )
-    flags.check_edit_flags(args)
+    edit_flags.check_edit_flags(args)
     notes: list[str] = []  # choices made for the inputs, logged once the log is open
     images, labels = edit_util.read_images(args.input, args.image_size, args.num_samples, notes)
     mask = None
@@ -103,10 +103,10 @@ def _report(args, images, labels, result, hidden: Optional[np.ndarray]) -> None:
 def create_argparser() -> argparse.ArgumentParser:
     return flags.create_sampling_parser(
         __doc__,
-        flags.image_edit_defaults(),
+        edit_flags.image_edit_defaults(),
         model_and_diffusion_defaults(),
         classifier_defaults(),
-        helps=flags.EDIT_FLAG_HELP,
+        helps=edit_flags.EDIT_FLAG_HELP,
     )
 
 

@@ -245,10 +245,10 @@ def test_read_images_from_npz_folder_and_file(inputs):
 
 
 def test_edit_flag_help_names_every_method_operator_and_mask():
-    from guided_diffusion import flags, operators
+    from guided_diffusion import edit_flags as editing_flags, operators
 
-    help_text = flags.EDIT_FLAG_HELP
-    assert all(name in help_text["method"] for name in flags.EDIT_METHODS)
+    help_text = editing_flags.EDIT_FLAG_HELP
+    assert all(name in help_text["method"] for name in editing_flags.EDIT_METHODS)
     assert all(name in help_text["operator"] for name in operators.OPERATOR_NAMES)
     assert all(name in help_text["mask"] for name in operators.MASK_NAMES)
     parser = import_script("image_edit").create_argparser()

@@ -146,3 +146,12 @@ def test_the_layers_contract_counts_an_upward_import_inside_a_function(tmp_path)
     result = lint_imports(tmp_path)
     assert result.returncode == 1
     assert "toy.low is not allowed to import toy.high" in result.stdout
+
+
+def test_modules_stay_small_enough_to_read():
+    # issue 21: no module of guided_diffusion over 900 lines, the sampling driver at most 400
+    package = Path(__file__).resolve().parents[1] / "guided_diffusion"
+    sizes = {p.relative_to(package).as_posix(): len(p.read_text().splitlines())
+             for p in package.rglob("*.py")}  # fmt: skip
+    assert {name: n for name, n in sizes.items() if n > 900} == {}
+    assert sizes["sample_util.py"] <= 400
