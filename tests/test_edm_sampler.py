@@ -18,7 +18,7 @@ from guided_diffusion.image_seeds import ImageRandom
 from guided_diffusion.script_util import create_gaussian_diffusion
 
 from test_samplers import (
-    MU, S, GaussianModel, base_alphas_cumprod, grid_diffusion, gradient_toward,
+    MU, S, GaussianModel, base_alphas_cumprod, grid_diffusion, gradient_toward, impulse_moments,
     lambda_grid, max_error, solve, spaced, tiny_unet,
 )  # fmt: skip
 
@@ -115,27 +115,15 @@ def churned_moments(diffusion, churn: samplers.Churn):
     """
     Exact per-pixel mean and standard deviation of the EDM sampler's samples of the Gaussian
     data: with the exact model and no clipping a sample is affine in the starting noise and
-    the churn noises, so one run on unit impulses gives every coefficient (as sde_moments).
+    the churn noises (test_samplers.impulse_moments).
     """
     levels = diffusion.schedule.edm_sigma
     draws = int(sum(churn.S_tmin <= s <= churn.S_tmax for s in levels)) if churn.S_churn else 0
-    shape = (draws + 2, 1, 4, 4)
-    start = torch.zeros(shape)
-    start[1] = 1.0
-    calls = []
-
-    def impulse(x):
-        z = torch.zeros_like(x)
-        z[2 + len(calls)] = 1.0
-        calls.append(z)
-        return z
-
     model = GaussianModel(diffusion)
-    out = samplers.sample(diffusion, model, shape, sampler="edm", noise=start, clip_denoised=False,
-                          randn=impulse, churn=churn)  # fmt: skip
-    assert len(calls) == draws
-    coefficients = (out[1:] - out[0]).double()
-    return out[0].double(), coefficients.pow(2).sum(0).sqrt()
+    return impulse_moments(draws, lambda start, randn: samplers.sample(
+        diffusion, model, start.shape, sampler="edm", noise=start, clip_denoised=False,
+        randn=randn, churn=churn,
+    ))  # fmt: skip
 
 
 def churned_std_error(num_steps: int, churn: samplers.Churn) -> float:

@@ -236,17 +236,16 @@ def seeded(seed: int = 5):
     return lambda x: torch.randn(x.shape, generator=generator)
 
 
-def sde_moments(diffusion, order: int, alphas_cumprod=None) -> tuple[torch.Tensor, torch.Tensor]:
+def impulse_moments(draws: int, run) -> tuple[torch.Tensor, torch.Tensor]:
     """
-    The exact mean and standard deviation per pixel of SDE-DPM-Solver++'s samples of the
-    Gaussian data: with the exact model and no clipping a sample is affine in the starting
-    noise and each step's noise, so one run on unit impulses gives every coefficient.
-    Batch element 0 has all noise 0, element 1 starting noise 1, element 2 + k the k-th
-    step's noise 1.
+    The exact mean and standard deviation per pixel of a sampler's samples when, with the
+    exact model and no clipping, a sample is affine in the starting noise and its ``draws``
+    fresh noises: one run on unit impulses gives every coefficient. Batch element 0 has all
+    noise 0, element 1 starting noise 1, element 2 + k the k-th draw 1.
+
+    :param run: (starting noise, randn) -> the samples.
     """
-    num_steps = diffusion.num_timesteps
-    shape = (num_steps + 1, 1, 4, 4)
-    start = torch.zeros(shape)
+    start = torch.zeros(draws + 2, 1, 4, 4)
     start[1] = 1.0
     calls = []
 
@@ -256,13 +255,22 @@ def sde_moments(diffusion, order: int, alphas_cumprod=None) -> tuple[torch.Tenso
         calls.append(z)
         return z
 
-    out = samplers.sample(
-        diffusion, GaussianModel(diffusion, alphas_cumprod), shape, sampler="dpm++2m-sde",
-        order=order, noise=start, clip_denoised=False, randn=impulse,
-    )  # fmt: skip
-    assert len(calls) == num_steps - 1  # fresh noise at every step but the last (to x0)
+    out = run(start, impulse)
+    assert len(calls) == draws
     coefficients = (out[1:] - out[0]).double()
     return out[0].double(), coefficients.pow(2).sum(0).sqrt()
+
+
+def sde_moments(diffusion, order: int, alphas_cumprod=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """
+    The exact mean and standard deviation per pixel of SDE-DPM-Solver++'s samples of the
+    Gaussian data (impulse_moments): fresh noise at every step but the last (to x0).
+    """
+    model = GaussianModel(diffusion, alphas_cumprod)
+    return impulse_moments(diffusion.num_timesteps - 1, lambda start, randn: samplers.sample(
+        diffusion, model, start.shape, sampler="dpm++2m-sde", order=order, noise=start,
+        clip_denoised=False, randn=randn,
+    ))  # fmt: skip
 
 
 def sde_std_error(diffusion, order: int, alphas_cumprod=None) -> float:
