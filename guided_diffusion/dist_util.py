@@ -43,6 +43,7 @@ import torch
 import torch.distributed as dist
 
 from .checkpoint_util import read_checkpoint
+from .script_errors import at_program_end
 
 # Environment variables that MPI launchers set for every process: (rank, size, local rank).
 _MPI_ENV = (
@@ -121,6 +122,7 @@ def setup_dist(backend: Optional[str] = None) -> None:
     global _local_rank
     if dist.is_initialized():
         return
+    at_program_end(finish)  # a program run by run_program leaves the group when it ends
     if backend is None:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
 

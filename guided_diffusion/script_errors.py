@@ -75,7 +75,8 @@ def run_program(main: Callable[[], None], prog: Optional[str] = None) -> None:
     ``<prog>: error: <message>`` on stderr and exits with status 1; other exceptions keep
     their traceback.
 
-    A program that ends normally leaves its process group on every rank (dist_util.finish).
+    A program that ends normally then runs what it registered with ``at_program_end`` (a
+    program that joined a process group leaves it on every rank: dist_util.finish).
 
     :param main: the program's entry point, called without arguments.
     :param prog: the name to print (default: the script's file name).
@@ -88,8 +89,18 @@ def run_program(main: Callable[[], None], prog: Optional[str] = None) -> None:
         name = prog or os.path.basename(sys.argv[0])
         print(f"{name}: error: {describe(err)}", file=sys.stderr)
         sys.exit(1)
-    # leave the process group if the program joined one: only then is dist_util imported (and
-    # reached through sys.modules, since dist_util's own imports lead back here)
-    dist_util = sys.modules.get(f"{__package__}.dist_util")
-    if dist_util is not None:
-        dist_util.finish()
+    while _AT_PROGRAM_END:
+        _AT_PROGRAM_END.pop()()
+
+
+# What run_program calls once the program's main has returned normally (at_program_end).
+_AT_PROGRAM_END: list[Callable[[], None]] = []
+
+
+def at_program_end(fn: Callable[[], None]) -> None:
+    """
+    Have run_program call ``fn`` when the program ends normally (once, however often it is
+    registered), e.g. ``dist_util.finish`` once the program joined a process group.
+    """
+    if fn not in _AT_PROGRAM_END:
+        _AT_PROGRAM_END.append(fn)
